@@ -1,0 +1,122 @@
+/* The one definition of every BPF map key/value and of the probe payload.
+ *
+ * appliance/layout.py is the Python view of these structs (ctypes), and
+ * tests/kernel/test_layout.py asserts its sizes and field offsets against the
+ * types BCC compiled from this file. Change both together; the test fails
+ * otherwise. Padding is explicit so that no layout depends on the compiler.
+ */
+#ifndef TP_LAYOUT_H
+#define TP_LAYOUT_H
+
+#include <linux/types.h>
+
+#define TP_MAX_LINKS        8
+#define TP_MAX_CLASSES      16
+#define TP_MAX_PREFIXES     256
+#define TP_RULES_PER_PREFIX 8
+#define TP_RTT_BUCKETS      64
+
+#define TP_PROBE_MAGIC      0x54505042u /* "BPPT" in memory: a twinpath probe */
+#define TP_PROBE_VERSION    1
+
+/* tp_links[link].flags, written by the daemon. */
+#define TP_LINK_CARRIER     (1u << 0)   /* netlink reports carrier */
+#define TP_LINK_NEXTHOP     (1u << 1)   /* next-hop MAC resolved */
+
+/* tp_event.cause */
+#define TP_CAUSE_HEARTBEAT  1           /* no heartbeat reply for the dead interval */
+#define TP_CAUSE_CARRIER    2           /* carrier lost (reported by the daemon) */
+
+/* tp_gstats indexes: per-CPU packet counters of the programs' side exits. */
+enum tp_stat {
+	TP_STAT_NOT_IPV4 = 0,       /* steer: passed to the stack (ARP, IPv6, ...) */
+	TP_STAT_NO_RULE,            /* steer: no rule matched; kernel routing */
+	TP_STAT_UNPARSED,           /* steer: IP options, fragment or truncated; kernel routing */
+	TP_STAT_TTL_EXPIRED,        /* steer: TTL <= 1; the stack sends time-exceeded */
+	TP_STAT_NO_NEXTHOP,         /* steer: link without a resolved next hop; kernel routing */
+	TP_STAT_ALL_STALE,          /* steer: current link stale and no fresh standby; stayed */
+	TP_STAT_PROBE_STAMPED,      /* heartbeat egress: probes stamped */
+	TP_STAT_REPLY_OK,           /* heartbeat ingress: replies accounted */
+	TP_STAT_REPLY_BAD,          /* heartbeat ingress: our magic, wrong link/stamp; dropped */
+	TP_STAT_MAX,
+};
+
+/* tp_links[link]: where a link sends and whether it may be used. */
+struct tp_link {
+	__u32 ifindex;
+	__u32 flags;                /* TP_LINK_* */
+	__u8  src_mac[6];           /* the link's own MAC */
+	__u8  dst_mac[6];           /* its next hop's MAC */
+	__u32 _pad;
+};
+
+/* tp_health[link]: written by the heartbeat programs, read by steer and the daemon. */
+struct tp_health {
+	__u64 last_reply_ns;        /* CLOCK_MONOTONIC of the last valid reply */
+	__u64 fresh_since_ns;       /* start of the current unbroken run of replies */
+	__u64 rtt_ewma_ns;          /* EWMA with weight 1/8 */
+	__u64 rtt_last_ns;
+	__u64 replies;
+	__u64 probes;               /* probes stamped on egress */
+	__u64 last_seq;
+};
+
+/* tp_classes[class]: the class's links in preference order. */
+struct tp_class {
+	__u32 n_links;
+	__u32 links[TP_MAX_LINKS];
+};
+
+/* tp_rules: longest-prefix match on the IPv4 destination, then the first
+ * matching rule of that prefix. The daemon copies into each prefix the rules of
+ * every configured prefix containing it, in config order, so this two-step
+ * lookup gives first-match-in-config-order semantics. */
+struct tp_lpm_key {
+	__u32 prefixlen;
+	__u32 addr;                 /* network byte order */
+};
+
+struct tp_rule {
+	__u8  proto;                /* IPPROTO_*, 0 = any */
+	__u8  class_id;
+	__u16 port_lo;              /* destination port range, host order */
+	__u16 port_hi;
+	__u16 _pad;
+};
+
+struct tp_prefix_rules {
+	__u32 n_rules;
+	struct tp_rule rules[TP_RULES_PER_PREFIX];
+};
+
+/* tp_steer_stats[class * TP_MAX_LINKS + link], per CPU. */
+struct tp_counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 redirects;
+	__u64 failovers;            /* reflex switches away from this link */
+};
+
+/* tp_events ring buffer record: one per reflex failover. */
+struct tp_event {
+	__u64 ts_ns;                /* CLOCK_MONOTONIC when the data path switched */
+	__u64 silence_ns;           /* age of the abandoned link's last reply then */
+	__u32 class_id;
+	__u32 from_link;
+	__u32 to_link;
+	__u32 cause;                /* TP_CAUSE_* */
+};
+
+/* ICMP echo payload of a heartbeat probe. Native byte order: this host writes
+ * it and this host reads the echo. tx_ns is stamped by the egress program,
+ * never by user space, so sender jitter stays out of the RTT. */
+struct tp_probe {
+	__u32 magic;
+	__u16 version;
+	__u16 link;
+	__u64 seq;
+	__u64 tx_ns;
+	__u8  auth[16];             /* room for a keyed MAC */
+};
+
+#endif

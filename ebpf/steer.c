@@ -1,0 +1,58 @@
+/* TC ingress on the trader-facing interface: classify each packet, pick its
+ * class's link (switching on the spot if that link went stale), rewrite L2
+ * for the link's next hop and redirect, bypassing the routing table.
+ * Anything not matched by a rule takes normal kernel routing. */
+#include <uapi/linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/csum.h"
+#include "lib/classify.h"
+#include "lib/reflex.h"
+
+int tp_steer(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	int is_ipv4, class_id;
+	struct iphdr *ip = tp_plain_ipv4(data, end, &is_ipv4);
+
+	if (!ip) {
+		tp_count(is_ipv4 ? TP_STAT_UNPARSED : TP_STAT_NOT_IPV4);
+		return TC_ACT_OK;
+	}
+	class_id = tp_classify(ip, end);
+	if (class_id < 0) {
+		tp_count(TP_STAT_NO_RULE);
+		return TC_ACT_OK;
+	}
+	if (ip->ttl <= 1) {
+		tp_count(TP_STAT_TTL_EXPIRED);
+		return TC_ACT_OK;
+	}
+
+	__u32 link = tp_select_link(class_id, bpf_ktime_get_ns());
+	__u32 idx = class_id * TP_MAX_LINKS + link;
+	struct tp_counters *c = tp_steer_stats.lookup(&idx);
+	struct tp_link *l = tp_links.lookup(&link);
+	if (c) {
+		c->packets += 1;
+		c->bytes += skb->len;
+	}
+	if (!l || !(l->flags & TP_LINK_NEXTHOP)) {
+		tp_count(TP_STAT_NO_NEXTHOP);
+		return TC_ACT_OK;
+	}
+
+	/* A router's hop: TTL-1 with the checksum fixed incrementally. TTL
+	 * shares its 16-bit word with the protocol byte. */
+	__u16 old_word = *(__u16 *)&ip->ttl;
+	ip->ttl -= 1;
+	tp_csum_replace2(&ip->check, old_word, *(__u16 *)&ip->ttl);
+	__builtin_memcpy(eth->h_dest, l->dst_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, l->src_mac, ETH_ALEN);
+	if (c)
+		c->redirects += 1;
+	return bpf_redirect(l->ifindex, 0);
+}
