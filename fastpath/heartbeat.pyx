@@ -31,8 +31,8 @@ cdef class Sender:
 
     sockets: connected SOCK_RAW/IPPROTO_ICMP sockets (bound to their device).
     templates: full ICMP message per link (8-byte echo header + payload) with
-    checksum and sequence zero. seq_offset: offset of the u64 sequence number
-    within the message (big-endian on the wire, like the echo header's).
+    checksum and sequence zero. seq_offset: offset of the probe's u64 sequence
+    number within the message (native order, like the whole probe struct).
     """
     cdef int fds[MAX_LINKS]
     cdef uint8_t buf[MAX_LINKS][MAX_PROBE]
@@ -85,7 +85,7 @@ cdef class Sender:
             self._loop()
 
     cdef void _send_all(self) noexcept nogil:
-        cdef int i, k
+        cdef int i
         cdef uint16_t c
         cdef uint8_t *b
         self.seq += 1
@@ -95,8 +95,7 @@ cdef class Sender:
             b[3] = 0
             b[6] = <uint8_t>(self.seq >> 8)
             b[7] = <uint8_t>self.seq
-            for k in range(8):
-                b[self.seq_off + k] = <uint8_t>(self.seq >> (56 - 8 * k))
+            memcpy(b + self.seq_off, &self.seq, 8)
             c = inet_csum(b, self.lens[i])
             b[2] = <uint8_t>(c >> 8)
             b[3] = <uint8_t>c

@@ -31,8 +31,8 @@ static __always_inline struct tp_probe *tp_find_probe(void *data, void *end, __u
 }
 
 /* RTT histogram bucket: 4 sub-buckets per power of two of microseconds, so
- * 1 us resolution below 8 us and 25% relative width above; the last bucket
- * collects everything from 65.5 ms up. appliance/layout.py decodes it. */
+ * 1 us resolution below 8 us and at most 25% relative width above; the last
+ * bucket collects everything from 114.7 ms up. appliance/layout.py decodes it. */
 static __always_inline __u32 tp_rtt_bucket(__u64 rtt_ns)
 {
 	__u64 us = rtt_ns / 1000;
@@ -40,7 +40,7 @@ static __always_inline __u32 tp_rtt_bucket(__u64 rtt_ns)
 
 	if (us < 4)
 		return us;
-	lg = bpf_log2l(us);
+	lg = bpf_log2l(us) - 1; /* BCC's bpf_log2l() is floor(log2) + 1 */
 	b = 4 * (lg - 1) + ((us >> (lg - 2)) & 3);
 	return b < TP_RTT_BUCKETS ? b : TP_RTT_BUCKETS - 1;
 }

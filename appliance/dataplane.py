@@ -1,0 +1,169 @@
+"""The edge between the daemon and the kernel fast path: compiling and loading
+the programs (BCC), attaching them (pyroute2 tc), and reading/writing maps.
+
+TC filters hold their own reference to the programs and maps, so forwarding
+continues on the last written state if the daemon dies: fail static.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from bcc import BPF
+from pyroute2 import IPRoute
+
+from appliance import layout
+from appliance.bpfsource import assemble
+from appliance.classify import compile_rules
+from appliance.config import Config
+
+PROBE_IDENT = 0x7470        # ICMP echo identifier of twinpath probes ("tp")
+FILTER_PRIO = 0x7470        # our tc filter priority, so detach removes only ours
+TC_INGRESS, TC_EGRESS = "ffff:fff2", "ffff:fff3"
+GATEWAY_SOURCES = ["steer.c", "heartbeat.c"]
+
+
+def compile_gateway(dead_ns: int, ident: int = PROBE_IDENT) -> BPF:
+    """Steer and heartbeat programs in one BCC module, sharing their maps."""
+    defines = {"TP_DEAD_NS": f"{dead_ns}ULL", "TP_PROBE_IDENT": ident}
+    return BPF(text=assemble(GATEWAY_SOURCES, defines).encode())
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+@dataclass
+class LinkState:
+    """What the daemon knows of a link from netlink."""
+    ifindex: int
+    src_mac: str
+    dst_mac: str | None = None
+    carrier: bool = False
+
+    def to_map(self) -> layout.Link:
+        flags = (layout.LINK_CARRIER if self.carrier else 0) | (layout.LINK_NEXTHOP if self.dst_mac else 0)
+        return layout.Link(ifindex=self.ifindex, flags=flags,
+                           src_mac=(ctypes.c_uint8 * 6)(*mac_bytes(self.src_mac)),
+                           dst_mac=(ctypes.c_uint8 * 6)(*mac_bytes(self.dst_mac or "00:00:00:00:00:00")))
+
+
+class Gateway:
+    """The loaded gateway programs and their maps, for one configuration."""
+
+    def __init__(self, cfg: Config, bpf: BPF | None = None):
+        self.cfg = cfg
+        self.bpf = bpf or compile_gateway(cfg.heartbeat.dead_ns)
+        self.steer = self.bpf.load_func("tp_steer", BPF.SCHED_CLS)
+        self.hb_egress = self.bpf.load_func("tp_hb_egress", BPF.SCHED_CLS)
+        self.hb_ingress = self.bpf.load_func("tp_hb_ingress", BPF.SCHED_CLS)
+        self._attached: list[tuple[int, str, str]] = []
+
+    # -- maps -------------------------------------------------------------
+    def write_link(self, link_id: int, state: LinkState) -> None:
+        self.bpf["tp_links"][ctypes.c_uint32(link_id)] = state.to_map()
+
+    def write_policy(self) -> None:
+        """Classes, their preferred links and the rule trie, from the config."""
+        cfg = self.cfg
+        classes, active = self.bpf["tp_classes"], self.bpf["tp_active"]
+        for cid, c in enumerate(cfg.classes):
+            ids = [cfg.link_index(n) for n in c.links]
+            classes[ctypes.c_uint32(cid)] = layout.Class(
+                n_links=len(ids), links=(ctypes.c_uint32 * layout.MAX_LINKS)(*ids))
+            active[ctypes.c_uint32(cid)] = ctypes.c_uint64(ids[0])
+        trie = self.bpf["tp_rules"]
+        for prefix, rules in compile_rules(cfg).items():
+            value = layout.PrefixRules(n_rules=len(rules))
+            for i, r in enumerate(rules):
+                value.rules[i] = layout.Rule(proto=r.proto, class_id=r.class_id,
+                                             port_lo=r.port_lo, port_hi=r.port_hi)
+            key = layout.LpmKey(prefixlen=prefix.prefixlen,
+                                addr=int.from_bytes(prefix.network_address.packed, "little"))
+            trie[key] = value
+
+    def set_active(self, class_id: int, link_id: int) -> None:
+        self.bpf["tp_active"][ctypes.c_uint32(class_id)] = ctypes.c_uint64(link_id)
+
+    def active(self) -> list[int]:
+        t = self.bpf["tp_active"]
+        return [t[ctypes.c_uint32(c)].value for c in range(len(self.cfg.classes))]
+
+    def health(self) -> list[layout.Health]:
+        t = self.bpf["tp_health"]
+        return [layout.Health.from_buffer_copy(t[ctypes.c_uint32(i)]) for i in range(len(self.cfg.links))]
+
+    def rtt_histogram(self, link_id: int) -> list[int]:
+        t = self.bpf["tp_rtt_hist"]
+        base = link_id * layout.RTT_BUCKETS
+        return [sum(t[ctypes.c_uint32(base + b)]) for b in range(layout.RTT_BUCKETS)]
+
+    def counters(self, class_id: int, link_id: int) -> dict[str, int]:
+        per_cpu = self.bpf["tp_steer_stats"][ctypes.c_uint32(class_id * layout.MAX_LINKS + link_id)]
+        return {f: sum(getattr(c, f) for c in per_cpu) for f, _ in layout.Counters._fields_}
+
+    def global_stats(self) -> dict[str, int]:
+        t = self.bpf["tp_gstats"]
+        return {name: sum(t[ctypes.c_uint32(i)]) for i, name in enumerate(layout.STATS)}
+
+    def open_events(self, callback) -> None:
+        """callback(layout.Event) for each reflex failover; poll() delivers."""
+        def _raw(_ctx, data, _size):
+            callback(ctypes.cast(data, ctypes.POINTER(layout.Event)).contents)
+        self.bpf["tp_events"].open_ring_buffer(_raw)
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    # -- attachment -------------------------------------------------------
+    def attach(self, ipr: IPRoute) -> None:
+        """Heartbeat programs on every link, then steering on the ingress."""
+        for link in self.cfg.links:
+            self._attach_one(ipr, link.dev, TC_EGRESS, self.hb_egress)
+            self._attach_one(ipr, link.dev, TC_INGRESS, self.hb_ingress)
+        self._attach_one(ipr, self.cfg.steer.ingress, TC_INGRESS, self.steer)
+
+    def _attach_one(self, ipr: IPRoute, dev: str, parent: str, fn) -> None:
+        idx = ifindex(ipr, dev)
+        try:
+            ipr.tc("add", "clsact", idx)
+        except Exception as e:  # an existing clsact (ours or another tool's) is fine
+            if getattr(e, "code", None) != errno.EEXIST:
+                raise
+        # replace: a restarted daemon takes over its predecessor's filter in
+        # one netlink operation, with no moment without a program.
+        ipr.tc("replace-filter", "bpf", idx, ":1", fd=fn.fd, name=fn.name.decode(),
+               parent=parent, classid=1, direct_action=True, prio=FILTER_PRIO)
+        self._attached.append((idx, parent, dev))
+
+    def detach(self, ipr: IPRoute) -> None:
+        """Removes our filters only; traffic returns to kernel routing."""
+        for idx, parent, _dev in reversed(self._attached):
+            try:
+                ipr.tc("del-filter", "bpf", idx, ":1", parent=parent, prio=FILTER_PRIO)
+            except Exception as e:
+                if getattr(e, "code", None) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                    raise
+        self._attached.clear()
+
+
+def ifindex(ipr: IPRoute, dev: str) -> int:
+    found = ipr.link_lookup(ifname=dev)
+    if not found:
+        raise LookupError(f"interface {dev!r} does not exist in this network namespace")
+    return found[0]
+
+
+def open_probe_socket(dev: str, target: ipaddress.IPv4Address) -> socket.socket:
+    """A raw ICMP socket that sends only on `dev` and receives nothing: replies
+    are consumed by tp_hb_ingress before the stack sees them."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+    s.setsockopt(socket.SOL_RAW, 1, (0xFFFFFFFF).to_bytes(4, "little"))  # ICMP_FILTER: drop all types
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, 6)  # ahead of bulk traffic in qdiscs
+    s.connect((str(target), 0))
+    return s

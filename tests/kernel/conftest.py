@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance import config
+
+LAB_LIKE_CONFIG = """
+[heartbeat]
+interval_us = 1000
+multiplier = 3
+
+[steer]
+ingress = "int"
+
+[[links]]
+name = "A"
+dev = "lnkA"
+target = "198.18.10.2"
+
+[[links]]
+name = "B"
+dev = "lnkB"
+target = "198.18.11.2"
+
+[[classes]]
+name = "orders"
+links = ["A", "B"]
+
+[[classes]]
+name = "marketdata"
+links = ["B", "A"]
+
+[[rules]]
+class = "orders"
+dst = "198.19.0.0/24"
+proto = "any"
+ports = "9000-9099"
+
+[[rules]]
+class = "marketdata"
+dst = "198.19.0.0/24"
+proto = "udp"
+ports = "9100-9199"
+"""
+
+
+@pytest.fixture(scope="session")
+def fixture_config() -> config.Config:
+    return config.parse(LAB_LIKE_CONFIG, "fixture")
+
+
+@pytest.fixture(scope="session")
+def compiled_gateway(fixture_config):
+    """One compilation for every packet-fixture test (BCC takes ~0.5 s)."""
+    from appliance.dataplane import Gateway
+    return Gateway(fixture_config)
+
+
+def now_ns() -> int:
+    # bpf_ktime_get_ns() is CLOCK_MONOTONIC, the same clock as this.
+    return time.monotonic_ns()
+
+MAC = {"A.src": "02:00:00:00:0a:01", "A.nh": "02:00:00:00:0a:02",
+       "B.src": "02:00:00:00:0b:01", "B.nh": "02:00:00:00:0b:02"}
+# BPF_PROG_TEST_RUN runs skb programs on the loopback device, so a link whose
+# ifindex is 1 is "the interface this packet arrived on".
+TEST_RUN_IFINDEX = 1
+
+
+class FixtureGateway:
+    """The compiled gateway with maps reset to a known state per test, and
+    the reflex events it emitted."""
+
+    def __init__(self, gateway):
+        from appliance.dataplane import LinkState
+        self.gw = gateway
+        self.events = []
+        self._LinkState = LinkState
+        gateway.open_events(lambda ev: self.events.append((ev.class_id, ev.from_link, ev.to_link,
+                                                           ev.cause, ev.silence_ns)))
+
+    def reset(self):
+        gw = self.gw
+        for name in ("tp_health", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
+            gw.bpf[name].clear()
+        gw.write_policy()
+        for link_id, name in enumerate("AB"):
+            self.set_link(link_id, carrier=True, nexthop=True)
+            self.set_fresh(link_id, age_ns=0)
+        gw.poll(0)
+        self.events.clear()
+
+    def set_link(self, link_id, carrier=True, nexthop=True, ifindex=TEST_RUN_IFINDEX):
+        name = "AB"[link_id]
+        self.gw.write_link(link_id, self._LinkState(
+            ifindex=ifindex, src_mac=MAC[f"{name}.src"],
+            dst_mac=MAC[f"{name}.nh"] if nexthop else None, carrier=carrier))
+
+    def set_fresh(self, link_id, age_ns, fresh_for_ns=10**9):
+        import ctypes
+        from appliance import layout
+        now = now_ns()
+        last = now - age_ns if age_ns is not None else 0
+        self.gw.bpf["tp_health"][ctypes.c_uint32(link_id)] = layout.Health(
+            last_reply_ns=last, fresh_since_ns=max(last - fresh_for_ns, 0) if last else 0)
+
+    def run(self, prog, packet: bytes):
+        from appliance.bpfsys import prog_test_run
+        verdict, out, _ = prog_test_run(prog.fd, packet)
+        self.gw.poll(0)
+        return verdict, out
+
+
+@pytest.fixture
+def gateway(compiled_gateway):
+    fx = getattr(compiled_gateway, "_fixture", None) or FixtureGateway(compiled_gateway)
+    compiled_gateway._fixture = fx
+    fx.reset()
+    return fx

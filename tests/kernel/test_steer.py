@@ -1,0 +1,138 @@
+"""Packet fixtures for tp_steer: scapy builds the packet, BPF_PROG_TEST_RUN
+runs the program, the test checks the verdict and the bytes it left."""
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Ether
+
+from appliance import layout
+from tests.kernel.conftest import MAC
+
+TC_ACT_OK, TC_ACT_REDIRECT = 0, 7
+ORDERS, MARKETDATA = 0, 1
+A, B = 0, 1
+TRADER_MAC, GW_INT_MAC = "02:00:00:00:01:01", "02:00:00:00:01:fe"
+
+
+def packet(dst="198.19.0.10", l4=None, ttl=64, **ip):
+    l4 = UDP(sport=40000, dport=9000) if l4 is None else l4
+    return Ether(src=TRADER_MAC, dst=GW_INT_MAC) / IP(src="198.18.1.1", dst=dst, ttl=ttl, **ip) / l4 / (b"x" * 32)
+
+
+def assert_forwarded(out: bytes, sent, link: str):
+    got, want = Ether(out), sent.copy()
+    assert (got.dst, got.src) == (MAC[f"{link}.nh"], MAC[f"{link}.src"])
+    assert got[IP].ttl == want[IP].ttl - 1
+    check = got[IP].chksum
+    del got[IP].chksum
+    assert check == IP(bytes(got[IP])).chksum, "IP checksum not updated correctly"
+    assert bytes(got[IP].payload) == bytes(want[IP].payload), "steering must not touch L4"
+
+
+@pytest.mark.parametrize("l4,link", [
+    (UDP(sport=40000, dport=9000), "A"),           # orders, udp, low end of range
+    (TCP(sport=40000, dport=9099, flags="S"), "A"),  # orders, any proto, high end
+    (UDP(sport=40000, dport=9150), "B"),           # marketdata prefers B
+])
+def test_classified_packet_goes_to_its_class_link(gateway, l4, link):
+    pkt = packet(l4=l4)
+    verdict, out = gateway.run(gateway.gw.steer, bytes(pkt))
+    assert verdict == TC_ACT_REDIRECT
+    assert_forwarded(out, pkt, link)
+    cls = ORDERS if link == "A" or l4.dport < 9100 else MARKETDATA
+    counters = gateway.gw.counters(cls, "AB".index(link))
+    assert counters == {"packets": 1, "bytes": len(pkt), "redirects": 1, "failovers": 0}
+
+
+@pytest.mark.parametrize("pkt,stat", [
+    (packet(l4=UDP(dport=8999)), "no_rule"),                        # port outside every rule
+    (packet(l4=TCP(dport=9150)), "no_rule"),                        # marketdata is udp-only
+    (packet(dst="198.18.1.254"), "no_rule"),                        # to the gateway itself
+    (packet(l4=ICMP()), "no_rule"),                                 # no ports: not in 9000-9099
+    (packet(ttl=1), "ttl_expired"),                                 # stack sends time-exceeded
+    (packet(options=[b"\x01" * 4]), "unparsed"),                    # IP options
+    (packet(flags="MF"), "unparsed"),                               # a fragment
+    (Ether(src=TRADER_MAC) / ARP(pdst="198.18.1.254"), "not_ipv4"),
+    (Ether(src=TRADER_MAC) / IPv6(dst="2001:2::10") / UDP(dport=9000), "not_ipv4"),
+])
+def test_everything_else_takes_kernel_routing_untouched(gateway, pkt, stat):
+    raw = bytes(pkt)
+    verdict, out = gateway.run(gateway.gw.steer, raw)
+    assert verdict == TC_ACT_OK
+    assert out == raw
+    assert gateway.gw.global_stats()[stat] == 1
+
+
+# BPF_PROG_TEST_RUN itself refuses an IPv4 frame shorter than Ethernet + IP
+# (EINVAL), so truncation is exercised from there into the L4 header.
+@pytest.mark.parametrize("cut", [34, 37, 41])
+def test_truncated_packets_pass_untouched(gateway, cut):
+    raw = bytes(packet())[:cut]
+    verdict, out = gateway.run(gateway.gw.steer, raw)
+    assert (verdict, out) == (TC_ACT_OK, raw)
+
+
+def test_stale_link_with_fresh_standby_switches_at_once(gateway):
+    gateway.set_fresh(A, age_ns=10_000_000)   # 10 ms silent > 3 ms dead interval
+    pkt = packet()
+    verdict, out = gateway.run(gateway.gw.steer, bytes(pkt))
+    assert verdict == TC_ACT_REDIRECT
+    assert_forwarded(out, pkt, "B")
+    assert gateway.gw.active()[ORDERS] == B
+    assert len(gateway.events) == 1
+    cls, frm, to, cause, silence = gateway.events[0]
+    assert (cls, frm, to, layout.CAUSES[cause]) == (ORDERS, A, B, "heartbeat")
+    assert 10_000_000 <= silence < 1_000_000_000
+    assert gateway.gw.counters(ORDERS, A)["failovers"] == 1
+    # Later packets follow without another event.
+    verdict, out = gateway.run(gateway.gw.steer, bytes(pkt))
+    assert_forwarded(out, pkt, "B")
+    assert len(gateway.events) == 1
+
+
+def test_link_just_inside_dead_interval_does_not_switch(gateway):
+    gateway.set_fresh(A, age_ns=2_000_000)    # 2 ms < 3 ms
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["A.nh"]
+    assert gateway.events == []
+
+
+def test_carrier_loss_switches_with_carrier_cause(gateway):
+    gateway.set_link(A, carrier=False)
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["B.nh"]
+    assert layout.CAUSES[gateway.events[0][3]] == "carrier"
+
+
+def test_all_links_stale_stays_put(gateway):
+    gateway.set_fresh(A, age_ns=10_000_000)
+    gateway.set_fresh(B, age_ns=10_000_000)
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert verdict == TC_ACT_REDIRECT
+    assert Ether(out).dst == MAC["A.nh"]
+    assert gateway.gw.active()[ORDERS] == A
+    assert gateway.events == []
+    assert gateway.gw.global_stats()["all_stale"] == 1
+
+
+@pytest.mark.parametrize("standby_problem", ["no_nexthop", "no_carrier", "never_replied"])
+def test_unusable_standby_is_never_chosen(gateway, standby_problem):
+    gateway.set_fresh(A, age_ns=10_000_000)
+    if standby_problem == "no_nexthop":
+        gateway.set_link(B, nexthop=False)
+    elif standby_problem == "no_carrier":
+        gateway.set_link(B, carrier=False)
+    else:
+        gateway.set_fresh(B, age_ns=None)
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["A.nh"]
+    assert gateway.events == []
+
+
+def test_current_link_without_nexthop_falls_back_to_kernel_routing(gateway):
+    gateway.set_link(A, nexthop=False)
+    gateway.set_link(B, carrier=False)
+    raw = bytes(packet())
+    verdict, out = gateway.run(gateway.gw.steer, raw)
+    assert (verdict, out) == (TC_ACT_OK, raw)
+    assert gateway.gw.global_stats()["no_nexthop"] == 1
