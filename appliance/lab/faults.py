@@ -1,0 +1,206 @@
+"""Fault injection on the lab's carrier links.
+
+The kernel has no netem, so loss and blackholes come from ebpf/fault.c, a TC
+classifier on both directions of each carrier's gw-facing veth (carA `gwA`,
+carB `gwB`). Its config and counter maps are pinned under
+/sys/fs/bpf/twinpath/<lab>/fault_<carrier>_{cfg,stats}: the TC filters keep the
+program and maps alive after the loading process exits, and any process (the
+scenario runner, the CLI) can flip a fault through the pins.
+
+Faults per link ("A" or "B"):
+  carrier-down  the carrier's gw-facing veth goes admin down, so gw's link loses carrier
+                (clear brings it up and restores the carrier routes the kernel deleted)
+  blackhole     every packet on the link is dropped, both ways; gw keeps carrier
+  loss          each packet is dropped with the given probability
+
+blackhole and loss share the link's one fault map: injecting one replaces the
+other, and clearing either restores pass-through.
+
+inject() and clear() return time.monotonic_ns() taken just before the change
+becomes visible to the kernel, so detection times measured from it are never
+flattered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from appliance.lab.topology import LINKS, Lab, LabError, LinkSpec, carrier_routes_via_gw
+
+FAULTS = ("carrier-down", "blackhole", "loss")
+
+SOURCE = Path(__file__).resolve().parents[2] / "ebpf" / "fault.c"
+
+MODE_PASS, MODE_BLACKHOLE, MODE_LOSS = 0, 1, 2
+TC_INGRESS, TC_EGRESS = "ffff:fff2", "ffff:fff3"
+IFF_UP = 1
+
+
+class _FaultConfig(ctypes.Structure):
+    _fields_ = [("mode", ctypes.c_uint32), ("loss_threshold", ctypes.c_uint32)]
+
+
+class _FaultCounters(ctypes.Structure):
+    _fields_ = [("passed", ctypes.c_uint64), ("dropped", ctypes.c_uint64)]
+
+
+def cfg_pin(lab: Lab, link: str) -> Path:
+    return lab.pin_dir / f"fault_{_link(link).carrier}_cfg"
+
+
+def stats_pin(lab: Lab, link: str) -> Path:
+    return lab.pin_dir / f"fault_{_link(link).carrier}_stats"
+
+
+def attach(lab: Lab) -> None:
+    """Load fault.c onto every carrier's gw-facing veth and pin its maps (done by lab up)."""
+    from bcc import BPF  # BCC (and LLVM) only for building a lab, not for flipping faults
+
+    lab.pin_dir.mkdir(parents=True, exist_ok=True)
+    for link in LINKS.values():
+        # One compile per carrier: each needs its own maps, and a BCC module owns one set.
+        with BPF(src_file=str(SOURCE).encode()) as bpf:
+            prog = bpf.load_func(b"fault", BPF.SCHED_CLS)
+            _pin(bpf[b"fault_cfg"].map_fd, cfg_pin(lab, link.name))
+            _pin(bpf[b"fault_stats"].map_fd, stats_pin(lab, link.name))
+            with lab.iproute(link.carrier) as ipr:
+                index = ipr.link_lookup(ifname=link.carrier_dev)[0]
+                ipr.tc("add", "clsact", index)
+                for parent in (TC_INGRESS, TC_EGRESS):
+                    ipr.tc("add-filter", "bpf", index, ":1", fd=prog.fd, name=prog.name,
+                           parent=parent, classid=1, direct_action=True)
+
+
+def inject(lab: Lab, fault: str, link: str, probability: float | None = None) -> int:
+    """Start a fault on link "A" or "B"; loss needs a drop probability in [0, 1]."""
+    spec = _link(link)
+    if (probability is not None) != (fault == "loss"):
+        raise ValueError("a probability is required for loss and only for loss")
+    if fault == "carrier-down":
+        return _set_carrier_admin(lab, spec, up=False)
+    if fault == "blackhole":
+        return _write_cfg(lab, spec, _FaultConfig(MODE_BLACKHOLE, 0))
+    if fault == "loss":
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"loss probability {probability} is outside [0, 1]")
+        # Drop when prandom_u32 < threshold: p * 2^32, capped to fit a u32.
+        threshold = min(round(probability * 2**32), 2**32 - 1)
+        return _write_cfg(lab, spec, _FaultConfig(MODE_LOSS, threshold))
+    raise ValueError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
+
+
+def clear(lab: Lab, fault: str, link: str) -> int:
+    """End a fault on link "A" or "B" (clearing one that is not active is harmless)."""
+    spec = _link(link)
+    if fault == "carrier-down":
+        return _set_carrier_admin(lab, spec, up=True)
+    if fault in ("blackhole", "loss"):
+        return _write_cfg(lab, spec, _FaultConfig(MODE_PASS, 0))
+    raise ValueError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
+
+
+def active(lab: Lab) -> dict[str, dict[str, bool | float]]:
+    """Active faults per link, e.g. {"A": {"blackhole": True}, "B": {"loss": 0.05}}."""
+    result: dict[str, dict[str, bool | float]] = {}
+    for name, spec in LINKS.items():
+        faults: dict[str, bool | float] = {}
+        with lab.iproute(spec.carrier) as ipr:
+            (carrier_dev,) = ipr.get_links(ifname=spec.carrier_dev)
+        if not carrier_dev["flags"] & IFF_UP:
+            faults["carrier-down"] = True
+        cfg = _FaultConfig()
+        with _pinned(cfg_pin(lab, name)) as fd:
+            _lookup(fd, cfg)
+        if cfg.mode == MODE_BLACKHOLE:
+            faults["blackhole"] = True
+        elif cfg.mode == MODE_LOSS:
+            faults["loss"] = round(cfg.loss_threshold / 2**32, 6)
+        result[name] = faults
+    return result
+
+
+def counters(lab: Lab, link: str) -> dict[str, int]:
+    """Packets the injector on a link has passed and dropped (both directions, all CPUs)."""
+    per_cpu = (_FaultCounters * _possible_cpus())()
+    with _pinned(stats_pin(lab, link)) as fd:
+        _lookup(fd, per_cpu)
+    return {"passed": sum(c.passed for c in per_cpu), "dropped": sum(c.dropped for c in per_cpu)}
+
+
+def _link(link: str) -> LinkSpec:
+    try:
+        return LINKS[link]
+    except KeyError:
+        raise ValueError(f"unknown link {link!r}; expected one of {', '.join(LINKS)}") from None
+
+
+def _set_carrier_admin(lab: Lab, spec: LinkSpec, up: bool) -> int:
+    with lab.iproute(spec.carrier) as ipr:
+        index = ipr.link_lookup(ifname=spec.carrier_dev)[0]
+        started_ns = time.monotonic_ns()
+        ipr.link("set", index=index, state="up" if up else "down")
+        if up:
+            # Taking the veth down made the kernel delete the carrier's routes through it.
+            for route in carrier_routes_via_gw(spec):
+                ipr.route("replace", **route)
+    return started_ns
+
+
+def _write_cfg(lab: Lab, spec: LinkSpec, cfg: _FaultConfig) -> int:
+    with _pinned(cfg_pin(lab, spec.name)) as fd:
+        started_ns = time.monotonic_ns()
+        _update(fd, cfg)
+    return started_ns
+
+
+# Minimal libbpf wrappers for pinned maps (BCC's own handles die with the loader).
+_libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+_libbpf.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_libbpf.bpf_obj_get.argtypes = [ctypes.c_char_p]
+_libbpf.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
+_libbpf.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_ZERO_KEY = ctypes.c_uint32(0)
+_BPF_ANY = 0
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno() or -ret
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def _pin(fd: int, path: Path) -> None:
+    _check(_libbpf.bpf_obj_pin(fd, str(path).encode()), f"pinning {path}")
+
+
+@contextlib.contextmanager
+def _pinned(path: Path) -> Iterator[int]:
+    """An fd for a pinned map, closed on exit."""
+    fd = _libbpf.bpf_obj_get(str(path).encode())
+    if fd < 0 and ctypes.get_errno() == errno.ENOENT:
+        raise LabError(f"no fault map at {path}; is the lab up? (`twinpath lab status`)")
+    _check(fd, f"opening {path}")
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _update(fd: int, value: ctypes.Structure) -> None:
+    _check(_libbpf.bpf_map_update_elem(fd, ctypes.byref(_ZERO_KEY), ctypes.byref(value), _BPF_ANY),
+           "updating fault map")
+
+
+def _lookup(fd: int, value: ctypes.Array | ctypes.Structure) -> None:
+    _check(_libbpf.bpf_map_lookup_elem(fd, ctypes.byref(_ZERO_KEY), ctypes.byref(value)), "reading fault map")
+
+
+def _possible_cpus() -> int:
+    return _check(_libbpf.libbpf_num_possible_cpus(), "counting possible CPUs")
