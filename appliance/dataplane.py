@@ -23,6 +23,7 @@ from appliance.config import Config
 PROBE_IDENT = 0x7470        # ICMP echo identifier of twinpath probes ("tp")
 FILTER_PRIO = 0x7470        # our tc filter priority, so detach removes only ours
 TC_INGRESS, TC_EGRESS = "ffff:fff2", "ffff:fff3"
+SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h; Python's socket module lacks them
 GATEWAY_SOURCES = ["steer.c", "heartbeat.c"]
 
 
@@ -162,7 +163,7 @@ def open_probe_socket(dev: str, target: ipaddress.IPv4Address) -> socket.socket:
     are consumed by tp_hb_ingress before the stack sees them."""
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
-    s.setsockopt(socket.SOL_RAW, 1, (0xFFFFFFFF).to_bytes(4, "little"))  # ICMP_FILTER: drop all types
+    s.setsockopt(SOL_RAW, ICMP_FILTER, (0xFFFFFFFF).to_bytes(4, "little"))  # deliver no ICMP type
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, 6)  # ahead of bulk traffic in qdiscs
     s.connect((str(target), 0))

@@ -1,0 +1,207 @@
+"""`twinpath run`: loads the fast path, keeps its maps true to the world, and
+reports what it does as JSON lines.
+
+Threads: the heartbeat sender (Cython, no GIL); a netlink thread that writes
+carrier and next-hop changes to the maps the moment they arrive; and the main
+thread, which reads failover events from the ring buffer and applies the
+failback policy. If the daemon dies, the attached programs keep forwarding on
+the last state it wrote (fail static); with no heartbeats every link goes
+stale together, and the data path then never switches.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from typing import TextIO
+
+from pyroute2 import IPRoute
+
+from appliance import layout, netlink, policy, telemetry
+from appliance.config import Config
+from appliance.dataplane import PROBE_IDENT, Gateway, LinkState, open_probe_socket
+from fastpath.heartbeat import Sender
+
+TICK_S = 0.005
+READY_TIMEOUT_S = 5.0
+
+
+class JsonLog:
+    """One JSON object per line: time (UTC wall clock), mono_ns (the clock
+    the data path stamps with), event, fields."""
+
+    def __init__(self, stream: TextIO = sys.stdout):
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def emit(self, event: str, **fields) -> None:
+        record = {"time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                  "mono_ns": time.monotonic_ns(), "event": event, **fields}
+        with self._lock:
+            self._stream.write(json.dumps(record) + "\n")
+            self._stream.flush()
+
+
+class Daemon:
+    def __init__(self, cfg: Config, log: JsonLog, stats_interval_s: float = 10.0):
+        self.cfg = cfg
+        self.log = log
+        self.stats_interval_s = stats_interval_s
+        self.link_names = [l.name for l in cfg.links]
+        self.class_names = [c.name for c in cfg.classes]
+        self.class_links = [[cfg.link_index(n) for n in c.links] for c in cfg.classes]
+        self.links: list[LinkState] = []
+        self.carrier_lost_ns: dict[int, int] = {}
+        self._lock = threading.Lock()  # guards self.links between netlink and main threads
+
+    # -- netlink thread -----------------------------------------------------
+    def _watch_netlink(self, monitor: netlink.Monitor, stop: threading.Event) -> None:
+        by_ifindex = {s.ifindex: i for i, s in enumerate(self.links)}
+        while not stop.is_set():
+            for change in monitor.read(0.1):
+                link_id = by_ifindex.get(change.ifindex)
+                if link_id is not None:
+                    self._apply(link_id, change)
+
+    def _apply(self, link_id: int, change) -> None:
+        name = self.link_names[link_id]
+        with self._lock:
+            state = self.links[link_id]
+            if isinstance(change, netlink.LinkChange):
+                if change.carrier == state.carrier:
+                    return
+                state.carrier = change.carrier
+                self.gw.write_link(link_id, state)
+                if not change.carrier:
+                    self.carrier_lost_ns[link_id] = time.monotonic_ns()
+                self.log.emit("carrier", link=name, up=change.carrier)
+            elif change.ip == self.cfg.links[link_id].gateway:
+                if change.mac is None:
+                    if state.dst_mac:  # keep forwarding to the last known MAC
+                        self.log.emit("nexthop-unresolved", link=name, kept=state.dst_mac)
+                    return
+                if change.mac != state.dst_mac:
+                    state.dst_mac = change.mac
+                    self.gw.write_link(link_id, state)
+                    self.log.emit("nexthop", link=name, ip=str(change.ip), mac=change.mac)
+
+    # -- main thread --------------------------------------------------------
+    def _on_failover(self, ev: layout.Event) -> None:
+        cause = layout.CAUSES.get(ev.cause, str(ev.cause))
+        if cause == "carrier" and ev.from_link in self.carrier_lost_ns:
+            detect_ns = ev.ts_ns - self.carrier_lost_ns[ev.from_link]
+        else:
+            detect_ns = ev.silence_ns
+        self.log.emit("failover", mono_ns=ev.ts_ns, **{
+            "class": self.class_names[ev.class_id], "from": self.link_names[ev.from_link],
+            "to": self.link_names[ev.to_link], "cause": cause, "detect_us": round(detect_ns / 1000, 1)})
+
+    def _observe(self, now_ns: int) -> list[policy.LinkObservation]:
+        health = self.gw.health()
+        with self._lock:
+            return [policy.LinkObservation(carrier=s.carrier, nexthop=s.dst_mac is not None,
+                                           last_reply_ns=h.last_reply_ns, fresh_since_ns=h.fresh_since_ns)
+                    for s, h in zip(self.links, health)]
+
+    def _tick(self) -> None:
+        now = time.monotonic_ns()
+        hb = self.cfg.heartbeat
+        for sw in policy.failbacks(self.class_links, self.gw.active(), self._observe(now),
+                                   now, hb.dead_ns, hb.holddown_ms * 1_000_000):
+            self.gw.set_active(sw.class_id, sw.to_link)
+            self.log.emit("failover", **{
+                "class": self.class_names[sw.class_id], "from": self.link_names[sw.from_link],
+                "to": self.link_names[sw.to_link], "cause": sw.cause, "detect_us": None,
+                "fresh_for_ms": round(sw.fresh_for_ns / 1e6, 1)})
+
+    def _report_health(self, sender: Sender, hist_before: list[list[int]]) -> list[list[int]]:
+        now = time.monotonic_ns()
+        hists = [self.gw.rtt_histogram(i) for i in range(len(self.links))]
+        links = {}
+        for i, (obs, h) in enumerate(zip(self._observe(now), self.gw.health())):
+            window = telemetry.diff(hists[i], hist_before[i])
+            links[self.link_names[i]] = {
+                "fresh": policy.fresh_for_ns(obs, now, self.cfg.heartbeat.dead_ns) >= 0,
+                "carrier": obs.carrier, "rtt_ewma_us": round(h.rtt_ewma_ns / 1000, 1),
+                "rtt_p50_us": telemetry.histogram_percentile_us(window, 0.5),
+                "rtt_p99_us": telemetry.histogram_percentile_us(window, 0.99),
+                "probes": h.probes, "replies": h.replies,
+                "sent": sender.sent[i], "send_errors": sender.errors[i]}
+        self.log.emit("health", links=links, active={
+            self.class_names[c]: self.link_names[l] for c, l in enumerate(self.gw.active())},
+            sender={"periods": sender.periods, "late": sender.late_periods,
+                    "skipped": sender.skipped_periods, "max_late_us": round(sender.max_late_ns / 1000, 1)},
+            drops=self.gw.global_stats())
+        return hists
+
+    def run(self, stop: threading.Event) -> None:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        with IPRoute() as ipr:
+            netlink.link_info(ipr, cfg.steer.ingress)  # fail before touching anything
+            for link in cfg.links:
+                ifindex, mac, carrier = netlink.link_info(ipr, link.dev)
+                self.links.append(LinkState(ifindex, mac, netlink.neighbour_mac(ipr, ifindex, link.gateway),
+                                            carrier))
+            self.gw = Gateway(cfg)
+            for i, state in enumerate(self.links):
+                self.gw.write_link(i, state)
+            self.gw.write_policy()
+            self.gw.open_events(self._on_failover)
+
+            sockets = [open_probe_socket(l.dev, l.target) for l in cfg.links]
+            sender = Sender(sockets, [layout.probe_template(i, PROBE_IDENT) for i in range(len(cfg.links))],
+                            layout.PROBE_SEQ_OFFSET, cfg.heartbeat.interval_us * 1000)
+            monitor = netlink.Monitor()
+            threads = [threading.Thread(target=sender.run, name="heartbeat", daemon=True),
+                       threading.Thread(target=self._watch_netlink, args=(monitor, stop),
+                                        name="netlink", daemon=True)]
+            for t in threads:
+                t.start()
+            try:
+                self.gw.attach(ipr)
+                self.log.emit("attached", startup_ms=round((time.monotonic() - t0) * 1000, 1),
+                              links={l.name: l.dev for l in cfg.links}, ingress=cfg.steer.ingress,
+                              interval_us=cfg.heartbeat.interval_us, multiplier=cfg.heartbeat.multiplier)
+                self._resolve_missing_nexthops(ipr)
+                self._main_loop(stop, sender)
+            finally:
+                self.gw.detach(ipr)
+                sender.stop()
+                stop.set()
+                for t in threads:
+                    t.join(timeout=1.0)
+                monitor.close()
+                for s in sockets:
+                    s.close()
+                self.log.emit("stopped", sent=sender.sent, late_periods=sender.late_periods,
+                              max_late_us=round(sender.max_late_ns / 1000, 1))
+
+    def _resolve_missing_nexthops(self, ipr: IPRoute) -> None:
+        """Probes make the kernel ARP for each far end; pick up the answers
+        that arrived before the netlink thread was listening."""
+        for i, link in enumerate(self.cfg.links):
+            mac = netlink.neighbour_mac(ipr, self.links[i].ifindex, link.gateway)
+            if mac:
+                self._apply(i, netlink.NeighbourChange(self.links[i].ifindex, link.gateway, mac))
+
+    def _main_loop(self, stop: threading.Event, sender: Sender) -> None:
+        ready_deadline = time.monotonic() + READY_TIMEOUT_S
+        ready = False
+        next_health = time.monotonic() + self.stats_interval_s
+        hists = [[0] * layout.RTT_BUCKETS for _ in self.links]
+        while not stop.is_set():
+            self.gw.poll(int(TICK_S * 1000))
+            self._tick()
+            now = time.monotonic()
+            if not ready:
+                obs = self._observe(time.monotonic_ns())
+                fresh = [policy.fresh_for_ns(o, time.monotonic_ns(), self.cfg.heartbeat.dead_ns) >= 0 for o in obs]
+                if all(fresh) or now > ready_deadline:
+                    ready = True
+                    self.log.emit("ready", fresh={n: f for n, f in zip(self.link_names, fresh)})
+            if now >= next_health:
+                hists = self._report_health(sender, hists)
+                next_health = now + self.stats_interval_s

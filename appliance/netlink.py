@@ -1,0 +1,78 @@
+"""Link and neighbour state from rtnetlink.
+
+Queries use pyroute2's IPRoute. Change notifications come from a plain
+NETLINK_ROUTE socket decoded by pyroute2's protocol layer (MarshalRtnl): it
+can be select()ed with a timeout, where pyroute2 0.9's own monitor buffers
+messages out of sight of select().
+"""
+from __future__ import annotations
+
+import ipaddress
+import select
+import socket
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+IFF_LOWER_UP = 0x10000
+# Neighbour states whose MAC can be used (ndmsg NUD_*): REACHABLE, STALE,
+# DELAY, PROBE, PERMANENT. INCOMPLETE and FAILED carry none.
+NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x80
+
+
+@dataclass(frozen=True)
+class LinkChange:
+    ifindex: int
+    carrier: bool
+
+
+@dataclass(frozen=True)
+class NeighbourChange:
+    ifindex: int
+    ip: ipaddress.IPv4Address
+    mac: str | None      # None: entry gone or unresolved
+
+
+def link_info(ipr: IPRoute, dev: str) -> tuple[int, str, bool]:
+    """(ifindex, MAC, carrier) of `dev`."""
+    found = ipr.get_links(ifname=dev)
+    if not found:
+        raise LookupError(f"interface {dev!r} does not exist in this network namespace")
+    msg = found[0]
+    return msg["index"], msg.get_attr("IFLA_ADDRESS"), bool(msg["flags"] & IFF_LOWER_UP)
+
+
+def neighbour_mac(ipr: IPRoute, ifindex: int, ip: ipaddress.IPv4Address) -> str | None:
+    for msg in ipr.get_neighbours(ifindex=ifindex, family=socket.AF_INET):
+        if msg.get_attr("NDA_DST") == str(ip) and msg["state"] & NUD_USABLE:
+            return msg.get_attr("NDA_LLADDR")
+    return None
+
+
+class Monitor:
+    """Carrier and neighbour changes, as they happen."""
+
+    def __init__(self):
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._sock.bind((0, RTMGRP_LINK | RTMGRP_NEIGH))
+        self._marshal = MarshalRtnl()
+
+    def read(self, timeout_s: float) -> list[LinkChange | NeighbourChange]:
+        if not select.select([self._sock], [], [], timeout_s)[0]:
+            return []
+        changes: list[LinkChange | NeighbourChange] = []
+        for msg in self._marshal.parse(self._sock.recv(1 << 16)):
+            event = msg["event"]
+            if event == "RTM_NEWLINK":
+                changes.append(LinkChange(msg["index"], bool(msg["flags"] & IFF_LOWER_UP)))
+            elif event in ("RTM_NEWNEIGH", "RTM_DELNEIGH") and msg["family"] == socket.AF_INET:
+                usable = event == "RTM_NEWNEIGH" and msg["state"] & NUD_USABLE
+                changes.append(NeighbourChange(msg["ifindex"], ipaddress.IPv4Address(msg.get_attr("NDA_DST")),
+                                               msg.get_attr("NDA_LLADDR") if usable else None))
+        return changes
+
+    def close(self) -> None:
+        self._sock.close()

@@ -1,0 +1,26 @@
+"""Pure summaries of what the data path counts: RTT percentiles from the
+kernel's log-scale histogram, probe loss between two readings."""
+from __future__ import annotations
+
+from appliance import layout
+
+
+def histogram_percentile_us(counts: list[int], q: float) -> float | None:
+    """Upper bound (us) of the bucket holding the q-quantile, so the figure
+    never understates; None without samples. The last bucket is open-ended:
+    its lower bound is returned."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for bucket, n in enumerate(counts):
+        seen += n
+        if seen >= rank and n:
+            low, high = layout.rtt_bucket_bounds_us(bucket)
+            return low if high == float("inf") else high
+    raise AssertionError("unreachable: rank <= total")
+
+
+def diff(now: list[int], before: list[int]) -> list[int]:
+    return [a - b for a, b in zip(now, before)]
