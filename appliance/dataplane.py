@@ -27,9 +27,10 @@ SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h; Python's socket module lacks them
 GATEWAY_SOURCES = ["steer.c", "heartbeat.c"]
 
 
-def compile_gateway(dead_ns: int, ident: int = PROBE_IDENT) -> BPF:
-    """Steer and heartbeat programs in one BCC module, sharing their maps."""
-    defines = {"TP_DEAD_NS": f"{dead_ns}ULL", "TP_PROBE_IDENT": ident}
+def compile_gateway(interval_ns: int, dead_ns: int, ident: int = PROBE_IDENT) -> BPF:
+    """Steer and heartbeat programs in one BCC module, sharing their maps.
+    Timers are compile-time constants: no per-packet config lookup."""
+    defines = {"TP_INTERVAL_NS": f"{interval_ns}ULL", "TP_DEAD_NS": f"{dead_ns}ULL", "TP_PROBE_IDENT": ident}
     return BPF(text=assemble(GATEWAY_SOURCES, defines).encode())
 
 
@@ -57,7 +58,7 @@ class Gateway:
 
     def __init__(self, cfg: Config, bpf: BPF | None = None):
         self.cfg = cfg
-        self.bpf = bpf or compile_gateway(cfg.heartbeat.dead_ns)
+        self.bpf = bpf or compile_gateway(cfg.heartbeat.interval_us * 1000, cfg.heartbeat.dead_ns)
         self.steer = self.bpf.load_func("tp_steer", BPF.SCHED_CLS)
         self.hb_egress = self.bpf.load_func("tp_hb_egress", BPF.SCHED_CLS)
         self.hb_ingress = self.bpf.load_func("tp_hb_ingress", BPF.SCHED_CLS)

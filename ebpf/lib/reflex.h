@@ -1,35 +1,42 @@
 /* Reflex failover: the data path leaves a class's current link the moment it
  * is found stale while a standby is fresh, with no user-space round trip.
  *
- * Freshness: carrier up, next hop known, and a heartbeat reply within the dead
- * interval (TP_DEAD_NS = interval x multiplier, a compile-time constant set by
- * the loader). If every link is stale at once (the probe sender stalled, say)
- * nothing switches: forwarding stays on the last good state. Failback is never
- * decided here; the daemon does it after a hold-down.
+ * Fresh: carrier up, next hop known, and a heartbeat reply within the dead
+ * interval (TP_DEAD_NS = interval x multiplier, compile-time constants set by
+ * the loader). A standby must also have answered a probe at least one
+ * interval newer than the current link's last answer: then probes kept
+ * flowing while the current link stayed silent. If the probe sender stalls,
+ * every link ages together, a few microseconds apart, and nothing switches:
+ * forwarding stays on the last good state. Carrier loss is direct evidence
+ * and needs only a fresh standby. Failback is never decided here; the daemon
+ * does it after a hold-down.
  */
 #ifndef TP_REFLEX_H
 #define TP_REFLEX_H
 
 #include "lib/maps.h"
 
-#ifndef TP_DEAD_NS
-#error "TP_DEAD_NS (heartbeat interval x multiplier, ns) must be defined by the loader"
+#if !defined(TP_DEAD_NS) || !defined(TP_INTERVAL_NS)
+#error "TP_DEAD_NS and TP_INTERVAL_NS (heartbeat timing, ns) must be defined by the loader"
 #endif
 
-static __always_inline int tp_link_fresh(__u32 link, __u64 now, __u64 *silence, __u32 *cause)
+static __always_inline int tp_link_fresh(__u32 link, __u64 now, __u64 *last_reply, __u32 *cause)
 {
 	struct tp_link *l = tp_links.lookup(&link);
 	struct tp_health *h = tp_health.lookup(&link);
+	__u64 silence;
 
+	*last_reply = 0;
 	if (!l || !h)
 		return 0;
-	*silence = now - h->last_reply_ns;
+	*last_reply = h->last_reply_ns;
+	silence = now - h->last_reply_ns;
 	if (!(l->flags & TP_LINK_CARRIER)) {
 		*cause = TP_CAUSE_CARRIER;
 		return 0;
 	}
 	*cause = TP_CAUSE_HEARTBEAT;
-	return (l->flags & TP_LINK_NEXTHOP) && h->last_reply_ns && *silence <= TP_DEAD_NS;
+	return (l->flags & TP_LINK_NEXTHOP) && h->last_reply_ns && silence <= TP_DEAD_NS;
 }
 
 /* The link this class's packet leaves on, switching if the current one is
@@ -38,14 +45,14 @@ static __always_inline __u32 tp_select_link(__u32 class_id, __u64 now)
 {
 	__u64 *active = tp_active.lookup(&class_id);
 	struct tp_class *cls = tp_classes.lookup(&class_id);
-	__u64 silence, ignored;
+	__u64 cur_last = 0, cand_last = 0;
 	__u64 cur;
 	__u32 cause, ignored_cause;
 
 	if (!active || !cls)
 		return TP_MAX_LINKS; /* not configured: caller routes normally */
 	cur = *active;
-	if (tp_link_fresh((__u32)cur, now, &silence, &cause))
+	if (tp_link_fresh((__u32)cur, now, &cur_last, &cause))
 		return cur;
 
 	#pragma unroll
@@ -54,13 +61,15 @@ static __always_inline __u32 tp_select_link(__u32 class_id, __u64 now)
 		if (i >= cls->n_links)
 			break;
 		cand = cls->links[i];
-		if (cand == cur || !tp_link_fresh((__u32)cand, now, &ignored, &ignored_cause))
+		if (cand == cur || !tp_link_fresh((__u32)cand, now, &cand_last, &ignored_cause))
+			continue;
+		if (cause == TP_CAUSE_HEARTBEAT && cand_last < cur_last + TP_INTERVAL_NS)
 			continue;
 		/* Several CPUs may see the same stale link at once: exactly one
 		 * wins the swap and reports it; the others follow the winner. */
 		if (__sync_val_compare_and_swap(active, cur, cand) == cur) {
 			struct tp_event ev = {
-				.ts_ns = now, .silence_ns = silence, .class_id = class_id,
+				.ts_ns = now, .silence_ns = now - cur_last, .class_id = class_id,
 				.from_link = cur, .to_link = cand, .cause = cause,
 			};
 			__u32 idx = class_id * TP_MAX_LINKS + (__u32)cur;

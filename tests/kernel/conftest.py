@@ -114,9 +114,29 @@ class FixtureGateway:
         return verdict, out
 
 
-@pytest.fixture
-def gateway(compiled_gateway):
-    fx = getattr(compiled_gateway, "_fixture", None) or FixtureGateway(compiled_gateway)
-    compiled_gateway._fixture = fx
+def _fixture(compiled):
+    fx = getattr(compiled, "_fixture", None) or FixtureGateway(compiled)
+    compiled._fixture = fx
     fx.reset()
     return fx
+
+
+@pytest.fixture
+def gateway(compiled_gateway):
+    return _fixture(compiled_gateway)
+
+
+SLOW_INTERVAL_NS = 100_000_000
+
+
+@pytest.fixture(scope="session")
+def compiled_slow_gateway():
+    """100 ms x 3 timers: for tests about the order of replies, where the
+    test's own overhead (up to ~1 ms) must not move a link across a limit."""
+    from appliance.dataplane import Gateway
+    return Gateway(config.parse(LAB_LIKE_CONFIG.replace("interval_us = 1000", "interval_us = 100000"), "slow"))
+
+
+@pytest.fixture
+def slow_gateway(compiled_slow_gateway):
+    return _fixture(compiled_slow_gateway)

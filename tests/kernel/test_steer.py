@@ -136,3 +136,31 @@ def test_current_link_without_nexthop_falls_back_to_kernel_routing(gateway):
     verdict, out = gateway.run(gateway.gw.steer, raw)
     assert (verdict, out) == (TC_ACT_OK, raw)
     assert gateway.gw.global_stats()["no_nexthop"] == 1
+
+
+# With 100 ms x 3 timers (dead after 300 ms):
+def test_sender_stall_ages_links_together_and_nothing_switches(slow_gateway):
+    # A stalled probe sender: both links' last replies come from one period.
+    # A has crossed the dead interval; B, answered 80 ms (< one interval)
+    # later, is still within it, but is no evidence that A failed.
+    slow_gateway.set_fresh(A, age_ns=330_000_000)
+    slow_gateway.set_fresh(B, age_ns=250_000_000)
+    verdict, out = slow_gateway.run(slow_gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["A.nh"]
+    assert slow_gateway.events == []
+    assert slow_gateway.gw.global_stats()["all_stale"] == 1
+
+
+def test_standby_answering_a_later_probe_wins(slow_gateway):
+    slow_gateway.set_fresh(A, age_ns=350_000_000)
+    slow_gateway.set_fresh(B, age_ns=200_000_000)   # 150 ms newer: a later probe got through
+    verdict, out = slow_gateway.run(slow_gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["B.nh"]
+    assert len(slow_gateway.events) == 1
+
+
+def test_carrier_loss_needs_only_a_fresh_standby(gateway):
+    gateway.set_link(A, carrier=False)
+    gateway.set_fresh(B, age_ns=100_000)      # same period as A's last reply
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["B.nh"]
