@@ -159,7 +159,8 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
         sent = sender.result(timeout_s=after_s + 15)
         receiver.result(timeout_s=20)
         arrivals = np.load(workdir / f"arrivals-{ORDERS_PORT}.npy")
-        stream = analyze_stream(arrivals, sent["sent"], fault_ns, lab.ifindex("exch", STANDBY_EXCH_DEV))
+        # issued, not sent: a failed send still used up its sequence number
+        stream = analyze_stream(arrivals, sent["issued"], fault_ns, lab.ifindex("exch", STANDBY_EXCH_DEV))
 
         failover = next((e for e in daemon.events() if e.get("event") == "failover"
                          and e["class"] == "orders" and e["cause"] != "failback"
