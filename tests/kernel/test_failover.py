@@ -1,0 +1,151 @@
+"""Failover in the lab: real programs on real veths, real packets, real faults.
+
+Assertions are about behaviour (which link, how many packets lost, nothing
+duplicated or reordered), with margins that do not depend on machine speed.
+"""
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from appliance.lab import faults, scenario, topology
+from appliance.lab.traffic import analyze_stream
+
+RATE = 10_000
+INTERVAL_US, MULTIPLIER = 1000, 3
+# Packets sent while the failed link is still in use: one dead interval plus
+# one probe period, and a generous margin for a loaded 2-core machine.
+MAX_LOST = RATE * (INTERVAL_US * (MULTIPLIER + 1)) // 1_000_000 + 200
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = topology.up()
+    yield lab
+    topology.down(lab.name)
+
+
+@pytest.fixture
+def workdir(lab, request):
+    path = lab.dir / request.node.name.replace("[", "-").rstrip("]")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def daemon(lab, workdir):
+    """A running daemon; holddown short enough for failback tests."""
+    config = topology.write_config(lab, interval_us=INTERVAL_US, multiplier=MULTIPLIER, holddown_ms=300)
+    d = scenario.DaemonProcess(lab, config, workdir / "daemon.jsonl")
+    try:
+        d.wait_for("ready", 30)
+        yield d
+    finally:
+        d.stop()
+
+
+def failovers(daemon, cause=None):
+    return [e for e in daemon.events() if e.get("event") == "failover"
+            and (cause is None or e["cause"] == cause)]
+
+
+def stream(lab, workdir, port, seconds, during=None):
+    """Runs a stream; calls during() while it flows; returns (analysis, arrivals)."""
+    receiver, sender = scenario.udp_stream(lab, workdir, RATE, seconds, port)
+    try:
+        if during:
+            during()
+        issued = sender.result(timeout_s=seconds + 15)["issued"]
+        receiver.result(timeout_s=20)
+    finally:
+        sender.stop()
+        receiver.stop()
+    arrivals = np.load(workdir / f"arrivals-{port}.npy")
+    return analyze_stream(arrivals, issued), arrivals
+
+
+@pytest.mark.parametrize("port,handoff", [(9000, "hA"), (9100, "hB")])
+def test_steering_follows_the_class_link(lab, workdir, daemon, port, handoff):
+    result, arrivals = stream(lab, workdir, port, 0.3)
+    assert result["lost"] == 0 and result["duplicated"] == 0
+    assert set(arrivals["ifindex"]) == {lab.ifindex("exch", handoff)}
+
+
+@pytest.mark.parametrize("name", scenario.SCENARIOS)
+def test_scenario_fails_over_losing_only_the_dead_interval(lab, name):
+    r = scenario.run(name, lab, rate_pps=RATE, interval_us=INTERVAL_US, multiplier=MULTIPLIER)
+    assert r["failed_over"], json.dumps(r)
+    assert (r["from_link"], r["to_link"]) == ("A", "B")
+    assert r["failover_us"] is not None and r["detect_us"] is not None
+    assert r["duplicated"] == 0 and r["reordered"] == 0, json.dumps(r)
+    assert r["received"] + r["lost"] == r["sent"]
+    assert r["lost"] <= MAX_LOST, json.dumps(r)
+    assert len(r["lost_ranges"]) <= 1, "loss must be one contiguous burst at the fault"
+
+
+def test_tcp_order_session_survives_blackhole_failover(lab, workdir, daemon):
+    records = 3000
+    server = scenario.Tool(lab, "exch", scenario.traffic_argv(
+        "tcp-server", "--bind", topology.EXCHANGE_ADDR, "--port", "9001", "--timeout", "30",
+        "--out", str(workdir / "tcp.json")))
+    server.wait_ready()
+    client = scenario.Tool(lab, "trader", scenario.traffic_argv(
+        "tcp-client", "--dst", topology.EXCHANGE_ADDR, "--port", "9001", "--rate", "1000",
+        "--count", str(records), "--timeout", "25"))
+    try:
+        client.wait_ready()
+        time.sleep(1.0)
+        faults.inject(lab, "blackhole", "A")
+        client_result = client.result(timeout_s=30)
+        server_result = server.result(timeout_s=30)
+    finally:
+        faults.clear(lab, "blackhole", "A")
+        client.stop()
+        server.stop()
+    assert [(e["from"], e["to"]) for e in failovers(daemon, "heartbeat")] == [("A", "B")]
+    assert client_result["error"] is None
+    assert server_result["connections"] == 1, "the session must never reconnect"
+    assert server_result["in_order"] and server_result["records"] == records
+    assert server_result["ended"] == "eof"
+
+
+def test_stalled_daemon_switches_nothing_and_forwarding_continues(lab, workdir, daemon):
+    def stall():
+        time.sleep(0.3)
+        daemon.signal(signal.SIGSTOP)   # heartbeats stop: every link goes stale at once
+        time.sleep(0.5)
+        daemon.signal(signal.SIGCONT)
+
+    result, arrivals = stream(lab, workdir, 9000, 1.2, during=stall)
+    assert failovers(daemon) == []
+    assert result["lost"] == 0 and result["duplicated"] == 0
+    assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hA")}
+
+
+def test_killed_daemon_leaves_forwarding_on_last_state(lab, workdir, daemon):
+    daemon.signal(signal.SIGKILL)
+    daemon.proc.wait(timeout=5)
+    result, arrivals = stream(lab, workdir, 9000, 0.5)
+    assert result["lost"] == 0
+    assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hA")}
+
+
+def test_failback_only_after_holddown(lab, workdir, daemon):
+    faults.inject(lab, "blackhole", "A")
+    try:
+        result, _ = stream(lab, workdir, 9000, 0.3)   # traffic makes the data path switch
+    finally:
+        cleared_ns = faults.clear(lab, "blackhole", "A")
+    assert [(e["from"], e["to"]) for e in failovers(daemon, "heartbeat")] == [("A", "B")]
+    back = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not back:
+        back = failovers(daemon, "failback")
+        time.sleep(0.05)
+    assert back and (back[0]["from"], back[0]["to"]) == ("B", "A")
+    assert back[0]["mono_ns"] - cleared_ns >= 300_000_000, "failback before the hold-down"
+    result, arrivals = stream(lab, workdir, 9000, 0.3)
+    assert result["lost"] == 0
+    assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hA")}
