@@ -8,13 +8,20 @@ import sys
 import threading
 
 
-def cmd_run(args) -> int:
+def _load_config(path: str):
+    """The config, or None after printing why it is unusable."""
     from appliance.config import ConfigError, load
-    from appliance.daemon import Daemon, JsonLog
     try:
-        cfg = load(args.config)
+        return load(path)
     except ConfigError as e:
         print(e, file=sys.stderr)
+        return None
+
+
+def cmd_run(args) -> int:
+    from appliance.daemon import Daemon, JsonLog
+    cfg = _load_config(args.config)
+    if cfg is None:
         return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -25,11 +32,10 @@ def cmd_run(args) -> int:
 
 def cmd_check_config(args) -> int:
     from appliance.classify import compile_rules
-    from appliance.config import ConfigError, load
-    try:
-        cfg = load(args.config)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    from appliance.config import PROTOCOLS
+    proto_names = {v: k for k, v in PROTOCOLS.items()}
+    cfg = _load_config(args.config)
+    if cfg is None:
         return 2
     print(f"{args.config}: ok. heartbeat {cfg.heartbeat.interval_us} us x {cfg.heartbeat.multiplier} "
           f"(dead after {cfg.heartbeat.dead_ns / 1e6:g} ms), failback hold-down {cfg.heartbeat.holddown_ms} ms")
@@ -37,7 +43,7 @@ def cmd_check_config(args) -> int:
         print(f"  class {c.name}: links {' > '.join(c.links)}")
     for prefix, rules in compile_rules(cfg).items():
         for r in rules:
-            print(f"  {prefix} proto {r.proto or 'any'} ports {r.port_lo}-{r.port_hi} -> "
+            print(f"  {prefix} proto {proto_names[r.proto]} ports {r.port_lo}-{r.port_hi} -> "
                   f"{cfg.classes[r.class_id].name}")
     return 0
 

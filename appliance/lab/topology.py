@@ -276,8 +276,14 @@ def status(name: str | None = None) -> dict:
 
 def write_config(lab: Lab, interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000) -> Path:
     """Write the daemon config for this lab (atomically: a running daemon may re-read it)."""
+    _write_atomically(lab.config_path, render_config(interval_us, multiplier, holddown_ms))
+    return lab.config_path
+
+
+def render_config(interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000) -> str:
+    """The daemon config for the lab topology (also the packet fixtures' config)."""
     link_a, link_b = LINKS["A"], LINKS["B"]
-    text = f"""\
+    return f"""\
 [heartbeat]
 interval_us = {int(interval_us)}
 multiplier = {int(multiplier)}
@@ -316,8 +322,6 @@ dst = "{EXCHANGE_NET}"
 proto = "udp"
 ports = "9100-9199"
 """
-    _write_atomically(lab.config_path, text)
-    return lab.config_path
 
 
 def _check_name(name: str) -> str:

@@ -6,45 +6,10 @@ from pathlib import Path
 import pytest
 
 from appliance import config
+from appliance.lab.topology import render_config
 
-LAB_LIKE_CONFIG = """
-[heartbeat]
-interval_us = 1000
-multiplier = 3
-
-[steer]
-ingress = "int"
-
-[[links]]
-name = "A"
-dev = "lnkA"
-target = "198.18.10.2"
-
-[[links]]
-name = "B"
-dev = "lnkB"
-target = "198.18.11.2"
-
-[[classes]]
-name = "orders"
-links = ["A", "B"]
-
-[[classes]]
-name = "marketdata"
-links = ["B", "A"]
-
-[[rules]]
-class = "orders"
-dst = "198.19.0.0/24"
-proto = "any"
-ports = "9000-9099"
-
-[[rules]]
-class = "marketdata"
-dst = "198.19.0.0/24"
-proto = "udp"
-ports = "9100-9199"
-"""
+# The lab's own config: the fixtures see the classes and rules the lab runs.
+LAB_LIKE_CONFIG = render_config()
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +99,7 @@ def compiled_slow_gateway():
     """100 ms x 3 timers: for tests about the order of replies, where the
     test's own overhead (up to ~1 ms) must not move a link across a limit."""
     from appliance.dataplane import Gateway
-    return Gateway(config.parse(LAB_LIKE_CONFIG.replace("interval_us = 1000", "interval_us = 100000"), "slow"))
+    return Gateway(config.parse(render_config(interval_us=100_000), "slow"))
 
 
 @pytest.fixture
