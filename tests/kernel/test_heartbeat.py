@@ -78,7 +78,7 @@ def test_ingress_reply_records_rtt_and_freshness(gateway):
 
 
 def test_ingress_keeps_fresh_since_while_replies_keep_coming(gateway):
-    gateway.set_fresh(A, age_ns=1_000_000, fresh_for_ns=5_000_000_000)
+    gateway.set_fresh(A, age_ns=100_000_000, fresh_for_ns=5_000_000_000)
     since = gateway.gw.health()[A].fresh_since_ns
     gateway.run(gateway.gw.hb_ingress, bytes(probe_packet(echo_type=0, tx_ns=now_ns() - 10_000)))
     assert gateway.gw.health()[A].fresh_since_ns == since
