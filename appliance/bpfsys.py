@@ -71,7 +71,11 @@ def map_update(fd: int, key: ctypes._SimpleCData | ctypes.Structure,
     _check(_libbpf.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), 0), "map update")
 
 
-def map_lookup(fd: int, key, value_type):
-    value = value_type()
+def map_lookup(fd: int, key, value) -> None:
+    """Reads the element into `value` (for per-CPU maps, an array of
+    possible_cpus() elements)."""
     _check(_libbpf.bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)), "map lookup")
-    return value
+
+
+def possible_cpus() -> int:
+    return _check(_libbpf.libbpf_num_possible_cpus(), "counting possible CPUs")

@@ -7,7 +7,6 @@ continues on the last written state if the daemon dies: fail static.
 from __future__ import annotations
 
 import ctypes
-import errno
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -17,12 +16,12 @@ from pyroute2 import IPRoute
 
 from appliance import layout
 from appliance.bpfsource import assemble
+from appliance.netlink import TC_EGRESS, TC_INGRESS, attach_bpf, detach_bpf
 from appliance.classify import compile_rules
 from appliance.config import Config
 
 PROBE_IDENT = 0x7470        # ICMP echo identifier of twinpath probes ("tp")
 FILTER_PRIO = 0x7470        # our tc filter priority, so detach removes only ours
-TC_INGRESS, TC_EGRESS = "ffff:fff2", "ffff:fff3"
 SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h; Python's socket module lacks them
 GATEWAY_SOURCES = ["steer.c", "heartbeat.c"]
 
@@ -62,7 +61,7 @@ class Gateway:
         self.steer = self.bpf.load_func("tp_steer", BPF.SCHED_CLS)
         self.hb_egress = self.bpf.load_func("tp_hb_egress", BPF.SCHED_CLS)
         self.hb_ingress = self.bpf.load_func("tp_hb_ingress", BPF.SCHED_CLS)
-        self._attached: list[tuple[int, str, str]] = []
+        self._attached: list[tuple[int, str]] = []
 
     # -- maps -------------------------------------------------------------
     def write_link(self, link_id: int, state: LinkState) -> None:
@@ -129,34 +128,13 @@ class Gateway:
         self._attach_one(ipr, self.cfg.steer.ingress, TC_INGRESS, self.steer)
 
     def _attach_one(self, ipr: IPRoute, dev: str, parent: str, fn) -> None:
-        idx = ifindex(ipr, dev)
-        try:
-            ipr.tc("add", "clsact", idx)
-        except Exception as e:  # an existing clsact (ours or another tool's) is fine
-            if getattr(e, "code", None) != errno.EEXIST:
-                raise
-        # replace: a restarted daemon takes over its predecessor's filter in
-        # one netlink operation, with no moment without a program.
-        ipr.tc("replace-filter", "bpf", idx, ":1", fd=fn.fd, name=fn.name.decode(),
-               parent=parent, classid=1, direct_action=True, prio=FILTER_PRIO)
-        self._attached.append((idx, parent, dev))
+        self._attached.append((attach_bpf(ipr, dev, parent, fn, FILTER_PRIO), parent))
 
     def detach(self, ipr: IPRoute) -> None:
         """Removes our filters only; traffic returns to kernel routing."""
-        for idx, parent, _dev in reversed(self._attached):
-            try:
-                ipr.tc("del-filter", "bpf", idx, ":1", parent=parent, prio=FILTER_PRIO)
-            except Exception as e:
-                if getattr(e, "code", None) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
-                    raise
+        for idx, parent in reversed(self._attached):
+            detach_bpf(ipr, idx, parent, FILTER_PRIO)
         self._attached.clear()
-
-
-def ifindex(ipr: IPRoute, dev: str) -> int:
-    found = ipr.link_lookup(ifname=dev)
-    if not found:
-        raise LookupError(f"interface {dev!r} does not exist in this network namespace")
-    return found[0]
 
 
 def open_probe_socket(dev: str, target: ipaddress.IPv4Address) -> socket.socket:

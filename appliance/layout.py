@@ -79,6 +79,14 @@ class Probe(ctypes.Structure):
                 ("auth", u8 * 16)]
 
 
+class FaultConfig(ctypes.Structure):
+    _fields_ = [("mode", u32), ("loss_threshold", u32)]
+
+
+class FaultCounters(ctypes.Structure):
+    _fields_ = [("passed", u64), ("dropped", u64)]
+
+
 # Map name -> (key type, value type) as declared in ebpf/lib/maps.h.
 MAPS = {
     "tp_links": (u32, Link),

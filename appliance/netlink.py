@@ -1,4 +1,4 @@
-"""Link and neighbour state from rtnetlink.
+"""Link and neighbour state from rtnetlink, and tc BPF attachment.
 
 Queries use pyroute2's IPRoute. Change notifications come from a plain
 NETLINK_ROUTE socket decoded by pyroute2's protocol layer (MarshalRtnl): it
@@ -7,6 +7,7 @@ messages out of sight of select().
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import select
 import socket
@@ -17,6 +18,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 IFF_LOWER_UP = 0x10000
+TC_INGRESS, TC_EGRESS = "ffff:fff2", "ffff:fff3"  # clsact parents
 # Neighbour states whose MAC can be used (ndmsg NUD_*): REACHABLE, STALE,
 # DELAY, PROBE, PERMANENT. INCOMPLETE and FAILED carry none.
 NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x80
@@ -35,13 +37,43 @@ class NeighbourChange:
     mac: str | None      # None: entry gone or unresolved
 
 
-def link_info(ipr: IPRoute, dev: str) -> tuple[int, str, bool]:
-    """(ifindex, MAC, carrier) of `dev`."""
-    found = ipr.get_links(ifname=dev)
+def ifindex(ipr: IPRoute, dev: str) -> int:
+    found = ipr.link_lookup(ifname=dev)
     if not found:
         raise LookupError(f"interface {dev!r} does not exist in this network namespace")
-    msg = found[0]
+    return found[0]
+
+
+def link_info(ipr: IPRoute, dev: str) -> tuple[int, str, bool]:
+    """(ifindex, MAC, carrier) of `dev`."""
+    (msg,) = ipr.get_links(ifindex(ipr, dev))
     return msg["index"], msg.get_attr("IFLA_ADDRESS"), bool(msg["flags"] & IFF_LOWER_UP)
+
+
+def attach_bpf(ipr: IPRoute, dev: str, parent: str, prog, prio: int) -> int:
+    """Puts a BCC-loaded program on dev's clsact hook as a direct-action
+    filter of priority `prio`; returns dev's ifindex. `replace` lets a
+    restarted loader take over its predecessor's filter in one netlink
+    operation, with no moment without a program."""
+    idx = ifindex(ipr, dev)
+    try:
+        ipr.tc("add", "clsact", idx)
+    except Exception as e:  # an existing clsact (ours or another tool's) is fine
+        if getattr(e, "code", None) != errno.EEXIST:
+            raise
+    name = prog.name.decode() if isinstance(prog.name, bytes) else prog.name
+    ipr.tc("replace-filter", "bpf", idx, ":1", fd=prog.fd, name=name,
+           parent=parent, classid=1, direct_action=True, prio=prio)
+    return idx
+
+
+def detach_bpf(ipr: IPRoute, idx: int, parent: str, prio: int) -> None:
+    """Removes the filter attach_bpf() put there; gone already is fine."""
+    try:
+        ipr.tc("del-filter", "bpf", idx, ":1", parent=parent, prio=prio)
+    except Exception as e:
+        if getattr(e, "code", None) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            raise
 
 
 def neighbour_mac(ipr: IPRoute, ifindex: int, ip: ipaddress.IPv4Address) -> str | None:

@@ -25,29 +25,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from appliance import bpfsys, layout
+from appliance.bpfsource import assemble
 from appliance.lab.topology import LINKS, Lab, LabError, LinkSpec, carrier_routes_via_gw
+from appliance.netlink import TC_EGRESS, TC_INGRESS, attach_bpf, ifindex
 
 FAULTS = ("carrier-down", "blackhole", "loss")
-
-SOURCE = Path(__file__).resolve().parents[2] / "ebpf" / "fault.c"
-
-MODE_PASS, MODE_BLACKHOLE, MODE_LOSS = 0, 1, 2
-TC_INGRESS, TC_EGRESS = "ffff:fff2", "ffff:fff3"
+MODE_PASS, MODE_BLACKHOLE, MODE_LOSS = (layout.C[f"TP_FAULT_{m}"] for m in ("PASS", "BLACKHOLE", "LOSS"))
+FILTER_PRIO = 1
 IFF_UP = 1
-
-
-class _FaultConfig(ctypes.Structure):
-    _fields_ = [("mode", ctypes.c_uint32), ("loss_threshold", ctypes.c_uint32)]
-
-
-class _FaultCounters(ctypes.Structure):
-    _fields_ = [("passed", ctypes.c_uint64), ("dropped", ctypes.c_uint64)]
+_ZERO_KEY = ctypes.c_uint32(0)
 
 
 def cfg_pin(lab: Lab, link: str) -> Path:
@@ -65,16 +57,13 @@ def attach(lab: Lab) -> None:
     lab.pin_dir.mkdir(parents=True, exist_ok=True)
     for link in LINKS.values():
         # One compile per carrier: each needs its own maps, and a BCC module owns one set.
-        with BPF(src_file=str(SOURCE).encode()) as bpf:
+        with BPF(text=assemble(["fault.c"]).encode()) as bpf:
             prog = bpf.load_func(b"fault", BPF.SCHED_CLS)
-            _pin(bpf[b"fault_cfg"].map_fd, cfg_pin(lab, link.name))
-            _pin(bpf[b"fault_stats"].map_fd, stats_pin(lab, link.name))
+            bpfsys.obj_pin(bpf[b"fault_cfg"].map_fd, str(cfg_pin(lab, link.name)))
+            bpfsys.obj_pin(bpf[b"fault_stats"].map_fd, str(stats_pin(lab, link.name)))
             with lab.iproute(link.carrier) as ipr:
-                index = ipr.link_lookup(ifname=link.carrier_dev)[0]
-                ipr.tc("add", "clsact", index)
                 for parent in (TC_INGRESS, TC_EGRESS):
-                    ipr.tc("add-filter", "bpf", index, ":1", fd=prog.fd, name=prog.name,
-                           parent=parent, classid=1, direct_action=True)
+                    attach_bpf(ipr, link.carrier_dev, parent, prog, FILTER_PRIO)
 
 
 def inject(lab: Lab, fault: str, link: str, probability: float | None = None) -> int:
@@ -85,13 +74,13 @@ def inject(lab: Lab, fault: str, link: str, probability: float | None = None) ->
     if fault == "carrier-down":
         return _set_carrier_admin(lab, spec, up=False)
     if fault == "blackhole":
-        return _write_cfg(lab, spec, _FaultConfig(MODE_BLACKHOLE, 0))
+        return _write_cfg(lab, spec, layout.FaultConfig(MODE_BLACKHOLE, 0))
     if fault == "loss":
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"loss probability {probability} is outside [0, 1]")
         # Drop when prandom_u32 < threshold: p * 2^32, capped to fit a u32.
         threshold = min(round(probability * 2**32), 2**32 - 1)
-        return _write_cfg(lab, spec, _FaultConfig(MODE_LOSS, threshold))
+        return _write_cfg(lab, spec, layout.FaultConfig(MODE_LOSS, threshold))
     raise ValueError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
 
 
@@ -101,7 +90,7 @@ def clear(lab: Lab, fault: str, link: str) -> int:
     if fault == "carrier-down":
         return _set_carrier_admin(lab, spec, up=True)
     if fault in ("blackhole", "loss"):
-        return _write_cfg(lab, spec, _FaultConfig(MODE_PASS, 0))
+        return _write_cfg(lab, spec, layout.FaultConfig(MODE_PASS, 0))
     raise ValueError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
 
 
@@ -114,9 +103,9 @@ def active(lab: Lab) -> dict[str, dict[str, bool | float]]:
             (carrier_dev,) = ipr.get_links(ifname=spec.carrier_dev)
         if not carrier_dev["flags"] & IFF_UP:
             faults["carrier-down"] = True
-        cfg = _FaultConfig()
+        cfg = layout.FaultConfig()
         with _pinned(cfg_pin(lab, name)) as fd:
-            _lookup(fd, cfg)
+            bpfsys.map_lookup(fd, _ZERO_KEY, cfg)
         if cfg.mode == MODE_BLACKHOLE:
             faults["blackhole"] = True
         elif cfg.mode == MODE_LOSS:
@@ -127,9 +116,9 @@ def active(lab: Lab) -> dict[str, dict[str, bool | float]]:
 
 def counters(lab: Lab, link: str) -> dict[str, int]:
     """Packets the injector on a link has passed and dropped (both directions, all CPUs)."""
-    per_cpu = (_FaultCounters * _possible_cpus())()
+    per_cpu = (layout.FaultCounters * bpfsys.possible_cpus())()
     with _pinned(stats_pin(lab, link)) as fd:
-        _lookup(fd, per_cpu)
+        bpfsys.map_lookup(fd, _ZERO_KEY, per_cpu)
     return {"passed": sum(c.passed for c in per_cpu), "dropped": sum(c.dropped for c in per_cpu)}
 
 
@@ -142,7 +131,7 @@ def _link(link: str) -> LinkSpec:
 
 def _set_carrier_admin(lab: Lab, spec: LinkSpec, up: bool) -> int:
     with lab.iproute(spec.carrier) as ipr:
-        index = ipr.link_lookup(ifname=spec.carrier_dev)[0]
+        index = ifindex(ipr, spec.carrier_dev)
         started_ns = time.monotonic_ns()
         ipr.link("set", index=index, state="up" if up else "down")
         if up:
@@ -152,55 +141,21 @@ def _set_carrier_admin(lab: Lab, spec: LinkSpec, up: bool) -> int:
     return started_ns
 
 
-def _write_cfg(lab: Lab, spec: LinkSpec, cfg: _FaultConfig) -> int:
+def _write_cfg(lab: Lab, spec: LinkSpec, cfg: layout.FaultConfig) -> int:
     with _pinned(cfg_pin(lab, spec.name)) as fd:
         started_ns = time.monotonic_ns()
-        _update(fd, cfg)
+        bpfsys.map_update(fd, _ZERO_KEY, cfg)
     return started_ns
-
-
-# Minimal libbpf wrappers for pinned maps (BCC's own handles die with the loader).
-_libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
-_libbpf.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
-_libbpf.bpf_obj_get.argtypes = [ctypes.c_char_p]
-_libbpf.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
-_libbpf.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-_ZERO_KEY = ctypes.c_uint32(0)
-_BPF_ANY = 0
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno() or -ret
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
-
-
-def _pin(fd: int, path: Path) -> None:
-    _check(_libbpf.bpf_obj_pin(fd, str(path).encode()), f"pinning {path}")
 
 
 @contextlib.contextmanager
 def _pinned(path: Path) -> Iterator[int]:
     """An fd for a pinned map, closed on exit."""
-    fd = _libbpf.bpf_obj_get(str(path).encode())
-    if fd < 0 and ctypes.get_errno() == errno.ENOENT:
-        raise LabError(f"no fault map at {path}; is the lab up? (`twinpath lab status`)")
-    _check(fd, f"opening {path}")
+    try:
+        fd = bpfsys.obj_get(str(path))
+    except FileNotFoundError:
+        raise LabError(f"no fault map at {path}; is the lab up? (`twinpath lab status`)") from None
     try:
         yield fd
     finally:
         os.close(fd)
-
-
-def _update(fd: int, value: ctypes.Structure) -> None:
-    _check(_libbpf.bpf_map_update_elem(fd, ctypes.byref(_ZERO_KEY), ctypes.byref(value), _BPF_ANY),
-           "updating fault map")
-
-
-def _lookup(fd: int, value: ctypes.Array | ctypes.Structure) -> None:
-    _check(_libbpf.bpf_map_lookup_elem(fd, ctypes.byref(_ZERO_KEY), ctypes.byref(value)), "reading fault map")
-
-
-def _possible_cpus() -> int:
-    return _check(_libbpf.libbpf_num_possible_cpus(), "counting possible CPUs")

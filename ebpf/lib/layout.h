@@ -27,6 +27,11 @@
 #define TP_CAUSE_HEARTBEAT  1           /* no heartbeat reply for the dead interval */
 #define TP_CAUSE_CARRIER    2           /* carrier lost (reported by the daemon) */
 
+/* tp_fault_config.mode: the lab's carrier-side fault injector (ebpf/fault.c). */
+#define TP_FAULT_PASS       0
+#define TP_FAULT_BLACKHOLE  1           /* drop everything, both directions */
+#define TP_FAULT_LOSS       2           /* drop when bpf_get_prandom_u32() < loss_threshold */
+
 /* tp_gstats indexes: per-CPU packet counters of the programs' side exits. */
 enum tp_stat {
 	TP_STAT_NOT_IPV4 = 0,       /* steer: passed to the stack (ARP, IPv6, ...) */
@@ -117,6 +122,17 @@ struct tp_probe {
 	__u64 seq;
 	__u64 tx_ns;
 	__u8  auth[16];             /* room for a keyed MAC */
+};
+
+/* fault_cfg[0] and fault_stats[0] (per CPU) of the lab's fault injector. */
+struct tp_fault_config {
+	__u32 mode;                 /* TP_FAULT_* */
+	__u32 loss_threshold;
+};
+
+struct tp_fault_counters {
+	__u64 passed;
+	__u64 dropped;
 };
 
 #endif
