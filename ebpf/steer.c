@@ -32,10 +32,10 @@ int tp_steer(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
-	__u32 link = tp_select_link(class_id, bpf_ktime_get_ns());
+	struct tp_link *l;
+	__u32 link = tp_select_link(class_id, bpf_ktime_get_ns(), &l);
 	__u32 idx = class_id * TP_MAX_LINKS + link;
 	struct tp_counters *c = tp_steer_stats.lookup(&idx);
-	struct tp_link *l = tp_links.lookup(&link);
 	if (c) {
 		c->packets += 1;
 		c->bytes += skb->len;

@@ -20,39 +20,48 @@
 #error "TP_DEAD_NS and TP_INTERVAL_NS (heartbeat timing, ns) must be defined by the loader"
 #endif
 
-static __always_inline int tp_link_fresh(__u32 link, __u64 now, __u64 *last_reply, __u32 *cause)
+/* Whether `link` may carry traffic now. *lp gets its tp_links entry (or
+ * NULL), so the caller needs no second lookup to forward on it. */
+static __always_inline int tp_link_fresh(__u32 link, __u64 now, struct tp_link **lp,
+					 __u64 *last_reply, __u32 *cause)
 {
 	struct tp_link *l = tp_links.lookup(&link);
 	struct tp_health *h = tp_health.lookup(&link);
-	__u64 silence;
 
+	*lp = l;
 	*last_reply = 0;
 	if (!l || !h)
 		return 0;
 	*last_reply = h->last_reply_ns;
-	silence = now - h->last_reply_ns;
 	if (!(l->flags & TP_LINK_CARRIER)) {
 		*cause = TP_CAUSE_CARRIER;
 		return 0;
 	}
 	*cause = TP_CAUSE_HEARTBEAT;
-	return (l->flags & TP_LINK_NEXTHOP) && h->last_reply_ns && silence <= TP_DEAD_NS;
+	return (l->flags & TP_LINK_NEXTHOP) && h->last_reply_ns && now - h->last_reply_ns <= TP_DEAD_NS;
 }
 
 /* The link this class's packet leaves on, switching if the current one is
- * stale and a standby is fresh. */
-static __always_inline __u32 tp_select_link(__u32 class_id, __u64 now)
+ * stale and a standby is fresh; *lp gets that link's tp_links entry (NULL:
+ * caller routes normally). The class's link list is read only when the
+ * current link is stale: the common path is two lookups. */
+static __always_inline __u32 tp_select_link(__u32 class_id, __u64 now, struct tp_link **lp)
 {
 	__u64 *active = tp_active.lookup(&class_id);
-	struct tp_class *cls = tp_classes.lookup(&class_id);
+	struct tp_class *cls;
+	struct tp_link *cand_l;
 	__u64 cur_last = 0, cand_last = 0;
 	__u64 cur;
-	__u32 cause, ignored_cause;
+	__u32 cause = TP_CAUSE_HEARTBEAT, ignored_cause;
 
-	if (!active || !cls)
-		return TP_MAX_LINKS; /* not configured: caller routes normally */
+	*lp = NULL;
+	if (!active)
+		return TP_MAX_LINKS;
 	cur = *active;
-	if (tp_link_fresh((__u32)cur, now, &cur_last, &cause))
+	if (tp_link_fresh((__u32)cur, now, lp, &cur_last, &cause))
+		return cur;
+	cls = tp_classes.lookup(&class_id);
+	if (!cls)
 		return cur;
 
 	#pragma unroll
@@ -61,7 +70,7 @@ static __always_inline __u32 tp_select_link(__u32 class_id, __u64 now)
 		if (i >= cls->n_links)
 			break;
 		cand = cls->links[i];
-		if (cand == cur || !tp_link_fresh((__u32)cand, now, &cand_last, &ignored_cause))
+		if (cand == cur || !tp_link_fresh((__u32)cand, now, &cand_l, &cand_last, &ignored_cause))
 			continue;
 		if (cause == TP_CAUSE_HEARTBEAT && cand_last < cur_last + TP_INTERVAL_NS)
 			continue;
@@ -77,9 +86,12 @@ static __always_inline __u32 tp_select_link(__u32 class_id, __u64 now)
 			if (c)
 				c->failovers += 1;
 			tp_events.ringbuf_output(&ev, sizeof(ev), 0);
+			*lp = cand_l;
 			return cand;
 		}
-		return *active;
+		__u32 winner = *active;
+		*lp = tp_links.lookup(&winner);
+		return winner;
 	}
 	tp_count(TP_STAT_ALL_STALE);
 	return cur;
