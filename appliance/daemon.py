@@ -98,8 +98,7 @@ class Daemon:
             "class": self.class_names[ev.class_id], "from": self.link_names[ev.from_link],
             "to": self.link_names[ev.to_link], "cause": cause, "detect_us": round(detect_ns / 1000, 1)})
 
-    def _observe(self, now_ns: int) -> list[policy.LinkObservation]:
-        health = self.gw.health()
+    def _observe(self, health: list[layout.Health]) -> list[policy.LinkObservation]:
         with self._lock:
             return [policy.LinkObservation(carrier=s.carrier, nexthop=s.dst_mac is not None,
                                            last_reply_ns=h.last_reply_ns, fresh_since_ns=h.fresh_since_ns)
@@ -108,7 +107,7 @@ class Daemon:
     def _tick(self) -> None:
         now = time.monotonic_ns()
         hb = self.cfg.heartbeat
-        for sw in policy.failbacks(self.class_links, self.gw.active(), self._observe(now),
+        for sw in policy.failbacks(self.class_links, self.gw.active(), self._observe(self.gw.health()),
                                    now, hb.dead_ns, hb.holddown_ms * 1_000_000):
             self.gw.set_active(sw.class_id, sw.to_link)
             self.log.emit("failover", **{
@@ -120,7 +119,8 @@ class Daemon:
         now = time.monotonic_ns()
         hists = [self.gw.rtt_histogram(i) for i in range(len(self.links))]
         links = {}
-        for i, (obs, h) in enumerate(zip(self._observe(now), self.gw.health())):
+        health = self.gw.health()
+        for i, (obs, h) in enumerate(zip(self._observe(health), health)):
             window = telemetry.diff(hists[i], hist_before[i])
             links[self.link_names[i]] = {
                 "fresh": policy.fresh_for_ns(obs, now, self.cfg.heartbeat.dead_ns) >= 0,
@@ -197,8 +197,9 @@ class Daemon:
             self._tick()
             now = time.monotonic()
             if not ready:
-                obs = self._observe(time.monotonic_ns())
-                fresh = [policy.fresh_for_ns(o, time.monotonic_ns(), self.cfg.heartbeat.dead_ns) >= 0 for o in obs]
+                now_ns = time.monotonic_ns()
+                fresh = [policy.fresh_for_ns(o, now_ns, self.cfg.heartbeat.dead_ns) >= 0
+                         for o in self._observe(self.gw.health())]
                 if all(fresh) or now > ready_deadline:
                     ready = True
                     self.log.emit("ready", fresh={n: f for n, f in zip(self.link_names, fresh)})
