@@ -9,6 +9,7 @@ one clock the kernel, the daemon and the traffic tools share.
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import sys
@@ -32,33 +33,36 @@ class ScenarioError(RuntimeError):
 
 
 class Tool:
-    """A lab process that prints JSON lines: {"ready": true} first, its
-    result last."""
+    """A running traffic tool (appliance.lab.traffic). Its contract: one
+    {"ready": true} line once its socket is up, then exactly one result line;
+    exit 0, or 1 when what it measured failed (the result says how), or 2
+    when it could not start."""
 
-    def __init__(self, lab: topology.Lab, role: str, argv: list[str], stdout=subprocess.PIPE):
-        self.proc = lab.spawn(role, argv, stdout=stdout, stderr=subprocess.PIPE, text=True)
-        self.argv = argv
+    def __init__(self, proc: subprocess.Popen, name: str):
+        self.proc = proc
+        self.name = name
+
+    @classmethod
+    def in_lab(cls, lab: topology.Lab, role: str, *args: str) -> Tool:
+        proc = lab.spawn(role, traffic_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return cls(proc, args[0])
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
-        line = self._readline(timeout_s)
-        if json.loads(line).get("ready") is not True:
-            raise ScenarioError(f"{self.argv[2:4]} did not get ready: {line!r}")
-
-    def _readline(self, timeout_s: float) -> str:
-        import select
         if not select.select([self.proc.stdout], [], [], timeout_s)[0]:
-            raise ScenarioError(f"{self.argv[2:4]} said nothing in {timeout_s}s")
+            raise ScenarioError(f"{self.name} said nothing in {timeout_s}s")
         line = self.proc.stdout.readline()
         if not line:
-            raise ScenarioError(f"{self.argv[2:4]} exited: {self.proc.stderr.read()[-2000:]}")
-        return line
+            raise ScenarioError(f"{self.name} exited: {self.proc.stderr.read()[-2000:]}")
+        if json.loads(line) != {"ready": True}:
+            raise ScenarioError(f"{self.name} did not get ready: {line!r}")
 
     def result(self, timeout_s: float) -> dict:
         out, err = self.proc.communicate(timeout=timeout_s)
-        lines = [l for l in out.splitlines() if l.strip()]
-        if self.proc.returncode != 0 or not lines:
-            raise ScenarioError(f"{self.argv[2:4]} failed ({self.proc.returncode}): {err[-2000:]}")
-        return json.loads(lines[-1])
+        lines = out.splitlines()
+        if self.proc.returncode not in (0, 1) or len(lines) != 1:
+            raise ScenarioError(f"{self.name} failed (exit {self.proc.returncode}, "
+                                f"{len(lines)} result lines): {out[-1000:]} {err[-2000:]}")
+        return json.loads(lines[0])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -68,6 +72,12 @@ class Tool:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def __enter__(self) -> Tool:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
 
 
 class DaemonProcess:
@@ -121,13 +131,13 @@ def traffic_argv(*args: str) -> list[str]:
 def udp_stream(lab: topology.Lab, workdir: Path, rate_pps: int, duration_s: float, port: int = ORDERS_PORT):
     """Starts receiver (exch) then sender (trader); returns both, ready."""
     count = int(rate_pps * duration_s)
-    receiver = Tool(lab, "exch", traffic_argv(
-        "udp-recv", "--bind", topology.EXCHANGE_ADDR, "--port", str(port),
-        "--timeout", str(duration_s + 15), "--idle", "1.0", "--out", str(workdir / f"arrivals-{port}.npy")))
+    receiver = Tool.in_lab(
+        lab, "exch", "udp-recv", "--bind", topology.EXCHANGE_ADDR, "--port", str(port),
+        "--timeout", str(duration_s + 15), "--idle", "1.0", "--out", str(workdir / f"arrivals-{port}.npy"))
     receiver.wait_ready()
-    sender = Tool(lab, "trader", traffic_argv(
-        "udp-send", "--dst", topology.EXCHANGE_ADDR, "--port", str(port),
-        "--rate", str(rate_pps), "--count", str(count), "--timeout", str(duration_s + 10)))
+    sender = Tool.in_lab(
+        lab, "trader", "udp-send", "--dst", topology.EXCHANGE_ADDR, "--port", str(port),
+        "--rate", str(rate_pps), "--count", str(count), "--timeout", str(duration_s + 10))
     sender.wait_ready()
     return receiver, sender
 

@@ -91,13 +91,13 @@ def test_scenario_fails_over_losing_only_the_dead_interval(lab, name, interval_u
 
 def test_tcp_order_session_survives_blackhole_failover(lab, workdir, daemon):
     records = 3000
-    server = scenario.Tool(lab, "exch", scenario.traffic_argv(
-        "tcp-server", "--bind", topology.EXCHANGE_ADDR, "--port", "9001", "--timeout", "30",
-        "--out", str(workdir / "tcp.json")))
+    server = scenario.Tool.in_lab(
+        lab, "exch", "tcp-server", "--bind", topology.EXCHANGE_ADDR, "--port", "9001", "--timeout", "30",
+        "--out", str(workdir / "tcp.json"))
     server.wait_ready()
-    client = scenario.Tool(lab, "trader", scenario.traffic_argv(
-        "tcp-client", "--dst", topology.EXCHANGE_ADDR, "--port", "9001", "--rate", "1000",
-        "--count", str(records), "--timeout", "25"))
+    client = scenario.Tool.in_lab(
+        lab, "trader", "tcp-client", "--dst", topology.EXCHANGE_ADDR, "--port", "9001", "--rate", "1000",
+        "--count", str(records), "--timeout", "25")
     try:
         client.wait_ready()
         time.sleep(1.0)

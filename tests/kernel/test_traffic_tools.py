@@ -4,20 +4,16 @@ Independent of the lab: two throwaway namespaces (tptXXXX-a / tptXXXX-b)
 joined by one veth pair, deleted again whatever happens.
 """
 import json
-import os
 import secrets
-import select
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from appliance.lab.scenario import Tool as LabTool, traffic_argv
 from appliance.lab.traffic import analyze_stream
 
-REPO = Path(__file__).resolve().parents[2]
 ADDR_A, ADDR_B = "198.18.200.1", "198.18.200.2"
 
 
@@ -31,11 +27,6 @@ def ip(*args: str) -> str:
 @pytest.fixture
 def veth_pair():
     """Namespaces a and b joined by veth va <-> vb; returns (ns_a, ns_b, vb_ifindex)."""
-    if os.geteuid() != 0:
-        message = "needs root to create network namespaces"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
     prefix = "tpt" + secrets.token_hex(2)
     ns_a, ns_b = prefix + "-a", prefix + "-b"
     created = []
@@ -55,35 +46,11 @@ def veth_pair():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
-class Tool:
-    """One traffic tool running in a namespace; always killed at the end."""
-
-    def __init__(self, ns: str, *args: str):
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "appliance.lab.traffic", *args],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def wait_ready(self, timeout: float = 10) -> None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
-        if json.loads(line or "{}") != {"ready": True}:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-            pytest.fail(f"{self.proc.args[5:]} not ready: stdout {line!r}, stderr {err!r}")
-
-    def result(self, timeout: float) -> dict:
-        out, err = self.proc.communicate(timeout=timeout)
-        lines = out.splitlines()
-        assert len(lines) == 1, f"expected one result line, got {lines!r}; stderr {err!r}"
-        return json.loads(lines[0])
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_exc):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def Tool(ns: str, *args: str) -> LabTool:
+    """A traffic tool started in one of this test's private namespaces."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, *traffic_argv(*args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return LabTool(proc, args[0])
 
 
 @pytest.mark.kernel
@@ -96,8 +63,8 @@ def test_udp_stream_across_veth(veth_pair, tmp_path):
         with Tool(ns_a, "udp-send", "--dst", ADDR_B, "--port", "40100",
                   "--rate", "10000", "--count", "2000") as sender:
             sender.wait_ready()
-            sent = sender.result(timeout=20)
-        summary = receiver.result(timeout=25)
+            sent = sender.result(timeout_s=20)
+        summary = receiver.result(timeout_s=25)
 
     assert (sent["sent"], sent["errors"], sent["issued"]) == (2000, 0, 2000)
     # Paced rather than one burst: 2000 at 10k pps is a 0.2 s schedule (a busy
@@ -131,8 +98,8 @@ def test_tcp_order_session_across_veth(veth_pair, tmp_path):
         with Tool(ns_a, "tcp-client", "--dst", ADDR_B, "--port", "40200",
                   "--rate", "1000", "--count", "500", "--timeout", "10") as client:
             client.wait_ready()
-            sent = client.result(timeout=15)
-        session = server.result(timeout=25)
+            sent = client.result(timeout_s=15)
+        session = server.result(timeout_s=25)
 
     assert sent == {"sent": 500, "error": None, "connected": True}
     assert time.monotonic() - started >= 0.499  # paced, not sent in one burst
@@ -150,7 +117,7 @@ def test_tcp_client_reports_refused_session(veth_pair):
     ns_a, _, _ = veth_pair
     with Tool(ns_a, "tcp-client", "--dst", ADDR_B, "--port", "40300",
               "--rate", "1000", "--count", "10", "--timeout", "5") as client:
-        result = client.result(timeout=10)
+        result = client.result(timeout_s=10)
     assert result["connected"] is False
     assert result["sent"] == 0
     assert "Connection refused" in result["error"]
