@@ -21,6 +21,13 @@ table 102 (trader net via hB). So once the gateway fails traffic over to B,
 exch's UDP replies, TCP ACKs and ICMP replies follow on B as well, instead of
 going back over the main table's route via A.
 
+Market data flows the other way, exch -> trader, on both lines at once: the
+publisher sends line A from FEED_SOURCES["A"] and line B from
+FEED_SOURCES["B"] (both on exch's loopback), and source rules (from A's
+address -> table 101, from B's -> table 102) put each line on its own
+handoff. gw forwards both to the trader by plain routing (rp_filter is 0, so
+the unrouted sources pass), unless twinpath arbitrates between them.
+
 Carriers answer heartbeats (ICMP echo to their gw-facing address) at up to
 5000/s per link, so their ICMP rate limits are lifted. The fault injector
 (faults.py) sits on each carrier's gw-facing veth, which keeps gw's own links
@@ -57,6 +64,10 @@ GW_INT_ADDR = "198.18.1.254"
 INGRESS_DEV = "int"
 EXCHANGE_NET = "198.19.0.0/24"
 EXCHANGE_ADDR = "198.19.0.10"
+# The market-data publisher's source address per line, on exch's loopback;
+# a /24 of its own, clear of every link and of the exchange prefix.
+FEED_SOURCES = {"A": "198.18.30.1", "B": "198.18.30.2"}
+FEED_DST = TRADER_ADDR
 
 
 @dataclass(frozen=True)
@@ -417,7 +428,8 @@ def _configure_end(ipr: IPRoute, ifname: str, cidr: str) -> None:
 
 
 def _add_exchange_service(exch: IPRoute) -> None:
-    exch.addr("add", index=_ifindex(exch, "lo"), address=EXCHANGE_ADDR, prefixlen=32)
+    for address in (EXCHANGE_ADDR, *FEED_SOURCES.values()):
+        exch.addr("add", index=_ifindex(exch, "lo"), address=address, prefixlen=32)
 
 
 def carrier_routes_via_gw(link: LinkSpec) -> list[dict]:
@@ -447,6 +459,8 @@ def _add_return_path(lab: Lab, exch: IPRoute) -> None:
         exch.route("add", dst=TRADER_NET, gateway=link.carrier_exch_addr,
                    oif=_ifindex(exch, link.handoff), table=table)
         exch.rule("add", fwmark=link.fwmark, table=table, priority=1000 + link.fwmark)
+        # After the fwmark rules: a feed line leaves on its own handoff whatever the main table says.
+        exch.rule("add", src=FEED_SOURCES[link.name], src_len=32, table=table, priority=1100 + link.fwmark)
     marks = "\n".join(f'        iifname "{link.handoff}" ct mark set {link.fwmark}' for link in LINKS.values())
     ruleset = f"""\
 table ip twinpath_lab {{
