@@ -191,7 +191,7 @@ class Daemon:
         ready_deadline = time.monotonic() + READY_TIMEOUT_S
         ready = False
         next_health = time.monotonic() + self.stats_interval_s
-        hists = [[0] * layout.RTT_BUCKETS for _ in self.links]
+        hists = [[0] * layout.HIST_BUCKETS for _ in self.links]
         while not stop.is_set():
             self.gw.poll(int(TICK_S * 1000))
             self._tick()

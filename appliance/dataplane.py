@@ -99,8 +99,8 @@ class Gateway:
 
     def rtt_histogram(self, link_id: int) -> list[int]:
         t = self.bpf["tp_rtt_hist"]
-        base = link_id * layout.RTT_BUCKETS
-        return [sum(t[ctypes.c_uint32(base + b)]) for b in range(layout.RTT_BUCKETS)]
+        base = link_id * layout.HIST_BUCKETS
+        return [sum(t[ctypes.c_uint32(base + b)]) for b in range(layout.HIST_BUCKETS)]
 
     def counters(self, class_id: int, link_id: int) -> dict[str, int]:
         per_cpu = self.bpf["tp_steer_stats"][ctypes.c_uint32(class_id * layout.MAX_LINKS + link_id)]

@@ -19,23 +19,37 @@ def _header_constants(text: str) -> dict[str, int]:
         r"^#define\s+(TP_\w+)\s+(0x[0-9a-fA-F]+|\d+)u?\b", text, re.M)}
     for m in re.finditer(r"^#define\s+(TP_\w+)\s+\(1u << (\d+)\)", text, re.M):
         consts[m.group(1)] = 1 << int(m.group(2))
-    body = re.search(r"enum tp_stat \{(.*?)\};", text, re.S).group(1)
-    names = re.findall(r"^\s*(TP_STAT_\w+)", body, re.M)
-    consts.update({name: i for i, name in enumerate(names)})
+    for enum, prefix in (("tp_stat", "TP_STAT_"), ("tp_arb_stat", "TP_ARB_STAT_")):
+        body = re.search(rf"enum {enum} \{{(.*?)\}};", text, re.S).group(1)
+        names = re.findall(rf"^\s*({prefix}\w+)", body, re.M)
+        consts.update({name: i for i, name in enumerate(names)})
     return consts
+
+
+def _enum_names(prefix: str) -> list[str]:
+    """The enum's counter names in index order, lower case, without prefix."""
+    return [name.removeprefix(prefix).lower() for name, _ in
+            sorted(((k, v) for k, v in C.items() if k.startswith(prefix) and k != prefix + "MAX"),
+                   key=lambda kv: kv[1])]
 
 
 C = _header_constants(_HEADER)
 MAX_LINKS = C["TP_MAX_LINKS"]
 MAX_CLASSES = C["TP_MAX_CLASSES"]
 RULES_PER_PREFIX = C["TP_RULES_PER_PREFIX"]
-RTT_BUCKETS = C["TP_RTT_BUCKETS"]
+HIST_BUCKETS = C["TP_HIST_BUCKETS"]
 LINK_CARRIER = C["TP_LINK_CARRIER"]
 LINK_NEXTHOP = C["TP_LINK_NEXTHOP"]
 CAUSES = {C["TP_CAUSE_HEARTBEAT"]: "heartbeat", C["TP_CAUSE_CARRIER"]: "carrier"}
-STATS = [name.removeprefix("TP_STAT_").lower() for name, v in
-         sorted(((k, v) for k, v in C.items() if k.startswith("TP_STAT_") and k != "TP_STAT_MAX"),
-                key=lambda kv: kv[1])]
+STATS = _enum_names("TP_STAT_")
+ARB_STATS = _enum_names("TP_ARB_STAT_")
+ARB_FEEDS = C["TP_ARB_FEEDS"]
+ARB_LINES = C["TP_ARB_LINES"]
+ARB_SLOTS = C["TP_ARB_SLOTS"]
+ARB_STAMPS = C["TP_ARB_STAMPS"]
+ARB_MAX_MSGS = C["TP_ARB_MAX_MSGS"]
+FEED_PROTOCOLS = {"moldudp64": C["TP_PROTO_MOLDUDP64"], "mdp3": C["TP_PROTO_MDP3"]}
+ARB_EVENTS = {C["TP_ARB_GAP"]: "gap", C["TP_ARB_FILL"]: "fill", C["TP_ARB_SESSION"]: "session"}
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -87,6 +101,34 @@ class FaultCounters(ctypes.Structure):
     _fields_ = [("passed", u64), ("dropped", u64)]
 
 
+class FeedKey(ctypes.Structure):
+    _fields_ = [("addr", u32), ("port", u16), ("_pad", u16)]  # both network byte order
+
+
+class Feed(ctypes.Structure):
+    _fields_ = [("id", u32), ("proto", u32), ("ifindex", u32), ("src_mac", u8 * 6), ("dst_mac", u8 * 6)]
+
+
+class FeedState(ctypes.Structure):
+    _fields_ = [("next_seq", u64), ("session", u64), ("prev_session", u64), ("gen", u64),
+                ("hb_last_ns", u64), ("line_last_ns", u64 * ARB_LINES), ("line_next_seq", u64 * ARB_LINES),
+                ("claims", u64 * ARB_SLOTS), ("stamps", u64 * ARB_STAMPS)]
+
+
+class ArbConfig(ctypes.Structure):
+    _fields_ = [("mono_to_real_ns", ctypes.c_int64), ("hb_dedup_ns", u64)]
+
+
+class LineStats(ctypes.Structure):
+    _fields_ = [(name, u64) for name in (
+        "packets", "won", "lost", "overlap", "fills", "heartbeats", "heartbeats_forwarded", "stale",
+        "malformed", "events_lost")] + [("lag_hist", u64 * HIST_BUCKETS), ("owd_hist", u64 * HIST_BUCKETS)]
+
+
+class ArbEvent(ctypes.Structure):
+    _fields_ = [("ts_ns", u64), ("first", u64), ("last", u64), ("feed", u32), ("line", u16), ("kind", u16)]
+
+
 # Map name -> (key type, value type) as declared in ebpf/lib/maps.h.
 MAPS = {
     "tp_links": (u32, Link),
@@ -97,6 +139,15 @@ MAPS = {
     "tp_steer_stats": (u32, Counters),
     "tp_rtt_hist": (u32, u64),
     "tp_gstats": (u32, u64),
+}
+
+# The same for ebpf/lib/feed_maps.h.
+ARB_MAPS = {
+    "tp_feeds": (FeedKey, Feed),
+    "tp_feed_state": (u32, FeedState),
+    "tp_arb_config": (u32, ArbConfig),
+    "tp_line_stats": (u32, LineStats),
+    "tp_arb_gstats": (u32, u64),
 }
 
 ICMP_ECHO_HEADER = 8
@@ -110,12 +161,12 @@ def probe_template(link: int, ident: int) -> bytes:
     return bytes([8, 0, 0, 0, ident >> 8, ident & 0xFF, 0, 0]) + bytes(probe)
 
 
-def rtt_bucket_bounds_us(bucket: int) -> tuple[float, float]:
-    """[low, high) in microseconds of RTT histogram bucket `bucket`, the
-    inverse of tp_rtt_bucket() in ebpf/lib/probe.h."""
+def hist_bucket_bounds_us(bucket: int) -> tuple[float, float]:
+    """[low, high) in microseconds of histogram bucket `bucket`, the
+    inverse of tp_us_bucket() in ebpf/lib/hist.h."""
     if bucket < 4:
         return float(bucket), float(bucket + 1)
     lg, sub = bucket // 4 + 1, bucket % 4
     width = 1 << (lg - 2)
     low = (4 + sub) * width
-    return float(low), float("inf") if bucket == RTT_BUCKETS - 1 else float(low + width)
+    return float(low), float("inf") if bucket == HIST_BUCKETS - 1 else float(low + width)

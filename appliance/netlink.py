@@ -108,3 +108,24 @@ class Monitor:
 
     def close(self) -> None:
         self._sock.close()
+
+
+XDP_ATTACHED_NATIVE = 1  # IFLA_XDP_ATTACHED: XDP_ATTACHED_DRV
+
+
+def attach_xdp(ipr: IPRoute, dev: str, prog) -> int:
+    """Attaches `prog` to dev in native (driver) mode, replacing any program
+    there; returns dev's ifindex. Refuses generic mode: it runs after the
+    skb is built and would cost more than the kernel path it bypasses."""
+    idx = ifindex(ipr, dev)
+    ipr.link("set", index=idx, xdp_fd=prog.fd)
+    xdp = ipr.get_links(idx)[0].get_attr("IFLA_XDP")
+    mode = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp else None
+    if mode != XDP_ATTACHED_NATIVE:
+        detach_xdp(ipr, idx)
+        raise OSError(f"{dev}: XDP attached in mode {mode}, not native")
+    return idx
+
+
+def detach_xdp(ipr: IPRoute, idx: int) -> None:
+    ipr.link("set", index=idx, xdp_fd=-1)

@@ -17,7 +17,7 @@ def histogram_percentile_us(counts: list[int], q: float) -> float | None:
     for bucket, n in enumerate(counts):
         seen += n
         if seen >= rank and n:
-            low, high = layout.rtt_bucket_bounds_us(bucket)
+            low, high = layout.hist_bucket_bounds_us(bucket)
             return low if high == float("inf") else high
     raise AssertionError("unreachable: rank <= total")
 

@@ -64,7 +64,7 @@ int tp_hb_ingress(struct __sk_buff *skb)
 	h->last_seq = probe->seq;
 	__sync_fetch_and_add(&h->replies, 1);
 
-	__u32 bucket = link * TP_RTT_BUCKETS + tp_rtt_bucket(rtt);
+	__u32 bucket = link * TP_HIST_BUCKETS + tp_us_bucket(rtt);
 	__u64 *hist = tp_rtt_hist.lookup(&bucket);
 	if (hist)
 		*hist += 1;

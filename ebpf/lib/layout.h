@@ -14,10 +14,38 @@
 #define TP_MAX_CLASSES      16
 #define TP_MAX_PREFIXES     256
 #define TP_RULES_PER_PREFIX 8
-#define TP_RTT_BUCKETS      64
+#define TP_HIST_BUCKETS      64
+
+/* A/B market-data arbitration (ebpf/arbitrate.c). */
+#define TP_ARB_FEEDS        16
+#define TP_ARB_LINES        2           /* line A = 0, line B = 1 */
+#define TP_ARB_SLOTS        1024        /* claim words per feed, 32 sequences each */
+#define TP_ARB_STAMPS       4096        /* first-copy arrival stamps per feed */
+#define TP_ARB_MAX_MSGS     128         /* most MoldUDP64 message blocks a packet may carry */
+
+/* tp_feed.proto */
+#define TP_PROTO_MOLDUDP64  1
+#define TP_PROTO_MDP3       2
+
+/* tp_arb_event.kind */
+#define TP_ARB_GAP          1           /* [first, last]: neither line has delivered these yet */
+#define TP_ARB_FILL         2           /* [first, last]: a late packet delivered (part of) a gap */
+#define TP_ARB_SESSION      3           /* a new MoldUDP64 session began; first = its first sequence */
 
 #define TP_PROBE_MAGIC      0x54505042u /* "BPPT" in memory: a twinpath probe */
 #define TP_PROBE_VERSION    1
+
+/* tp_arb_gstats[line * TP_ARB_STAT_MAX + stat], per CPU: packets the
+ * arbitration program passed to the stack without touching them. */
+enum tp_arb_stat {
+	TP_ARB_STAT_NOT_IPV4 = 0,   /* ARP, IPv6, ... */
+	TP_ARB_STAT_NOT_FEED,       /* IPv4 but not a configured feed: orders, heartbeats, ... */
+	TP_ARB_STAT_FRAGMENT,       /* an IP fragment: ports unknown or payload split */
+	TP_ARB_STAT_TRUNCATED,      /* IP or UDP header cut short or inconsistent */
+	TP_ARB_STAT_TTL_EXPIRED,    /* a feed packet with TTL <= 1: the stack answers it */
+	TP_ARB_STAT_NO_OUTPUT,      /* a feed packet whose receiver's MAC is not known yet */
+	TP_ARB_STAT_MAX,
+};
 
 /* tp_links[link].flags, written by the daemon. */
 #define TP_LINK_CARRIER     (1u << 0)   /* netlink reports carrier */
@@ -133,6 +161,75 @@ struct tp_fault_config {
 struct tp_fault_counters {
 	__u64 passed;
 	__u64 dropped;
+};
+
+/* tp_feeds: which UDP destinations are arbitrated feeds. */
+struct tp_feed_key {
+	__u32 addr;                 /* destination, network byte order */
+	__u16 port;                 /* destination port, network byte order */
+	__u16 _pad;
+};
+
+/* Where a feed's winners go: written by the daemon once the trader's MAC is
+ * known; until then ifindex is 0 and the feed passes to kernel routing. */
+struct tp_feed {
+	__u32 id;                   /* index into tp_feed_state and tp_line_stats */
+	__u32 proto;                /* TP_PROTO_* */
+	__u32 ifindex;              /* the trader-facing link */
+	__u8  src_mac[6];           /* its MAC */
+	__u8  dst_mac[6];           /* the receiver's (or the group's) MAC */
+};
+
+/* tp_feed_state[feed]: shared by both lines on every CPU. Fields that decide
+ * delivery change only by compare-and-exchange. A sequence is delivered by the
+ * packet that sets its bit in `claims`; each word there is
+ * gen:8 | block:24 | bits:32 for sequences block*32 .. block*32+31, so a slot
+ * still holding an older block (or generation) is recycled in the same CAS.
+ * next_seq says where gaps are: below it, an unclaimed sequence is missing. */
+struct tp_feed_state {
+	__u64 next_seq;             /* one past the highest sequence delivered or announced; 0: none yet */
+	__u64 session;              /* MoldUDP64 session key (see tp_mold_session) */
+	__u64 prev_session;         /* stragglers of the previous session are dropped */
+	__u64 gen;                  /* bumped on a session change: every claim word is void */
+	__u64 hb_last_ns;           /* when a heartbeat was last forwarded */
+	__u64 line_last_ns[TP_ARB_LINES];  /* last packet of this feed per line */
+	__u64 line_next_seq[TP_ARB_LINES]; /* one past the highest sequence each line carried */
+	__u64 claims[TP_ARB_SLOTS];
+	/* stamps[seq % TP_ARB_STAMPS] = (seq & 0x7fffff) << 41 | line << 40 | ns & (2^40 - 1),
+	 * written by the packet that delivered seq first: the loser's lag. */
+	__u64 stamps[TP_ARB_STAMPS];
+};
+
+/* tp_arb_config[0], written by the daemon. */
+struct tp_arb_config {
+	__s64 mono_to_real_ns;      /* CLOCK_REALTIME - CLOCK_MONOTONIC, for MDP3 SendingTime */
+	__u64 hb_dedup_ns;          /* a heartbeat this soon after a forwarded one is its copy */
+};
+
+/* tp_line_stats[feed * TP_ARB_LINES + line], per CPU. */
+struct tp_line_stats {
+	__u64 packets;              /* well-formed packets of the feed */
+	__u64 won;                  /* forwarded: carried at least one new sequence */
+	__u64 lost;                 /* dropped: the peer had delivered every sequence */
+	__u64 overlap;              /* won, and also carried already-delivered sequences */
+	__u64 fills;                /* won with sequences from below next_seq (a gap) */
+	__u64 heartbeats;           /* heartbeats and end-of-session packets */
+	__u64 heartbeats_forwarded;
+	__u64 stale;                /* older than the claim window or of the previous session */
+	__u64 malformed;            /* feed payload truncated or inconsistent; dropped */
+	__u64 events_lost;          /* ring buffer full */
+	__u64 lag_hist[TP_HIST_BUCKETS];   /* per duplicate: how long after the peer's copy it came */
+	__u64 owd_hist[TP_HIST_BUCKETS];   /* MDP3: one-way latency from SendingTime */
+};
+
+/* tp_arb_events ring buffer record. */
+struct tp_arb_event {
+	__u64 ts_ns;                /* CLOCK_MONOTONIC */
+	__u64 first;
+	__u64 last;
+	__u32 feed;
+	__u16 line;                 /* the line whose packet revealed it */
+	__u16 kind;                 /* TP_ARB_* */
 };
 
 #endif

@@ -13,7 +13,7 @@ BPF_ARRAY(tp_classes, struct tp_class, TP_MAX_CLASSES);
 BPF_ARRAY(tp_active, __u64, TP_MAX_CLASSES); /* u64: BCC emits 64-bit cmpxchg only */
 BPF_LPM_TRIE(tp_rules, struct tp_lpm_key, struct tp_prefix_rules, TP_MAX_PREFIXES);
 BPF_PERCPU_ARRAY(tp_steer_stats, struct tp_counters, TP_MAX_CLASSES * TP_MAX_LINKS);
-BPF_PERCPU_ARRAY(tp_rtt_hist, __u64, TP_MAX_LINKS * TP_RTT_BUCKETS);
+BPF_PERCPU_ARRAY(tp_rtt_hist, __u64, TP_MAX_LINKS * TP_HIST_BUCKETS);
 BPF_PERCPU_ARRAY(tp_gstats, __u64, TP_STAT_MAX);
 BPF_RINGBUF_OUTPUT(tp_events, 8);
 

@@ -5,6 +5,7 @@
 #include <linux/icmp.h>
 #include "lib/layout.h"
 #include "lib/parse.h"
+#include "lib/hist.h"
 
 #ifndef TP_PROBE_IDENT
 #error "TP_PROBE_IDENT (ICMP echo identifier of our probes) must be defined by the loader"
@@ -28,21 +29,6 @@ static __always_inline struct tp_probe *tp_find_probe(void *data, void *end, __u
 		return NULL;
 	*icmp_out = icmp;
 	return probe;
-}
-
-/* RTT histogram bucket: 4 sub-buckets per power of two of microseconds, so
- * 1 us resolution below 8 us and at most 25% relative width above; the last
- * bucket collects everything from 114.7 ms up. appliance/layout.py decodes it. */
-static __always_inline __u32 tp_rtt_bucket(__u64 rtt_ns)
-{
-	__u64 us = rtt_ns / 1000;
-	__u32 lg, b;
-
-	if (us < 4)
-		return us;
-	lg = bpf_log2l(us) - 1; /* BCC's bpf_log2l() is floor(log2) + 1 */
-	b = 4 * (lg - 1) + ((us >> (lg - 2)) & 3);
-	return b < TP_RTT_BUCKETS ? b : TP_RTT_BUCKETS - 1;
 }
 
 #endif

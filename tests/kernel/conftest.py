@@ -92,3 +92,59 @@ def _fixture(compiled):
 @pytest.fixture
 def gateway(compiled_gateway):
     return _fixture(compiled_gateway)
+
+
+# -- arbitration fixtures ---------------------------------------------------
+FEED_ADDR = "198.18.1.1"
+FEED_PORTS = {"moldudp64": 26400, "mdp3": 26401}
+FEED_IDS = {"moldudp64": 0, "mdp3": 1}
+TRADER = {"ifindex": 7, "src": "02:00:00:00:01:fe", "dst": "02:00:00:00:01:01"}
+HB_DEDUP_NS = 100_000_000  # same margins as the gateway fixtures
+XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
+
+
+@pytest.fixture(scope="session")
+def compiled_arbiter():
+    from appliance.arbitration import Arbiter
+    return Arbiter()
+
+
+class FixtureArbiter:
+    """The compiled arbiter with both fixture feeds configured and all state
+    cleared per test; `events` collects (kind, feed, line, first, last)."""
+
+    def __init__(self, arbiter):
+        from appliance import layout
+        self.arb = arbiter
+        self.events = []
+        arbiter.open_events(lambda ev: self.events.append(
+            (layout.ARB_EVENTS[ev.kind], ev.feed, "AB"[ev.line], ev.first, ev.last)))
+
+    def reset(self):
+        import ipaddress
+        arb = self.arb
+        for name in ("tp_feeds", "tp_feed_state", "tp_line_stats", "tp_arb_gstats"):
+            arb.bpf[name].clear()
+        for proto, port in FEED_PORTS.items():
+            arb.write_feed(FEED_IDS[proto], proto, ipaddress.IPv4Address(FEED_ADDR), port,
+                           TRADER["ifindex"], TRADER["src"], TRADER["dst"])
+        arb.write_config(hb_dedup_ns=HB_DEDUP_NS)
+        arb.poll(0)
+        self.events.clear()
+
+    def run(self, line: str, frame: bytes):
+        from appliance.bpfsys import prog_test_run
+        verdict, out, _ = prog_test_run(self.arb.lines["AB".index(line)].fd, frame)
+        self.arb.poll(0)
+        return verdict, out
+
+    def stats(self, line: str, proto: str = "moldudp64"):
+        return self.arb.line_stats(FEED_IDS[proto], "AB".index(line))
+
+
+@pytest.fixture
+def arbiter(compiled_arbiter):
+    fx = getattr(compiled_arbiter, "_fixture", None) or FixtureArbiter(compiled_arbiter)
+    compiled_arbiter._fixture = fx
+    fx.reset()
+    return fx

@@ -73,7 +73,7 @@ def test_ingress_reply_records_rtt_and_freshness(gateway):
     assert 50_000 <= h.rtt_last_ns == h.rtt_ewma_ns < 50_000 + (after - tx)
     hist = gateway.gw.rtt_histogram(A)
     (bucket,) = [b for b, n in enumerate(hist) if n]
-    low, high = layout.rtt_bucket_bounds_us(bucket)
+    low, high = layout.hist_bucket_bounds_us(bucket)
     assert low <= h.rtt_last_ns / 1000 < high
 
 

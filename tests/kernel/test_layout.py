@@ -14,6 +14,8 @@ PYTHON_VIEW = {
     "tp_lpm_key": layout.LpmKey, "tp_rule": layout.Rule, "tp_prefix_rules": layout.PrefixRules,
     "tp_counters": layout.Counters, "tp_event": layout.Event, "tp_probe": layout.Probe,
     "tp_fault_config": layout.FaultConfig, "tp_fault_counters": layout.FaultCounters,
+    "tp_feed_key": layout.FeedKey, "tp_feed": layout.Feed, "tp_feed_state": layout.FeedState,
+    "tp_arb_config": layout.ArbConfig, "tp_line_stats": layout.LineStats, "tp_arb_event": layout.ArbEvent,
 }
 
 
@@ -52,8 +54,15 @@ def test_struct_layout_matches_compiled(probe_module, struct):
 
 @pytest.mark.parametrize("name", sorted(layout.MAPS))
 def test_map_types_match_compiled(compiled_gateway, name):
-    table = compiled_gateway.bpf[name]
-    key_t, value_t = layout.MAPS[name]
+    assert_map_matches(compiled_gateway.bpf[name], *layout.MAPS[name])
+
+
+@pytest.mark.parametrize("name", sorted(layout.ARB_MAPS))
+def test_arbitration_map_types_match_compiled(compiled_arbiter, name):
+    assert_map_matches(compiled_arbiter.bpf[name], *layout.ARB_MAPS[name])
+
+
+def assert_map_matches(table, key_t, value_t):
     value = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables: the per-CPU element
     assert shape(table.Key) == shape(key_t)
     assert shape(value) == shape(value_t)

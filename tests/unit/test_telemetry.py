@@ -5,29 +5,29 @@ from appliance.telemetry import histogram_percentile_us
 
 
 def bucket_of(us: int) -> int:
-    """Python twin of tp_rtt_bucket() in ebpf/lib/probe.h."""
+    """Python twin of tp_us_bucket() in ebpf/lib/hist.h."""
     if us < 4:
         return us
     lg = us.bit_length() - 1
-    return min(4 * (lg - 1) + ((us >> (lg - 2)) & 3), layout.RTT_BUCKETS - 1)
+    return min(4 * (lg - 1) + ((us >> (lg - 2)) & 3), layout.HIST_BUCKETS - 1)
 
 
 @pytest.mark.parametrize("us", [0, 1, 3, 4, 7, 8, 9, 15, 16, 100, 1042, 65535, 114687, 114688, 10**7])
 def test_bucket_bounds_contain_the_value(us):
-    low, high = layout.rtt_bucket_bounds_us(bucket_of(us))
+    low, high = layout.hist_bucket_bounds_us(bucket_of(us))
     assert low <= us < high
 
 
 def test_buckets_tile_the_axis_without_gaps():
-    bounds = [layout.rtt_bucket_bounds_us(b) for b in range(layout.RTT_BUCKETS)]
+    bounds = [layout.hist_bucket_bounds_us(b) for b in range(layout.HIST_BUCKETS)]
     assert bounds[0][0] == 0
     assert all(hi == next_lo for (_, hi), (next_lo, _) in zip(bounds, bounds[1:]))
 
 
 def test_percentile_reports_bucket_upper_bound():
-    counts = [0] * layout.RTT_BUCKETS
+    counts = [0] * layout.HIST_BUCKETS
     counts[bucket_of(50)] = 98
     counts[bucket_of(900)] = 2
-    assert histogram_percentile_us(counts, 0.5) == layout.rtt_bucket_bounds_us(bucket_of(50))[1]
-    assert histogram_percentile_us(counts, 0.99) == layout.rtt_bucket_bounds_us(bucket_of(900))[1]
-    assert histogram_percentile_us([0] * layout.RTT_BUCKETS, 0.5) is None
+    assert histogram_percentile_us(counts, 0.5) == layout.hist_bucket_bounds_us(bucket_of(50))[1]
+    assert histogram_percentile_us(counts, 0.99) == layout.hist_bucket_bounds_us(bucket_of(900))[1]
+    assert histogram_percentile_us([0] * layout.HIST_BUCKETS, 0.5) is None
