@@ -83,6 +83,13 @@ def cmd_lab(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from appliance.lab import arbbench
+    result = arbbench.run()
+    print(json.dumps(result) if args.json else arbbench.summary(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twinpath", description=(
         "Failover appliance for colocation gateways: an eBPF fast path steers order and market-data "
@@ -124,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--rate", type=int, default=10_000, help="order stream packets/s (default 10000)")
     sc.add_argument("--interval-us", type=int, default=1000)
     sc.add_argument("--multiplier", type=int, default=3)
+
+    bench = sub.add_parser("bench", help="measurement contracts, run in a lab of their own")
+    bench.set_defaults(func=cmd_bench)
+    bsub = bench.add_subparsers(dest="bench_cmd", required=True)
+    arb = bsub.add_parser("arbitration", help=(
+        "A/B arbitration: the six line-fault scenarios (sent, delivered, delivered_twice, out_of_order, "
+        "gaps expected/reported), ns/packet against an empty XDP program, lab throughput"))
+    arb.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 

@@ -102,12 +102,33 @@ class RuleConfig(_Strict):
         return self
 
 
+class Arbitration(_Strict):
+    lines: list[str] = Field(["A", "B"], min_length=2, max_length=2,
+                             description="links carrying line A and line B of every feed")
+    grace_ms: float = Field(20.0, gt=0, le=10_000,
+                            description="a gap the other line fills within this long counts as filled")
+    silence_ms: float = Field(50.0, gt=0, le=60_000,
+                              description="a line this quiet while its peer flows is reported silent")
+    behind_seqs: int = Field(1000, ge=1, description="a line this many sequences behind its peer is reported")
+    heartbeat_dedup_ms: float = Field(50.0, gt=0, le=10_000,
+                                      description="a heartbeat this soon after a forwarded one is its copy")
+
+
+class FeedConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$")
+    protocol: Literal["moldudp64", "mdp3"]
+    dst: ipaddress.IPv4Address = Field(description="destination address or multicast group")
+    port: int = Field(ge=1, le=65535)
+
+
 class Config(_Strict):
     heartbeat: Heartbeat = Heartbeat()
     steer: Steer
     links: list[LinkConfig] = Field(min_length=1, max_length=layout.MAX_LINKS)
     classes: list[ClassConfig] = Field(min_length=1, max_length=layout.MAX_CLASSES)
     rules: list[RuleConfig] = Field(default_factory=list)
+    arbitration: Arbitration = Arbitration()
+    feeds: list[FeedConfig] = Field(default_factory=list, max_length=layout.ARB_FEEDS)
 
     @model_validator(mode="after")
     def _references(self):
@@ -128,6 +149,17 @@ class Config(_Strict):
         for i, r in enumerate(self.rules):
             if r.class_name not in classes:
                 raise ValueError(f"rules[{i}] names unknown class {r.class_name!r}")
+        if self.feeds:
+            lines = self.arbitration.lines
+            unknown = [n for n in lines if n not in links]
+            if unknown or lines[0] == lines[1]:
+                raise ValueError(f"arbitration.lines must name two different links, got {lines}")
+            names = [f.name for f in self.feeds]
+            dests = [f"{f.dst}:{f.port}" for f in self.feeds]
+            for what, values in (("feed name", names), ("feed destination", dests)):
+                dup = {v for v in values if values.count(v) > 1}
+                if dup:
+                    raise ValueError(f"duplicate {what}(s): {', '.join(sorted(dup))}")
         return self
 
     def link_index(self, name: str) -> int:

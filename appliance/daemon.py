@@ -20,11 +20,15 @@ from typing import TextIO
 from pyroute2 import IPRoute
 
 from appliance import layout, netlink, policy, telemetry
+from appliance.arbitration import Arbiter, multicast_mac
 from appliance.config import Config
 from appliance.dataplane import PROBE_IDENT, Gateway, LinkState, open_probe_socket
+from appliance.feedwatch import FeedWatch
 from fastpath.heartbeat import Sender
 
 TICK_S = 0.005
+FEED_TICK_S = 0.01       # gap grace windows and line health
+FEED_SUMMARY_S = 1.0
 READY_TIMEOUT_S = 5.0
 
 
@@ -55,6 +59,9 @@ class Daemon:
         self.links: list[LinkState] = []
         self.carrier_lost_ns: dict[int, int] = {}
         self._lock = threading.Lock()  # guards self.links between netlink and main threads
+        self.arbiter: Arbiter | None = None
+        self.trader: LinkState | None = None  # the trader-facing link and feed receivers' MACs
+        self.feed_macs: dict[int, str | None] = {}
 
     # -- netlink thread -----------------------------------------------------
     def _watch_netlink(self, monitor: netlink.Monitor, stop: threading.Event) -> None:
@@ -64,6 +71,23 @@ class Daemon:
                 link_id = by_ifindex.get(change.ifindex)
                 if link_id is not None:
                     self._apply(link_id, change)
+                elif self.trader and change.ifindex == self.trader.ifindex and \
+                        isinstance(change, netlink.NeighbourChange):
+                    self._apply_feed_receiver(change)
+
+    def _apply_feed_receiver(self, change) -> None:
+        """A feed receiver's MAC appeared or changed: its winners can go
+        straight to it. A MAC that disappears is kept (fail static)."""
+        for feed_id, feed in enumerate(self.cfg.feeds):
+            if feed.dst == change.ip and change.mac and change.mac != self.feed_macs.get(feed_id):
+                self._write_feed(feed_id, change.mac)
+                self.log.emit("feed-receiver", feed=feed.name, ip=str(change.ip), mac=change.mac)
+
+    def _write_feed(self, feed_id: int, mac: str | None) -> None:
+        feed = self.cfg.feeds[feed_id]
+        self.feed_macs[feed_id] = mac
+        self.arbiter.write_feed(feed_id, feed.protocol, feed.dst, feed.port, self.trader.ifindex,
+                                self.trader.src_mac, mac)
 
     def _apply(self, link_id: int, change) -> None:
         name = self.link_names[link_id]
@@ -150,6 +174,7 @@ class Daemon:
                 self.gw.write_link(i, state)
             self.gw.write_policy()
             self.gw.open_events(self._on_failover)
+            feedwatch = self._load_arbiter(ipr) if cfg.feeds else None
 
             sockets = [open_probe_socket(l.dev, l.target) for l in cfg.links]
             sender = Sender(sockets, [layout.probe_template(i, PROBE_IDENT) for i in range(len(cfg.links))],
@@ -162,12 +187,19 @@ class Daemon:
                 t.start()
             try:
                 self.gw.attach(ipr)
+                if self.arbiter:
+                    self.arbiter.attach(ipr, [cfg.links[cfg.link_index(n)].dev for n in cfg.arbitration.lines])
                 self.log.emit("attached", startup_ms=round((time.monotonic() - t0) * 1000, 1),
                               links={l.name: l.dev for l in cfg.links}, ingress=cfg.steer.ingress,
-                              interval_us=cfg.heartbeat.interval_us, multiplier=cfg.heartbeat.multiplier)
+                              interval_us=cfg.heartbeat.interval_us, multiplier=cfg.heartbeat.multiplier,
+                              feeds={f.name: {"protocol": f.protocol, "dst": f"{f.dst}:{f.port}",
+                                              "receiver_mac": self.feed_macs[i]}
+                                     for i, f in enumerate(cfg.feeds)})
                 self._resolve_missing_nexthops(ipr)
-                self._main_loop(stop, sender)
+                self._main_loop(stop, sender, feedwatch)
             finally:
+                if self.arbiter:
+                    self.arbiter.detach(ipr)
                 self.gw.detach(ipr)
                 sender.stop()
                 stop.set()
@@ -179,6 +211,22 @@ class Daemon:
                 self.log.emit("stopped", sent=sender.sent, late_periods=sender.late_periods,
                               max_late_us=round(sender.max_late_ns / 1000, 1))
 
+    def _load_arbiter(self, ipr: IPRoute) -> FeedWatch:
+        """Arbitration for the configured feeds. A receiver whose MAC is not
+        known yet is filled in by the netlink thread when the kernel learns
+        it; until then that feed takes kernel routing."""
+        self.arbiter = Arbiter()
+        self.arbiter.write_config(int(self.cfg.arbitration.heartbeat_dedup_ms * 1e6))
+        ifindex, mac, carrier = netlink.link_info(ipr, self.cfg.steer.ingress)
+        self.trader = LinkState(ifindex, mac, carrier=carrier)
+        for feed_id, feed in enumerate(self.cfg.feeds):
+            receiver = multicast_mac(feed.dst) if feed.dst.is_multicast else \
+                netlink.neighbour_mac(ipr, ifindex, feed.dst)
+            self._write_feed(feed_id, receiver)
+        watch = FeedWatch(self.cfg, self.arbiter, self.log)
+        self.arbiter.open_events(watch.on_event)
+        return watch
+
     def _resolve_missing_nexthops(self, ipr: IPRoute) -> None:
         """Probes make the kernel ARP for each far end; pick up the answers
         that arrived before the netlink thread was listening."""
@@ -187,15 +235,27 @@ class Daemon:
             if mac:
                 self._apply(i, netlink.NeighbourChange(self.links[i].ifindex, link.gateway, mac))
 
-    def _main_loop(self, stop: threading.Event, sender: Sender) -> None:
+    def _main_loop(self, stop: threading.Event, sender: Sender, feedwatch: FeedWatch | None) -> None:
         ready_deadline = time.monotonic() + READY_TIMEOUT_S
         ready = False
         next_health = time.monotonic() + self.stats_interval_s
+        next_feed_tick = time.monotonic()
+        next_feed_summary = next_feed_tick + FEED_SUMMARY_S
         hists = [[0] * layout.HIST_BUCKETS for _ in self.links]
         while not stop.is_set():
             self.gw.poll(int(TICK_S * 1000))
             self._tick()
             now = time.monotonic()
+            if feedwatch:
+                self.arbiter.poll(0)
+                if now >= next_feed_tick:
+                    feedwatch.tick(time.monotonic_ns())
+                    next_feed_tick = now + FEED_TICK_S
+                if now >= next_feed_summary:
+                    feedwatch.summary(time.monotonic_ns())
+                    # the realtime clock may have been stepped (NTP): re-pair it for MDP3 latency
+                    self.arbiter.write_config(int(self.cfg.arbitration.heartbeat_dedup_ms * 1e6))
+                    next_feed_summary = now + FEED_SUMMARY_S
             if not ready:
                 now_ns = time.monotonic_ns()
                 fresh = [policy.fresh_for_ns(o, now_ns, self.cfg.heartbeat.dead_ns) >= 0

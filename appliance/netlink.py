@@ -110,7 +110,7 @@ class Monitor:
         self._sock.close()
 
 
-XDP_ATTACHED_NATIVE = 1  # IFLA_XDP_ATTACHED: XDP_ATTACHED_DRV
+XDP_ATTACHED_NATIVE = "xdp"  # IFLA_XDP_ATTACHED = XDP_ATTACHED_DRV, as pyroute2 names it
 
 
 def attach_xdp(ipr: IPRoute, dev: str, prog) -> int:

@@ -33,7 +33,7 @@ class ScenarioError(RuntimeError):
 
 
 class Tool:
-    """A running traffic tool (appliance.lab.traffic). Its contract: one
+    """A running lab tool (appliance.lab.traffic or .marketdata). Its contract: one
     {"ready": true} line once its socket is up, then exactly one result line;
     exit 0, or 1 when what it measured failed (the result says how), or 2
     when it could not start."""
@@ -43,8 +43,9 @@ class Tool:
         self.name = name
 
     @classmethod
-    def in_lab(cls, lab: topology.Lab, role: str, *args: str) -> Tool:
-        proc = lab.spawn(role, traffic_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def in_lab(cls, lab: topology.Lab, role: str, *args: str, module: str = "appliance.lab.traffic") -> Tool:
+        proc = lab.spawn(role, [sys.executable, "-m", module, *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return cls(proc, args[0])
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:

@@ -44,6 +44,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ EXCHANGE_ADDR = "198.19.0.10"
 # a /24 of its own, clear of every link and of the exchange prefix.
 FEED_SOURCES = {"A": "198.18.30.1", "B": "198.18.30.2"}
 FEED_DST = TRADER_ADDR
+FEED_PORTS = {"moldudp64": 26400, "mdp3": 26401}  # the lab config's two arbitrated feeds
 
 
 @dataclass(frozen=True)
@@ -332,6 +334,21 @@ class = "marketdata"
 dst = "{EXCHANGE_NET}"
 proto = "udp"
 ports = "9100-9199"
+
+[arbitration]
+lines = ["A", "B"]
+
+[[feeds]]
+name = "itch"
+protocol = "moldudp64"
+dst = "{FEED_DST}"
+port = {FEED_PORTS["moldudp64"]}
+
+[[feeds]]
+name = "mdp3"
+protocol = "mdp3"
+dst = "{FEED_DST}"
+port = {FEED_PORTS["mdp3"]}
 """
 
 
@@ -387,9 +404,32 @@ def _build(lab: Lab) -> None:
         _add_exchange_service(handles["exch"])
         _add_routes(handles)
         _add_return_path(lab, handles["exch"])
+        _make_veths_behave_like_nics(lab)
     finally:
         for ipr in handles.values():
             ipr.close()
+
+
+def _make_veths_behave_like_nics(lab: Lab) -> None:
+    """Two veth artefacts that a physical NIC does not have, undone so that
+    gw's XDP sees and sends what it would on real links:
+    - a veth accepts frames redirected by XDP only when its peer runs NAPI,
+      which GRO turns on: so the trader's int0 gets GRO;
+    - a veth sender leaves UDP checksums to "offload" (only a pseudo-header
+      sum on the packet), which XDP forwards as is: so exch's handoffs put
+      complete checksums on the wire, as an exchange's NIC does."""
+    _ethtool(lab, "trader", "int0", {"rx-gro": True})
+    for link in LINKS.values():
+        _ethtool(lab, "exch", link.handoff, {"tx-checksum-ip-generic": False})
+
+
+def _ethtool(lab: Lab, role: str, dev: str, features: dict[str, bool]) -> None:
+    # The ethtool ioctl works in the caller's namespace, so run it in there.
+    script = ("import sys, json\nfrom pyroute2.ethtool import Ethtool\ne = Ethtool()\n"
+              "f = e.get_features(sys.argv[1])\n"
+              "for name, on in json.loads(sys.argv[2]).items():\n    f.features[name].enable = on\n"
+              "e.set_features(sys.argv[1], f)\n")
+    _ns_exec(lab.ns(role), [sys.executable, "-c", script, dev, json.dumps(features)])
 
 
 def _add_veth(lab: Lab, handles: dict[str, IPRoute], veth: Veth) -> None:

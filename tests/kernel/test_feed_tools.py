@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from appliance.lab import faults, topology
-from appliance.lab.feedplan import FeedPlan, LineFaults, check, expected
+from appliance.lab import faults, feedrun, topology
+from appliance.lab.feedrun import MARKETDATA
+from appliance.lab.feedplan import FeedPlan, LineFaults, expected
 from appliance.lab.marketdata import load_received
 from appliance.lab.scenario import Tool
 
@@ -27,30 +28,17 @@ def lab():
 
 
 def marketdata_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "appliance.lab.marketdata", *args]
+    return [sys.executable, "-m", MARKETDATA, *args]
 
 
 def tool(lab, role: str, *args: str) -> Tool:
-    # Tool.in_lab starts appliance.lab.traffic; these tools live in marketdata.
-    proc = lab.spawn(role, marketdata_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return Tool(proc, args[0])
+    return Tool.in_lab(lab, role, *args, module=MARKETDATA)
 
 
 def run_feed(lab, plan: FeedPlan, workdir, port: int) -> tuple[dict, dict, dict]:
     """Publishes plan from exch to the trader; returns (publisher, receiver, check) results."""
-    plan_path, out = workdir / "plan.json", workdir / "received.npy"
-    plan_path.write_text(plan.model_dump_json())
-    with tool(lab, "trader", "receive", "--protocol", plan.protocol, "--bind", topology.FEED_DST,
-              "--port", str(port), "--timeout", "30", "--idle", "0.5", "--out", str(out)) as receiver:
-        receiver.wait_ready()
-        with tool(lab, "exch", "publish", "--plan", str(plan_path), "--dst", topology.FEED_DST,
-                  "--port", str(port), "--src-a", topology.FEED_SOURCES["A"],
-                  "--src-b", topology.FEED_SOURCES["B"], "--timeout", "20") as publisher:
-            publisher.wait_ready(timeout_s=30)
-            published = publisher.result(timeout_s=30)
-        received = receiver.result(timeout_s=30)
-    assert received["out"] == str(out)
-    return published, received, check(plan, load_received(out), topology.FEED_SOURCES)
+    run = feedrun.run_feed(lab, plan, workdir, port)
+    return run.published, run.received, run.result
 
 
 def assert_clean_transport(published, received, plan):

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from appliance.config import ConfigError, parse
@@ -79,3 +81,35 @@ def test_too_many_rules_for_one_prefix_is_rejected():
     text = BASE + "".join(rule.format(p=9100 + i) for i in range(8))
     with pytest.raises(ConfigError, match="at most 8 per prefix"):
         parse(text)
+
+
+FEEDS = """
+[[feeds]]
+name = "itch"
+protocol = "moldudp64"
+dst = "198.18.1.1"
+port = 26400
+"""
+
+
+def test_lab_config_has_two_arbitrated_feeds():
+    from appliance.lab.topology import render_config
+    cfg = parse(render_config())
+    assert [(f.name, f.protocol, f.port) for f in cfg.feeds] == [("itch", "moldudp64", 26400),
+                                                                  ("mdp3", "mdp3", 26401)]
+    assert cfg.arbitration.lines == ["A", "B"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (FEEDS + FEEDS, "duplicate feed name(s): itch"),
+    (FEEDS + FEEDS.replace('"itch"', '"other"'), "duplicate feed destination(s): 198.18.1.1:26400"),
+    (FEEDS.replace("moldudp64", "itch50"), "feeds.0.protocol"),
+    (FEEDS.replace("26400", "70000"), "feeds.0.port"),
+    (FEEDS + '[arbitration]\nlines = ["A", "A"]\n', "arbitration.lines must name two different links"),
+    (FEEDS + '[arbitration]\nlines = ["A", "C"]\n', "arbitration.lines must name two different links"),
+])
+def test_bad_feed_config_is_refused_by_name(extra, message):
+    from appliance.lab.topology import render_config
+    base = render_config().split("[arbitration]")[0]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(base + extra)
