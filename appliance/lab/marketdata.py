@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import select
-import signal
 import socket
 import struct
 import sys
@@ -29,8 +28,8 @@ from pydantic import ValidationError
 
 from appliance.feedproto import MDP3_SENDING_TIME_OFFSET
 from appliance.lab import feedplan
-from appliance.lab.traffic import (SO_RCVBUFFORCE, SO_TIMESTAMPNS, TIMESPEC, UDP_RCVBUF_BYTES, SetupError, Stop,
-                                   emit, positive, realtime_minus_monotonic_ns, request_stop, udp_socket_drops)
+from appliance.lab.traffic import (TIMESPEC, SetupError, Stop, emit, positive, realtime_minus_monotonic_ns,
+                                   run_tool, stamped_udp_socket, udp_socket_drops)
 
 PR_SET_TIMERSLACK = 29
 # Waits longer than this sleep until this much before the deadline, then spin:
@@ -129,12 +128,7 @@ def publish(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- receive
 
 def receive(args: argparse.Namespace) -> int:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_RCVBUF_BYTES)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF_BYTES)
-    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sock = stamped_udp_socket()
     try:
         sock.bind((args.bind, args.port))
     except OSError as exc:
@@ -261,15 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    try:
-        return args.run(args)
-    except SetupError as exc:
-        print(exc, file=sys.stderr)
-        emit({"error": str(exc)})
-        return 2
+    return run_tool(build_parser(), argv)
 
 
 if __name__ == "__main__":

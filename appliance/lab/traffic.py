@@ -205,16 +205,22 @@ def udp_socket_drops(sock: socket.socket) -> int | None:
     return None
 
 
-def udp_recv(args: argparse.Namespace) -> int:
+def stamped_udp_socket() -> socket.socket:
+    """A UDP socket with a large receive buffer and kernel receive stamps,
+    which keep the receiver's scheduling delays out of arrival times."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         # FORCE (root) gets past net.core.rmem_max; the kernel doubles the value.
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_RCVBUF_BYTES)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF_BYTES)
-    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-    # Kernel receive stamps keep receiver scheduling delays out of the gaps.
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    return sock
+
+
+def udp_recv(args: argparse.Namespace) -> int:
+    sock = stamped_udp_socket()
+    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     try:
         sock.bind((args.bind, args.port))
     except OSError as exc:
@@ -566,7 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_tool(build_parser(), argv)
+
+
+def run_tool(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Runs the chosen subcommand under the lab tools' contract (shared with
+    appliance.lab.marketdata)."""
+    args = parser.parse_args(argv)
     # The runner stops tools with SIGTERM: they still print (and save) a result.
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)

@@ -94,6 +94,17 @@ def gateway(compiled_gateway):
     return _fixture(compiled_gateway)
 
 
+@pytest.fixture(scope="module")
+def lab():
+    """A lab of the test module's own, torn down whatever happens."""
+    from appliance.lab import topology
+    lab = topology.up()
+    try:
+        yield lab
+    finally:
+        topology.down(lab.name)
+
+
 # -- arbitration fixtures ---------------------------------------------------
 FEED_ADDR = "198.18.1.1"
 FEED_PORTS = {"moldudp64": 26400, "mdp3": 26401}

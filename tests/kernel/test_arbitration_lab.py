@@ -12,18 +12,14 @@ pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture(scope="module")
-def lab_daemon(tmp_path_factory):
-    lab = topology.up()
-    daemon = None
+def lab_daemon(lab, tmp_path_factory):
+    daemon = DaemonProcess(lab, topology.write_config(lab), tmp_path_factory.mktemp("arb") / "daemon.log",
+                           stats_interval_s=60)
     try:
-        config = topology.write_config(lab)
-        daemon = DaemonProcess(lab, config, tmp_path_factory.mktemp("arb") / "daemon.log", stats_interval_s=60)
         daemon.wait_for("ready", timeout_s=60)
         yield lab, daemon
     finally:
-        if daemon:
-            daemon.stop()
-        topology.down(lab.name)
+        daemon.stop()
 
 
 @pytest.fixture(scope="module")

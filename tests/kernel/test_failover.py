@@ -23,13 +23,6 @@ def max_lost(interval_us: int, multiplier: int) -> int:
     return RATE * interval_us * (multiplier + 1) // 1_000_000 + 200
 
 
-@pytest.fixture(scope="module")
-def lab():
-    lab = topology.up()
-    yield lab
-    topology.down(lab.name)
-
-
 @pytest.fixture
 def workdir(lab, request):
     path = lab.dir / request.node.name.replace("[", "-").rstrip("]")

@@ -18,15 +18,6 @@ from appliance.lab.scenario import Tool
 pytestmark = pytest.mark.kernel
 
 
-@pytest.fixture(scope="module")
-def lab():
-    lab = topology.up()
-    try:
-        yield lab
-    finally:
-        topology.down(lab.name)
-
-
 def marketdata_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", MARKETDATA, *args]
 

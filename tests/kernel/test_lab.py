@@ -38,15 +38,6 @@ print(sock.recv(2048).decode())
 """
 
 
-@pytest.fixture(scope="module")
-def lab():
-    lab = topology.up()
-    try:
-        yield lab
-    finally:
-        topology.down(lab.name)
-
-
 def ping_ok(lab, role, target, attempts=3):
     for _ in range(attempts):
         if lab.run(role, ["ping", "-c1", "-W1", "-q", target], check=False).returncode == 0:
