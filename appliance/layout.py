@@ -110,7 +110,7 @@ class Feed(ctypes.Structure):
 
 
 class FeedState(ctypes.Structure):
-    _fields_ = [("next_seq", u64), ("session", u64), ("prev_session", u64), ("gen", u64),
+    _fields_ = [("next_seq", u64), ("session", u64), ("prev_session", u64),
                 ("hb_last_ns", u64), ("line_last_ns", u64 * ARB_LINES), ("line_next_seq", u64 * ARB_LINES),
                 ("claims", u64 * ARB_SLOTS), ("stamps", u64 * ARB_STAMPS)]
 

@@ -27,6 +27,7 @@ struct tp_arb_ctx {
 	struct tp_feed *feed;
 	struct tp_arb_config *cfg;
 	__u64 now;
+	__u64 gen;                  /* claim generation of the packet's session */
 	__u32 id;                   /* the feed's */
 	__u32 line;
 };
@@ -43,24 +44,26 @@ static __always_inline int tp_forward(struct tp_arb_ctx *a)
 	return bpf_redirect(a->feed->ifindex, 0);
 }
 
-/* Follows the feed into a new MoldUDP64 session: claims of the old one are
- * void. Returns 0 for a straggler of the previous session. */
-static __always_inline int tp_enter_session(struct tp_arb_ctx *a, __u64 key, __u64 first)
+/* Follows the feed into a new MoldUDP64 session (key and generation in one
+ * CAS: claims of the old one are void). Returns the session word to claim
+ * under, or 0 for a straggler of the previous session. */
+static __always_inline __u64 tp_enter_session(struct tp_arb_ctx *a, __u64 key, __u64 cur, __u64 first)
 {
 	struct tp_feed_state *st = a->st;
-	__u64 cur = st->session;
+	__u64 next = key | ((cur + 1) & TP_GEN_MASK);
 
-	if (cur && key == st->prev_session)
+	if ((cur & ~TP_GEN_MASK) && key == st->prev_session)
 		return 0;
-	if (__sync_val_compare_and_swap(&st->session, cur, key) != cur)
-		return st->session == key; /* the other line switched first */
-	st->prev_session = cur;
-	__sync_fetch_and_add(&st->gen, 1);
+	if (__sync_val_compare_and_swap(&st->session, cur, next) != cur) {
+		cur = *(volatile __u64 *)&st->session; /* the other line switched first */
+		return (cur & ~TP_GEN_MASK) == key ? cur : 0;
+	}
+	st->prev_session = cur & ~TP_GEN_MASK;
 	st->next_seq = 0;
 	st->line_next_seq[0] = 0;
 	st->line_next_seq[1] = 0;
 	tp_arb_event(a->ls, a->now, a->id, a->line, TP_ARB_SESSION, first, first);
-	return 1;
+	return next;
 }
 
 /* Heartbeat or end of session: `next` is the next sequence the exchange will
@@ -95,7 +98,7 @@ static __always_inline int tp_data(struct tp_arb_ctx *a, __u64 s, __u64 e)
 
 	if (e > st->line_next_seq[a->line & 1])
 		st->line_next_seq[a->line & 1] = e;
-	tp_claim_range(st, s, e, &c);
+	tp_claim_range(st, a->gen, s, e, &c);
 	if (!c.first_new) {
 		__s64 lag = tp_lag(st, s, a->line, a->now);
 		if (c.stale)
@@ -195,10 +198,15 @@ static __always_inline int tp_arbitrate(struct xdp_md *ctx, const __u32 line)
 		if (owd >= 0)
 			a.ls->owd_hist[tp_us_bucket(owd) & (TP_HIST_BUCKETS - 1)] += 1;
 	}
-	if (pkt.session != a.st->session && !tp_enter_session(&a, pkt.session, pkt.seq)) {
-		a.ls->stale += 1;
-		return XDP_DROP;
+	__u64 session = *(volatile __u64 *)&a.st->session;
+	if ((session & ~TP_GEN_MASK) != pkt.session) {
+		session = tp_enter_session(&a, pkt.session, session, pkt.seq);
+		if (!session) {
+			a.ls->stale += 1;
+			return XDP_DROP;
+		}
 	}
+	a.gen = session & TP_GEN_MASK;
 	if (kind == TP_FEED_HEARTBEAT)
 		return tp_heartbeat(&a, pkt.seq);
 	return tp_data(&a, pkt.seq, pkt.seq + pkt.count);

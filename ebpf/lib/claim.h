@@ -39,8 +39,8 @@ static __always_inline __u32 tp_claim_word(__u64 *slot, __u64 gen, __u64 block, 
 			if (!got)
 				return 0;
 			new = old | mask;
-		} else if (!old_bits || (old_tag >> 24) != (tag >> 24) ||
-			   (__s32)((__u32)(block - old_tag) << 8) > 0) {
+		} else if (!old_bits || (__s8)(gen - (old_tag >> 24)) > 0 ||
+			   ((old_tag >> 24) == (gen & 0xff) && (__s32)((__u32)(block - old_tag) << 8) > 0)) {
 			/* empty, of an older generation, or an older block: recycle */
 			got = mask;
 			new = (tag << 32) | mask;
@@ -55,10 +55,11 @@ static __always_inline __u32 tp_claim_word(__u64 *slot, __u64 gen, __u64 block, 
 	return 0;
 }
 
-/* Claims sequences [s, e) (at most TP_ARB_MAX_MSGS). */
-static __always_inline void tp_claim_range(struct tp_feed_state *st, __u64 s, __u64 e, struct tp_claim *c)
+/* Claims sequences [s, e) (at most TP_ARB_MAX_MSGS) in generation gen. */
+static __always_inline void tp_claim_range(struct tp_feed_state *st, __u64 gen, __u64 s, __u64 e,
+					   struct tp_claim *c)
 {
-	__u64 gen = st->gen, first = s >> 5, last = (e - 1) >> 5;
+	__u64 first = s >> 5, last = (e - 1) >> 5;
 
 	for (int w = 0; w < TP_CLAIM_WORDS; w++) {
 		__u64 block = first + w;

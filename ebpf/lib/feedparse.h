@@ -24,15 +24,17 @@ struct tp_feed_packet {
 	__u64 sending_time;         /* MDP3 SendingTime, ns since the epoch; 0 for MoldUDP64 */
 };
 
-/* The 10-byte session as one word: equal sessions give equal keys, and a key
- * is never 0 (0 means "no session yet"). */
+#define TP_GEN_MASK         0xffULL     /* low bits of tp_feed_state.session */
+
+/* The 10-byte session as one word: equal sessions give equal keys, a key is
+ * never 0 (0: MDP3, or no session yet) and leaves the generation bits free. */
 static __always_inline __u64 tp_mold_session(const __u8 *p)
 {
 	__u64 head;
 	__u16 tail;
 	__builtin_memcpy(&head, p, 8);
 	__builtin_memcpy(&tail, p + 8, 2);
-	return (head ^ ((__u64)tail * 0x9e3779b97f4a7c15ULL)) | 1;
+	return ((head ^ ((__u64)tail * 0x9e3779b97f4a7c15ULL)) & ~TP_GEN_MASK) | (TP_GEN_MASK + 1);
 }
 
 /* MoldUDP64: every message block must lie inside the payload, so a truncated

@@ -185,12 +185,14 @@ struct tp_feed {
  * packet that sets its bit in `claims`; each word there is
  * gen:8 | block:24 | bits:32 for sequences block*32 .. block*32+31, so a slot
  * still holding an older block (or generation) is recycled in the same CAS.
+ * `session` holds the session key and the claim generation in one word, so a
+ * session change moves both in one CAS and every CPU claims with the
+ * generation of the session it checked.
  * next_seq says where gaps are: below it, an unclaimed sequence is missing. */
 struct tp_feed_state {
 	__u64 next_seq;             /* one past the highest sequence delivered or announced; 0: none yet */
-	__u64 session;              /* MoldUDP64 session key (see tp_mold_session) */
-	__u64 prev_session;         /* stragglers of the previous session are dropped */
-	__u64 gen;                  /* bumped on a session change: every claim word is void */
+	__u64 session;              /* MoldUDP64 session key | claim generation (low 8 bits) */
+	__u64 prev_session;         /* its key: stragglers of the previous session are dropped */
 	__u64 hb_last_ns;           /* when a heartbeat was last forwarded */
 	__u64 line_last_ns[TP_ARB_LINES];  /* last packet of this feed per line */
 	__u64 line_next_seq[TP_ARB_LINES]; /* one past the highest sequence each line carried */
