@@ -52,7 +52,7 @@ def cmd_lab(args) -> int:
     from appliance.lab import faults, scenario, topology
     if args.lab_cmd == "up":
         lab = topology.up(args.name)
-        topology.write_config(lab, interval_us=args.interval_us, multiplier=args.multiplier)
+        topology.write_config(lab, interval_us=args.interval_us, multiplier=args.multiplier, feeds=True)
         print(f"lab {lab.name} is up; namespaces {', '.join(lab.ns(r) for r in topology.ROLES)}")
         print(f"daemon config: {lab.config_path}")
         print(f"run it:        ip netns exec {lab.ns('gw')} {sys.argv[0]} run --config {lab.config_path}")

@@ -111,8 +111,11 @@ class Feed(ctypes.Structure):
 
 class FeedState(ctypes.Structure):
     _fields_ = [("next_seq", u64), ("session", u64), ("prev_session", u64),
-                ("hb_last_ns", u64), ("line_last_ns", u64 * ARB_LINES), ("line_next_seq", u64 * ARB_LINES),
-                ("claims", u64 * ARB_SLOTS), ("stamps", u64 * ARB_STAMPS)]
+                ("hb_last_ns", u64), ("line_last_ns", u64 * ARB_LINES), ("line_next_seq", u64 * ARB_LINES)]
+
+
+class FeedClaims(ctypes.Structure):
+    _fields_ = [("claims", u64 * ARB_SLOTS), ("stamps", u64 * ARB_STAMPS)]
 
 
 class ArbConfig(ctypes.Structure):
@@ -145,6 +148,7 @@ MAPS = {
 ARB_MAPS = {
     "tp_feeds": (FeedKey, Feed),
     "tp_feed_state": (u32, FeedState),
+    "tp_feed_claims": (u32, FeedClaims),
     "tp_arb_config": (u32, ArbConfig),
     "tp_line_stats": (u32, LineStats),
     "tp_arb_gstats": (u32, u64),

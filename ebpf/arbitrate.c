@@ -23,6 +23,7 @@ struct tp_arb_ctx {
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct tp_feed_state *st;
+	struct tp_feed_claims *cl;
 	struct tp_line_stats *ls;
 	struct tp_feed *feed;
 	struct tp_arb_config *cfg;
@@ -98,9 +99,9 @@ static __always_inline int tp_data(struct tp_arb_ctx *a, __u64 s, __u64 e)
 
 	if (e > st->line_next_seq[a->line & 1])
 		st->line_next_seq[a->line & 1] = e;
-	tp_claim_range(st, a->gen, s, e, &c);
+	tp_claim_range(a->cl, a->gen, s, e, &c);
 	if (!c.first_new) {
-		__s64 lag = tp_lag(st, s, a->line, a->now);
+		__s64 lag = tp_lag(a->cl, s, a->line, a->now);
 		if (c.stale)
 			ls->stale += 1;
 		else
@@ -109,7 +110,7 @@ static __always_inline int tp_data(struct tp_arb_ctx *a, __u64 s, __u64 e)
 			ls->lag_hist[tp_us_bucket(lag) & (TP_HIST_BUCKETS - 1)] += 1;
 		return XDP_DROP;
 	}
-	tp_stamp(st, c.first_new, a->line, a->now);
+	tp_stamp(a->cl, c.first_new, a->line, a->now);
 	old = tp_advance(&st->next_seq, e, &advanced);
 	if (advanced && old && s > old)
 		tp_arb_event(ls, a->now, a->id, a->line, TP_ARB_GAP, old, s - 1);
@@ -158,9 +159,10 @@ static __always_inline int tp_arbitrate(struct xdp_md *ctx, const __u32 line)
 	a.feed = feed;
 	a.id = feed->id;
 	a.st = tp_feed_state.lookup(&a.id);
+	a.cl = tp_feed_claims.lookup(&a.id);
 	a.ls = tp_line_stats.lookup(&stats_idx);
 	a.cfg = tp_arb_config.lookup(&zero);
-	if (!a.st || !a.ls || !a.cfg)
+	if (!a.st || !a.cl || !a.ls || !a.cfg)
 		return XDP_PASS;
 	if (!feed->ifindex) {
 		tp_arb_count(line, TP_ARB_STAT_NO_OUTPUT);

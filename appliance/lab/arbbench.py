@@ -82,7 +82,7 @@ def run(json_only: bool = False) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="tp-arbbench-") as tmp:
             work = Path(tmp)
-            daemon = DaemonProcess(lab, topology.write_config(lab), work / "daemon.log", stats_interval_s=60)
+            daemon = DaemonProcess(lab, topology.write_config(lab, feeds=True), work / "daemon.log", stats_interval_s=60)
             daemon.wait_for("ready", timeout_s=60)
             out["scenarios"] = {name: feedrun.run_scenario(lab, daemon, name, work / name)
                                 for name in feedrun.SCENARIOS}

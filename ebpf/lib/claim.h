@@ -10,9 +10,12 @@
 
 #include "lib/layout.h"
 
-#define TP_CAS_RETRIES      4           /* each failure means another CPU's CAS succeeded; a
-					 * feed flow hashes to one queue per line, so at most
-					 * two CPUs contend (more retries: verifier limit) */
+/* A CAS fails only if another CPU changed the word since we read it. A feed
+ * flow hashes to one queue per line, so at most one other CPU contends, and it
+ * would need three packets inside one claim (tens of ns) to exhaust these.
+ * Exhausted, the packet counts as stale and is dropped. (More retries push
+ * the verifier past its complexity limit.) */
+#define TP_CAS_RETRIES      3
 #define TP_CLAIM_WORDS      ((TP_ARB_MAX_MSGS + 30) / 32 + 1) /* words a run of that many can touch */
 #define TP_STAMP_NS_MASK    ((1ULL << 40) - 1)
 #define TP_STAMP_SEQ_MASK   0x7fffffULL
@@ -56,7 +59,7 @@ static __always_inline __u32 tp_claim_word(__u64 *slot, __u64 gen, __u64 block, 
 }
 
 /* Claims sequences [s, e) (at most TP_ARB_MAX_MSGS) in generation gen. */
-static __always_inline void tp_claim_range(struct tp_feed_state *st, __u64 gen, __u64 s, __u64 e,
+static __always_inline void tp_claim_range(struct tp_feed_claims *cl, __u64 gen, __u64 s, __u64 e,
 					   struct tp_claim *c)
 {
 	__u64 first = s >> 5, last = (e - 1) >> 5;
@@ -68,7 +71,7 @@ static __always_inline void tp_claim_range(struct tp_feed_state *st, __u64 gen, 
 		__u64 lo = block << 5 > s ? block << 5 : s;
 		__u64 hi = (block + 1) << 5 < e ? (block + 1) << 5 : e;
 		__u32 mask = (__u32)(((1ULL << ((hi - lo) & 63)) - 1) << (lo & 31));
-		__u32 got = tp_claim_word(&st->claims[block & (TP_ARB_SLOTS - 1)], gen, block, mask, c);
+		__u32 got = tp_claim_word(&cl->claims[block & (TP_ARB_SLOTS - 1)], gen, block, mask, c);
 		if (got != mask)
 			c->partial = 1;
 		if (got && !c->first_new)
@@ -94,17 +97,17 @@ static __always_inline __u64 tp_advance(__u64 *next, __u64 e, int *advanced)
 	return old;
 }
 
-static __always_inline void tp_stamp(struct tp_feed_state *st, __u64 seq, __u32 line, __u64 now)
+static __always_inline void tp_stamp(struct tp_feed_claims *cl, __u64 seq, __u32 line, __u64 now)
 {
-	st->stamps[seq & (TP_ARB_STAMPS - 1)] =
+	cl->stamps[seq & (TP_ARB_STAMPS - 1)] =
 		(seq & TP_STAMP_SEQ_MASK) << 41 | (__u64)line << 40 | (now & TP_STAMP_NS_MASK);
 }
 
 /* How long after the peer's first copy of `seq` this duplicate came; -1 if
  * that copy left no stamp (overwritten, or different batching). */
-static __always_inline __s64 tp_lag(struct tp_feed_state *st, __u64 seq, __u32 line, __u64 now)
+static __always_inline __s64 tp_lag(struct tp_feed_claims *cl, __u64 seq, __u32 line, __u64 now)
 {
-	__u64 v = st->stamps[seq & (TP_ARB_STAMPS - 1)];
+	__u64 v = cl->stamps[seq & (TP_ARB_STAMPS - 1)];
 
 	if ((v >> 41) != (seq & TP_STAMP_SEQ_MASK) || ((v >> 40) & 1) == line)
 		return -1;

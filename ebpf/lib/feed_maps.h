@@ -6,6 +6,7 @@
 
 BPF_HASH(tp_feeds, struct tp_feed_key, struct tp_feed, TP_ARB_FEEDS);
 BPF_ARRAY(tp_feed_state, struct tp_feed_state, TP_ARB_FEEDS);
+BPF_ARRAY(tp_feed_claims, struct tp_feed_claims, TP_ARB_FEEDS);
 BPF_ARRAY(tp_arb_config, struct tp_arb_config, 1);
 BPF_PERCPU_ARRAY(tp_line_stats, struct tp_line_stats, TP_ARB_FEEDS * TP_ARB_LINES);
 BPF_PERCPU_ARRAY(tp_arb_gstats, __u64, TP_ARB_LINES * TP_ARB_STAT_MAX);

@@ -180,9 +180,10 @@ struct tp_feed {
 	__u8  dst_mac[6];           /* the receiver's (or the group's) MAC */
 };
 
-/* tp_feed_state[feed]: shared by both lines on every CPU. Fields that decide
- * delivery change only by compare-and-exchange. A sequence is delivered by the
- * packet that sets its bit in `claims`; each word there is
+/* tp_feed_state[feed] and tp_feed_claims[feed]: shared by both lines on every
+ * CPU; split so that the daemon's frequent reads of the first stay small.
+ * Fields that decide delivery change only by compare-and-exchange. A sequence
+ * is delivered by the packet that sets its bit in `claims`; each word there is
  * gen:8 | block:24 | bits:32 for sequences block*32 .. block*32+31, so a slot
  * still holding an older block (or generation) is recycled in the same CAS.
  * `session` holds the session key and the claim generation in one word, so a
@@ -196,6 +197,9 @@ struct tp_feed_state {
 	__u64 hb_last_ns;           /* when a heartbeat was last forwarded */
 	__u64 line_last_ns[TP_ARB_LINES];  /* last packet of this feed per line */
 	__u64 line_next_seq[TP_ARB_LINES]; /* one past the highest sequence each line carried */
+};
+
+struct tp_feed_claims {
 	__u64 claims[TP_ARB_SLOTS];
 	/* stamps[seq % TP_ARB_STAMPS] = (seq & 0x7fffff) << 41 | line << 40 | ns & (2^40 - 1),
 	 * written by the packet that delivered seq first: the loser's lag. */

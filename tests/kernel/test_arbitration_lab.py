@@ -16,7 +16,7 @@ pytestmark = pytest.mark.kernel
 
 @pytest.fixture(scope="module")
 def lab_daemon(lab, tmp_path_factory):
-    daemon = DaemonProcess(lab, topology.write_config(lab), tmp_path_factory.mktemp("arb") / "daemon.log",
+    daemon = DaemonProcess(lab, topology.write_config(lab, feeds=True), tmp_path_factory.mktemp("arb") / "daemon.log",
                            stats_interval_s=60)
     try:
         daemon.wait_for("ready", timeout_s=60)

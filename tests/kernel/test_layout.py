@@ -15,6 +15,7 @@ PYTHON_VIEW = {
     "tp_counters": layout.Counters, "tp_event": layout.Event, "tp_probe": layout.Probe,
     "tp_fault_config": layout.FaultConfig, "tp_fault_counters": layout.FaultCounters,
     "tp_feed_key": layout.FeedKey, "tp_feed": layout.Feed, "tp_feed_state": layout.FeedState,
+    "tp_feed_claims": layout.FeedClaims,
     "tp_arb_config": layout.ArbConfig, "tp_line_stats": layout.LineStats, "tp_arb_event": layout.ArbEvent,
 }
 
