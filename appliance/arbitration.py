@@ -23,8 +23,10 @@ ARB_SOURCES = ["arbitrate.c"]
 LINE_PROGRAMS = ("tp_arb_line_a", "tp_arb_line_b")  # line A = 0, line B = 1
 
 
-def compile_arbiter() -> BPF:
-    return BPF(text=assemble(ARB_SOURCES).encode())
+def compile_arbiter(hb_dedup_ns: int) -> BPF:
+    """The dedup window is a compile-time constant, like the gateway's timers:
+    no per-packet config lookup."""
+    return BPF(text=assemble(ARB_SOURCES, {"TP_HB_DEDUP_NS": f"{int(hb_dedup_ns)}ULL"}).encode())
 
 
 def multicast_mac(group: ipaddress.IPv4Address) -> str:
@@ -54,8 +56,8 @@ def _macs(src: str, dst: str | None):
 class Arbiter:
     """The loaded arbitration program and its maps."""
 
-    def __init__(self, bpf: BPF | None = None):
-        self.bpf = bpf or compile_arbiter()
+    def __init__(self, hb_dedup_ns: int):
+        self.bpf = compile_arbiter(hb_dedup_ns)
         self.lines = [self.bpf.load_func(name, BPF.XDP) for name in LINE_PROGRAMS]
         self._attached: list[int] = []
 
@@ -73,9 +75,9 @@ class Arbiter:
             id=feed_id, proto=layout.FEED_PROTOCOLS[protocol], ifindex=ifindex if dst_mac else 0,
             src_mac=src, dst_mac=dst)
 
-    def write_config(self, hb_dedup_ns: int) -> None:
-        self.bpf["tp_arb_config"][ctypes.c_uint32(0)] = layout.ArbConfig(
-            mono_to_real_ns=mono_to_real_ns(), hb_dedup_ns=hb_dedup_ns)
+    def sync_clock(self) -> None:
+        """Re-pairs CLOCK_REALTIME with CLOCK_MONOTONIC (NTP may step the first)."""
+        self.bpf["tp_arb_config"][ctypes.c_uint32(0)] = layout.ArbConfig(mono_to_real_ns=mono_to_real_ns())
 
     def state(self, feed_id: int) -> layout.FeedState:
         return layout.FeedState.from_buffer_copy(self.bpf["tp_feed_state"][ctypes.c_uint32(feed_id)])

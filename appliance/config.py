@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance import layout
+from appliance.feedproto import Protocol
 
 PROTOCOLS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}
 
@@ -116,7 +117,7 @@ class Arbitration(_Strict):
 
 class FeedConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$")
-    protocol: Literal["moldudp64", "mdp3"]
+    protocol: Protocol
     dst: ipaddress.IPv4Address = Field(description="destination address or multicast group")
     port: int = Field(ge=1, le=65535)
 

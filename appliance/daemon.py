@@ -215,8 +215,8 @@ class Daemon:
         """Arbitration for the configured feeds. A receiver whose MAC is not
         known yet is filled in by the netlink thread when the kernel learns
         it; until then that feed takes kernel routing."""
-        self.arbiter = Arbiter()
-        self.arbiter.write_config(int(self.cfg.arbitration.heartbeat_dedup_ms * 1e6))
+        self.arbiter = Arbiter(int(self.cfg.arbitration.heartbeat_dedup_ms * 1e6))
+        self.arbiter.sync_clock()
         ifindex, mac, carrier = netlink.link_info(ipr, self.cfg.steer.ingress)
         self.trader = LinkState(ifindex, mac, carrier=carrier)
         for feed_id, feed in enumerate(self.cfg.feeds):
@@ -253,8 +253,7 @@ class Daemon:
                     next_feed_tick = now + FEED_TICK_S
                 if now >= next_feed_summary:
                     feedwatch.summary(time.monotonic_ns())
-                    # the realtime clock may have been stepped (NTP): re-pair it for MDP3 latency
-                    self.arbiter.write_config(int(self.cfg.arbitration.heartbeat_dedup_ms * 1e6))
+                    self.arbiter.sync_clock()
                     next_feed_summary = now + FEED_SUMMARY_S
             if not ready:
                 now_ns = time.monotonic_ns()

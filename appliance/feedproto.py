@@ -175,3 +175,13 @@ def lab_message(protocol: Protocol, seq: int, size: int) -> bytes:
 def is_lab_message(protocol: Protocol, seq: int, data: bytes) -> bool:
     """Whether data is exactly the lab message for seq (any size)."""
     return len(data) >= LAB_MIN_SIZE[protocol] and data == lab_message(protocol, seq, len(data))
+
+
+def line_frame(payload: bytes, dst: str, port: int, src: str, ttl: int = 64, **ip) -> bytes:
+    """`payload` in an Ethernet/IPv4/UDP frame as it arrives on a line, for
+    BPF_PROG_TEST_RUN (packet fixtures and ns/packet benchmarks); `ip` passes
+    further IP fields (flags, options, proto) to scapy."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    return bytes(Ether(src="02:00:00:00:0a:02", dst="02:00:00:00:0a:01") /
+                 IP(src=src, dst=dst, ttl=ttl, **ip) / UDP(sport=40000, dport=port) / payload)

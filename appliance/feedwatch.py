@@ -42,8 +42,10 @@ class FeedWatch:
         self.log.emit(kind, mono_ns=ev.ts_ns, feed=name, line=LINE_NAMES[ev.line], first=ev.first, last=ev.last)
 
     def _log_settled(self, feed_id: int, settled: list[feeds.Settled]) -> None:
+        totals = self.totals[feed_id]
         for s in settled:
-            self.totals[feed_id]["filled" if s.filled else "lost_seqs"] += 1 if s.filled else s.lost_count
+            totals["filled"] += s.filled
+            totals["lost_seqs"] += s.lost_count
             self.log.emit("gap-filled" if s.filled else "gap-lost", feed=self.cfg.feeds[feed_id].name,
                           first=s.first, last=s.last, lost=[list(r) for r in s.lost])
 

@@ -119,7 +119,7 @@ class FeedClaims(ctypes.Structure):
 
 
 class ArbConfig(ctypes.Structure):
-    _fields_ = [("mono_to_real_ns", ctypes.c_int64), ("hb_dedup_ns", u64)]
+    _fields_ = [("mono_to_real_ns", ctypes.c_int64)]
 
 
 class LineStats(ctypes.Structure):

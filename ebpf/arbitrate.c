@@ -19,6 +19,10 @@
 #include "lib/csum.h"
 #include "lib/hist.h"
 
+#ifndef TP_HB_DEDUP_NS
+#error "TP_HB_DEDUP_NS (a heartbeat this soon after a forwarded one is its copy) must be defined by the loader"
+#endif
+
 struct tp_arb_ctx {
 	struct ethhdr *eth;
 	struct iphdr *ip;
@@ -26,7 +30,6 @@ struct tp_arb_ctx {
 	struct tp_feed_claims *cl;
 	struct tp_line_stats *ls;
 	struct tp_feed *feed;
-	struct tp_arb_config *cfg;
 	__u64 now;
 	__u64 gen;                  /* claim generation of the packet's session */
 	__u32 id;                   /* the feed's */
@@ -82,7 +85,7 @@ static __always_inline int tp_heartbeat(struct tp_arb_ctx *a, __u64 next)
 	if (advanced && old && next > old)
 		tp_arb_event(a->ls, a->now, a->id, a->line, TP_ARB_GAP, old, next - 1);
 	last = st->hb_last_ns;
-	if (a->now - last < a->cfg->hb_dedup_ns ||
+	if (a->now - last < TP_HB_DEDUP_NS ||
 	    __sync_val_compare_and_swap(&st->hb_last_ns, last, a->now) != last)
 		return XDP_DROP;
 	a->ls->heartbeats_forwarded += 1;
@@ -155,14 +158,13 @@ static __always_inline int tp_arbitrate(struct xdp_md *ctx, const __u32 line)
 		tp_arb_count(line, TP_ARB_STAT_NOT_FEED);
 		return XDP_PASS;
 	}
-	__u32 proto = feed->proto, zero = 0, stats_idx = feed->id * TP_ARB_LINES + line;
+	__u32 proto = feed->proto, stats_idx = feed->id * TP_ARB_LINES + line;
 	a.feed = feed;
 	a.id = feed->id;
 	a.st = tp_feed_state.lookup(&a.id);
 	a.cl = tp_feed_claims.lookup(&a.id);
 	a.ls = tp_line_stats.lookup(&stats_idx);
-	a.cfg = tp_arb_config.lookup(&zero);
-	if (!a.st || !a.cl || !a.ls || !a.cfg)
+	if (!a.st || !a.cl || !a.ls)
 		return XDP_PASS;
 	if (!feed->ifindex) {
 		tp_arb_count(line, TP_ARB_STAT_NO_OUTPUT);
@@ -195,8 +197,10 @@ static __always_inline int tp_arbitrate(struct xdp_md *ctx, const __u32 line)
 	a.now = bpf_ktime_get_ns();
 	a.ls->packets += 1;
 	a.st->line_last_ns[line] = a.now;
-	if (pkt.sending_time) {
-		__s64 owd = (__s64)(a.now + a.cfg->mono_to_real_ns - pkt.sending_time);
+	__u32 zero = 0; /* tp_arb_config only for MDP3's SendingTime */
+	struct tp_arb_config *cfg = pkt.sending_time ? tp_arb_config.lookup(&zero) : NULL;
+	if (cfg) {
+		__s64 owd = (__s64)(a.now + cfg->mono_to_real_ns - pkt.sending_time);
 		if (owd >= 0)
 			a.ls->owd_hist[tp_us_bucket(owd) & (TP_HIST_BUCKETS - 1)] += 1;
 	}

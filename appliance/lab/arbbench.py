@@ -32,20 +32,17 @@ EMPTY_XDP = b"int empty_xdp(struct xdp_md *ctx) { return XDP_PASS; }"
 
 
 def _frame(payload: bytes, port: int) -> bytes:
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    return bytes(Ether(src="02:00:00:00:0a:02", dst="02:00:00:00:0a:01") /
-                 IP(src=topology.FEED_SOURCES["A"], dst=topology.FEED_DST) / UDP(sport=40000, dport=port) / payload)
+    return feedproto.line_frame(payload, topology.FEED_DST, port, topology.FEED_SOURCES["A"])
 
 
 def ns_per_packet() -> dict:
     from bcc import BPF
     from appliance.arbitration import Arbiter
     port = topology.FEED_PORTS["moldudp64"]
-    arb = Arbiter()
+    arb = Arbiter(hb_dedup_ns=50_000_000)
     arb.write_feed(0, "moldudp64", ipaddress.IPv4Address(topology.FEED_DST), port, 7,
                    "02:00:00:00:01:fe", "02:00:00:00:01:01")
-    arb.write_config(hb_dedup_ns=50_000_000)
+    arb.sync_clock()
     empty = BPF(text=EMPTY_XDP).load_func("empty_xdp", BPF.XDP)
     line_a, line_b = (p.fd for p in arb.lines)
     n = ROUNDS * CALLS_PER_ROUND

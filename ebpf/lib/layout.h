@@ -206,10 +206,10 @@ struct tp_feed_claims {
 	__u64 stamps[TP_ARB_STAMPS];
 };
 
-/* tp_arb_config[0], written by the daemon. */
+/* tp_arb_config[0], written by the daemon: what changes while it runs.
+ * (The heartbeat dedup window is a compile-time constant, TP_HB_DEDUP_NS.) */
 struct tp_arb_config {
 	__s64 mono_to_real_ns;      /* CLOCK_REALTIME - CLOCK_MONOTONIC, for MDP3 SendingTime */
-	__u64 hb_dedup_ns;          /* a heartbeat this soon after a forwarded one is its copy */
 };
 
 /* tp_line_stats[feed * TP_ARB_LINES + line], per CPU. */

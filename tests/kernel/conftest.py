@@ -117,7 +117,7 @@ XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
 @pytest.fixture(scope="session")
 def compiled_arbiter():
     from appliance.arbitration import Arbiter
-    return Arbiter()
+    return Arbiter(HB_DEDUP_NS)
 
 
 class FixtureArbiter:
@@ -139,7 +139,7 @@ class FixtureArbiter:
         for proto, port in FEED_PORTS.items():
             arb.write_feed(FEED_IDS[proto], proto, ipaddress.IPv4Address(FEED_ADDR), port,
                            TRADER["ifindex"], TRADER["src"], TRADER["dst"])
-        arb.write_config(hb_dedup_ns=HB_DEDUP_NS)
+        arb.sync_clock()
         arb.poll(0)
         self.events.clear()
 

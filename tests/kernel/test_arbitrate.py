@@ -17,10 +17,8 @@ MOLD, MDP3 = "moldudp64", "mdp3"
 SESSION = "SESSION001"
 
 
-def frame(payload: bytes, port: int = FEED_PORTS[MOLD], ttl: int = 64, **ip) -> bytes:
-    return bytes(Ether(src="02:00:00:00:0a:02", dst="02:00:00:00:0a:01") /
-                 IP(src="198.18.30.1", dst=ip.pop("dst", FEED_ADDR), ttl=ttl, **ip) /
-                 UDP(sport=40000, dport=port) / payload)
+def frame(payload: bytes, port: int = FEED_PORTS[MOLD], dst: str = FEED_ADDR, **ip) -> bytes:
+    return feedproto.line_frame(payload, dst, port, src="198.18.30.1", **ip)
 
 
 def mold(seq: int, count: int, session: str = SESSION) -> bytes:
