@@ -157,7 +157,8 @@ class Daemon:
             self.class_names[c]: self.link_names[l] for c, l in enumerate(self.gw.active())},
             sender={"periods": sender.periods, "late": sender.late_periods,
                     "skipped": sender.skipped_periods, "max_late_us": round(sender.max_late_ns / 1000, 1)},
-            drops=self.gw.global_stats())
+            drops=self.gw.global_stats(),
+            **({"arbitration_passed": self.arbiter.global_stats()} if self.arbiter else {}))
         return hists
 
     def run(self, stop: threading.Event) -> None:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.kernel
 @pytest.fixture(scope="module")
 def lab_daemon(lab, tmp_path_factory):
     daemon = DaemonProcess(lab, topology.write_config(lab, feeds=True), tmp_path_factory.mktemp("arb") / "daemon.log",
-                           stats_interval_s=60)
+                           stats_interval_s=1)
     try:
         daemon.wait_for("ready", timeout_s=60)
         yield lab, daemon
@@ -63,6 +63,8 @@ def test_daemon_logs_gaps_fills_health_and_summaries(lab_daemon, scenarios):
     assert {"session", "gap", "fill", "gap-filled", "gap-lost", "feed-summary"} <= kinds
     down = [e for e in events if e["event"] == "line-health" and e["line"] == "B" and e["status"] == "silent"]
     assert down, "line B dying mid-stream must be reported silent"
+    health = [e for e in events if e["event"] == "health"]
+    assert health and health[-1]["arbitration_passed"]["A"]["not_feed"] > 0  # heartbeat replies, at least
     summaries = [e for e in events if e["event"] == "feed-summary" and e["feed"] == "itch"
                  and e["lines"]["A"]["packets"]]
     assert summaries and {"won_pct", "lead_p50_us", "lag_p99_us", "silence_ms", "behind"} <= \
