@@ -1,5 +1,5 @@
 # The README's two commands. Each first makes whatever set-up is missing.
-.PHONY: setup demo test clean-lab
+.PHONY: setup demo test bench bench-quick clean-lab
 
 setup:
 	@bash scripts/setup.sh
@@ -9,6 +9,13 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q tests
+
+# Benchmarks: results, REPORT.md and plots in bench/results/<timestamp>/.
+bench: setup
+	.venv/bin/python -m bench
+
+bench-quick: setup
+	.venv/bin/python -m bench --quick
 
 # Removes every lab namespace and pin this checkout's runs may have left.
 clean-lab: setup

@@ -10,10 +10,11 @@ say() { printf 'setup: %s\n' "$*"; }
 
 # Debian packages: BCC and its kernel headers, bpftool, netlink/ping tools,
 # nftables (the lab's exchange keeps return traffic on the arrival handoff),
-# libbpf (BPF_PROG_TEST_RUN and pinned maps through ctypes), and a C toolchain
-# for the Cython extensions.
+# libbpf (BPF_PROG_TEST_RUN and pinned maps through ctypes), a C toolchain
+# for the Cython extensions, and for the benchmarks' comparisons FRR (its
+# bfdd, run in lab namespaces only) and stress-ng.
 PKGS="python3-bpfcc linux-headers-amd64 bpftool iproute2 iputils-ping nftables
-      libbpf1 python3-venv python3-dev build-essential"
+      libbpf1 python3-venv python3-dev build-essential frr stress-ng"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -22,8 +23,21 @@ if [ -n "$missing" ]; then
   say "installing Debian packages:$missing"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
+  # Installing frr would start FRR's routing daemons on the host. twinpath
+  # only runs bfdd inside lab namespaces, so forbid service starts meanwhile
+  # (policy-rc.d, unless the host has its own) and leave the service disabled.
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    guard=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' >"$guard" && chmod +x "$guard"
+  fi
   # shellcheck disable=SC2086
-  apt-get install -y -q $missing
+  apt-get install -y -q $missing || { [ -n "$guard" ] && rm -f "$guard"; exit 1; }
+  [ -n "$guard" ] && rm -f "$guard"
+  case " $missing " in *" frr "*)
+    say "frr installed for the bench's bfdd comparison; its host service is left stopped and disabled"
+    command -v systemctl >/dev/null && systemctl disable --now frr.service >/dev/null 2>&1 || true ;;
+  esac
 fi
 
 # BCC needs kernel headers at /lib/modules/$(uname -r)/build. When the running
@@ -56,6 +70,6 @@ stamp=.venv/.twinpath-installed
 if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py fastpath -newer "$stamp" -name '*.py*' -o -newer "$stamp" -name '*.toml' | head -n1)" ]; then
   say "installing twinpath into .venv (compiles fastpath/ Cython extensions)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,bench]'
   touch "$stamp"
 fi
