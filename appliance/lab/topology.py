@@ -125,6 +125,13 @@ VETHS = (
     ),
 )
 
+# Heartbeat-only links gw <-> carA, added on demand (add_spare_links) so the
+# daemon can be measured at its full 8 links; no class uses them.
+SPARE_LINKS = {
+    name: Veth("gw", f"lnk{name}", f"198.18.{12 + i}.1/30", "carA", f"gw{name}", f"198.18.{12 + i}.2/30")
+    for i, name in enumerate("CDEFGH")
+}
+
 CARRIER_ROLES = tuple(link.carrier for link in LINKS.values())
 FORWARDING_ROLES = ("gw", *CARRIER_ROLES)
 
@@ -288,18 +295,25 @@ def status(name: str | None = None) -> dict:
 
 
 def write_config(lab: Lab, interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,
-                 feeds: bool = False) -> Path:
+                 feeds: bool = False, spare_links: int = 0) -> Path:
     """Write the daemon config for this lab (atomically: a running daemon may re-read it)."""
-    _write_atomically(lab.config_path, render_config(interval_us, multiplier, holddown_ms, feeds))
+    _write_atomically(lab.config_path, render_config(interval_us, multiplier, holddown_ms, feeds, spare_links))
     return lab.config_path
 
 
 def render_config(interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,
-                  feeds: bool = False) -> str:
+                  feeds: bool = False, spare_links: int = 0) -> str:
     """The daemon config for the lab topology (also the packet fixtures'
     config); with `feeds`, XDP arbitration of the lab's two market-data feeds.
-    The failover tests run without: see the README's known limits."""
+    The failover tests run without: see the README's known limits.
+    `spare_links` adds that many of SPARE_LINKS (see add_spare_links)."""
     link_a, link_b = LINKS["A"], LINKS["B"]
+    spares = "".join(f"""
+[[links]]
+name = "{name}"
+dev = "{veth.ifname}"
+target = "{veth.peer_cidr.split('/')[0]}"
+""" for name, veth in list(SPARE_LINKS.items())[:spare_links])
     return f"""\
 [heartbeat]
 interval_us = {int(interval_us)}
@@ -318,7 +332,7 @@ target = "{link_a.target}"
 name = "{link_b.name}"
 dev = "{link_b.gw_dev}"
 target = "{link_b.target}"
-
+{spares}
 [[classes]]
 name = "orders"
 links = ["A", "B"]
@@ -415,6 +429,18 @@ def _build(lab: Lab) -> None:
     finally:
         for ipr in handles.values():
             ipr.close()
+
+
+def add_spare_links(lab: Lab) -> None:
+    """Create SPARE_LINKS in a running lab (once; later calls do nothing)."""
+    with lab.iproute("gw") as gw, lab.iproute("carA") as car:
+        if gw.link_lookup(ifname=next(iter(SPARE_LINKS.values())).ifname):
+            return
+        handles = {"gw": gw, "carA": car}
+        for veth in SPARE_LINKS.values():
+            _add_veth(lab, handles, veth)
+            _configure_end(gw, veth.ifname, veth.cidr)
+            _configure_end(car, veth.peer_ifname, veth.peer_cidr)
 
 
 def _make_veths_behave_like_nics(lab: Lab) -> None:
