@@ -57,6 +57,7 @@ NS_NAME_RE = re.compile(r"^(tp[0-9a-f]{4})-(trader|gw|carA|carB|exch)$")
 
 RUN_ROOT = Path("/run/twinpath/labs")
 BPFFS_ROOT = Path("/sys/fs/bpf/twinpath")
+FRR_RUN_ROOT = Path("/var/run/frr")
 
 TRADER_NET = "198.18.1.0/24"
 TRADER_ADDR = "198.18.1.1"
@@ -240,6 +241,9 @@ def down(name: str) -> None:
         except FileNotFoundError:
             pass
     _remove_tree(lab.pin_dir)
+    # A bfdd killed with its namespace (appliance.lab.bfd) leaves its FRR pathspace directory.
+    for frr_dir in FRR_RUN_ROOT.glob(f"{lab.name}-*"):
+        _remove_tree(frr_dir)
     try:
         # rmdir first: it refuses a mount point, so rmtree can't wander into a bpffs.
         lab._bpffs_stage.rmdir()
