@@ -33,7 +33,8 @@ def stream_trials(arrivals: np.ndarray, issued: int, period_ns: float, fault_ns:
     (failover_us, fault -> arrival; None if none did before the fault was
     cleared) and the packets lost (sequence never received) whose intended
     send time falls in that trial: from PRE_FAULT_NS before its fault to the
-    same point before the next one. Losses outside every trial are counted
+    same point before the next one (of which lost_after_clear were meant to
+    leave after the fault was cleared: losses of the way back). Losses outside every trial are counted
     apart, as are duplicates and reorderings over the whole stream."""
     seqs = arrivals["seq"].astype(np.int64)
     start = schedule_start_ns(arrivals, period_ns) if len(arrivals) else 0.0
@@ -44,6 +45,8 @@ def stream_trials(arrivals: np.ndarray, issued: int, period_ns: float, fault_ns:
     lost_at = start + lost_seqs * period_ns
     bounds = [f - PRE_FAULT_NS for f in fault_ns] + [np.inf]
     lost = [int(np.count_nonzero((lost_at >= bounds[i]) & (lost_at < bounds[i + 1]))) for i in range(len(fault_ns))]
+    lost_after_clear = [int(np.count_nonzero((lost_at >= clear_ns[i]) & (lost_at < bounds[i + 1])))
+                        for i in range(len(fault_ns))]
     standby = arrivals[arrivals["ifindex"] == standby_ifindex]
     failover_us = []
     for f, c in zip(fault_ns, clear_ns):
@@ -53,6 +56,7 @@ def stream_trials(arrivals: np.ndarray, issued: int, period_ns: float, fault_ns:
     return {
         "failover_us": failover_us,
         "lost": lost,
+        "lost_after_clear": lost_after_clear,
         "lost_outside_trials": int(len(lost_seqs) - sum(lost)),
         "duplicated": int(len(in_range) - len(unique)),
         "reordered": int(np.count_nonzero(np.diff(seqs) < 0)),

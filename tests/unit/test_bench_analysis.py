@@ -41,6 +41,7 @@ def test_losses_and_failover_are_attributed_to_their_trial():
     arrivals = stream(10_000, lost=lost, standby_from=[(1031, 3000), (5005, 7000)])
     r = analysis.stream_trials(arrivals, 10_000, PERIOD, faults, clears, STANDBY)
     assert r["lost"] == [30, 4]
+    assert r["lost_after_clear"] == [0, 0]
     assert r["lost_outside_trials"] == 0
     assert r["failover_us"] == [round((at(1031) + ONE_WAY - faults[0]) / 1000, 1),
                                 round((at(5005) + ONE_WAY - faults[1]) / 1000, 1)]
@@ -52,6 +53,7 @@ def test_loss_before_the_first_trial_and_at_the_tail_is_counted():
     arrivals = stream(3000, lost={10, 2999})   # before the trial; the last one sent
     r = analysis.stream_trials(arrivals, 3000, PERIOD, faults, clears, STANDBY)
     assert r["lost"] == [1]                    # the tail belongs to the last trial
+    assert r["lost_after_clear"] == [1]
     assert r["lost_outside_trials"] == 1
 
 

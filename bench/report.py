@@ -1,0 +1,360 @@
+"""Turns a bench run's raw section results into results.json (the contract's
+keys plus detail), REPORT.md and PNG plots."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.analysis import percentiles
+
+HEADLINE_CASE = ("blackhole", "1000us_x3")  # the ratio the README quotes
+SCENARIOS = ("blackhole", "carrier-down")
+
+
+# ---------------------------------------------------------------- machine
+
+def _cmd(argv: list[str]) -> str | None:
+    if not shutil.which(argv[0]):
+        return None
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    return (proc.stdout or proc.stderr).strip().splitlines()[0] if (proc.stdout or proc.stderr).strip() else None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 None)
+    repo = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or None
+    dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True).stdout.strip())
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "virtualised": _cmd(["systemd-detect-virt"]) or ("yes (hypervisor cpu flag)" if " hypervisor" in cpuinfo
+                                                          else "not detected"),
+        "clocksource": _read("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+        "loadavg_at_start": _read("/proc/loadavg"),
+        "memory_mb": int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20),
+        "git_commit": commit + ("-dirty" if dirty else "") if commit else None,
+        "frr": _cmd(["/usr/lib/frr/bfdd", "--version"]),
+        "stress_ng": _cmd(["stress-ng", "--version"]),
+    }
+
+
+# ---------------------------------------------------------------- summary
+
+def summarise(raw: dict) -> dict:
+    """The contract's keys (see issue #4 / README) from the raw sections."""
+    s = raw["sections"]
+    out: dict = {"mode": raw["mode"], "machine": raw["machine"], "errors": raw["errors"],
+                 "section_seconds": raw["section_seconds"], "total_seconds": raw.get("total_seconds")}
+    if "failover" in s:
+        out.update(_failover(s["failover"]))
+    if "stress" in s:
+        out["stress"] = s["stress"]
+    if "fastpath" in s:
+        out["fastpath_ns"] = s["fastpath"]
+    if "latency" in s:
+        lat = s["latency"]
+        out["latency"] = {mode: {k: v for k, v in lat["latency"][mode].items() if k != "samples_us"}
+                          for mode in ("fastpath", "kernel")}
+        out["latency"]["detail"] = {k: v for k, v in lat["latency"].items() if k not in ("fastpath", "kernel")}
+        out["throughput"] = lat["throughput"]
+    if "control" in s:
+        out["control"] = s["control"]
+    out["config"] = raw["config"]
+    return out
+
+
+def _failover(blocks: dict) -> dict:
+    failover: dict = {}
+    bfdd: dict[str, list] = {}
+    kernel: dict[str, dict[str, list]] = {}
+    tcp: dict = {}
+    for key, b in blocks.items():
+        scenario, setting = key.split("/")
+        tw = b["twinpath"]
+        failover.setdefault(scenario, {})[setting] = {
+            "trials": len(b["fault_ns"]),
+            "failed_over": sum(d is not None for d in tw["detect_us"]),
+            "detect_us": percentiles(tw["detect_us"]),
+            "failover_us": percentiles(tw["failover_us"]),
+            "lost_per_trial": percentiles(tw["lost"], ("p50", "p99", "max")),
+            "lost_after_clear_per_trial": percentiles(tw["lost_after_clear"], ("p50", "p99", "max")),
+            "lost_outside_trials": tw["lost_outside_trials"],
+            "duplicated": tw["duplicated"], "reordered": tw["reordered"],
+            "unexplained_failovers": tw["unexplained_failovers"],
+        }
+        k = kernel.setdefault(scenario, {"failover_us": [], "lost": [], "lost_after_clear": []})
+        for field in k:
+            k[field] += b["kernel"][field]
+        if "bfdd" in b:
+            bfdd.setdefault(scenario, []).extend(b["bfdd"]["detect_us"])
+        if "tcp" in b:
+            t = b["tcp"]
+            tcp[setting] = {"sessions": t["sessions"], "stall_ms": percentiles(t["max_gap_ms"]),
+                            "survived": round(sum(t["survived"]) / max(1, len(t["survived"])), 3),
+                            "client_errors": t["client_errors"]}
+    peers = {"bfdd": {sc: {"setting": "10ms_x3", "trials": len(v), "detected": sum(d is not None for d in v),
+                           "detect_us": percentiles(v)} for sc, v in bfdd.items()},
+             "kernel": {sc: {"trials": len(v["lost"]),
+                             "failed_over_before_clear": sum(f is not None for f in v["failover_us"]),
+                             "failover_us": percentiles(v["failover_us"]),
+                             "lost_per_trial": percentiles(v["lost"], ("p50", "p99", "max")),
+                             "lost_after_clear_per_trial": percentiles(v["lost_after_clear"], ("p50", "p99", "max"))}
+                        for sc, v in kernel.items()}}
+    ratio: dict = {"by_case": {}}
+    for scenario, per_setting in failover.items():
+        peer = peers["bfdd"].get(scenario)
+        for setting, f in per_setting.items():
+            if peer and f["detect_us"]["p50"] and peer["detect_us"]["p50"]:
+                ratio["by_case"][f"{scenario}/{setting}"] = {
+                    q: round(peer["detect_us"][q] / f["detect_us"][q], 1) for q in ("p50", "p99")}
+    head = ratio["by_case"].get("/".join(HEADLINE_CASE))
+    ratio["headline_case"] = "/".join(HEADLINE_CASE)
+    ratio["detect_p50_bfdd_over_twinpath"] = head["p50"] if head else None
+    ratio["detect_p99_bfdd_over_twinpath"] = head["p99"] if head else None
+    out = {"failover": failover, "peers": peers, "ratio": ratio}
+    if tcp:
+        main = tcp.get(HEADLINE_CASE[1]) or next(iter(tcp.values()))
+        out["tcp_stall_ms"] = main["stall_ms"]
+        out["tcp_sessions_survived"] = main["survived"]
+        out["tcp"] = tcp
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def _fmt(v, digits: int = 0) -> str:
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}" if isinstance(v, float) else f"{v:,}"
+
+
+def _pct(d: dict, keys=("p50", "p99", "max"), digits: int = 0) -> str:
+    return " / ".join(_fmt(d.get(k), digits) for k in keys)
+
+
+def markdown(r: dict, plots: list[str]) -> str:
+    m = r["machine"]
+    lines = [f"# twinpath bench report ({r['mode']} run)", "",
+             f"Measured {m['date']} on {m['cpus']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, "
+             f"virtualised: {m['virtualised']}, clock source {m['clocksource']}, load at start "
+             f"`{m['loadavg_at_start']}`, commit {m['git_commit']}. {m['frr']}; {m['stress_ng']}. "
+             f"Total {r['total_seconds']} s.", "",
+             "The machine is shared: compare figures measured side by side in this run; single absolute "
+             "numbers are not the point. All times CLOCK_MONOTONIC; percentiles are exact over every sample.", ""]
+    if r["errors"]:
+        lines += ["## Sections that failed", ""] + [f"- **{k}**: `{v.strip().splitlines()[-1]}`"
+                                                     for k, v in r["errors"].items()] + [""]
+    lines += ["## Headline", ""] + [f"- {h}" for h in headline(r).splitlines()] + [""]
+    if "failover" in r:
+        lines += ["## Failover (fault on link A; heartbeat interval x multiplier)", "",
+                  "detect: fault -> the data path's failover event; failover: fault -> first order over link B "
+                  "at the exchange; lost: orders never received, per trial (10,000 orders/s).", "",
+                  "| scenario | setting | trials | failed over | detect_us p50 / p99 / max | "
+                  "failover_us p50 / p99 / max | lost/trial p50 / p99 / max | of which after the clear, max | "
+                  "dup / reorder | unexplained moves |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for sc, per in r["failover"].items():
+            for setting, f in per.items():
+                lines.append(f"| {sc} | {setting} | {f['trials']} | {f['failed_over']} | {_pct(f['detect_us'])} | "
+                             f"{_pct(f['failover_us'])} | {_pct(f['lost_per_trial'])} | "
+                             f"{_fmt(f['lost_after_clear_per_trial']['max'])} | "
+                             f"{f['duplicated']} / {f['reordered']} | {f['unexplained_failovers']} |")
+        lines += ["", "### The alternatives, same faults, same run", "",
+                  "| peer | scenario | trials | detected / failed over | detect or failover us p50 / p99 / max | "
+                  "lost/trial p50 / p99 / max | of which after the clear, p50 / max |", "|---|---|---|---|---|---|---|"]
+        for sc, b in r["peers"]["bfdd"].items():
+            lines.append(f"| FRR bfdd 10 ms x 3 | {sc} | {b['trials']} | {b['detected']} (session down) | "
+                         f"{_pct(b['detect_us'])} | – | – |")
+        for sc, k in r["peers"]["kernel"].items():
+            lines.append(f"| kernel routing (static, linkdown ignored) | {sc} | {k['trials']} | "
+                         f"{k['failed_over_before_clear']} (before the fault cleared) | {_pct(k['failover_us'])} | "
+                         f"{_pct(k['lost_per_trial'])} | {_pct(k['lost_after_clear_per_trial'], ('p50', 'max'))} |")
+        lines += ["", "bfdd detect / twinpath detect, same faults:", "", "| case | p50 | p99 |", "|---|---|---|"]
+        lines += [f"| {case} | {v['p50']}x | {v['p99']}x |" for case, v in r["ratio"]["by_case"].items()]
+        lines.append("")
+    if "tcp" in r:
+        lines += ["### TCP order session across a blackhole failover", "",
+                  "One order (16 bytes, TCP_NODELAY) per ms; per trial, the longest gap between consecutive "
+                  "orders arriving at exch.", "", "| setting | sessions | stall_ms p50 / p99 / max | survived |",
+                  "|---|---|---|---|"]
+        lines += [f"| {s} | {t['sessions']} | {_pct(t['stall_ms'], digits=1)} | {t['survived']:.0%} |"
+                  for s, t in r["tcp"].items()]
+        lines.append("")
+    if "stress" in r:
+        st = r["stress"]
+        lines += ["## False failovers under stress (no fault)", "",
+                  f"{st['seconds']} s with {st['load']}; traffic in both classes.", "",
+                  "| | setting | false failovers / session downs |", "|---|---|---|",
+                  f"| twinpath | {st['twinpath']['setting']} | {st['twinpath']['false_failovers']} |",
+                  f"| FRR bfdd | {st['bfdd']['setting']} | {st['bfdd']['false_failovers']} |", "",
+                  f"twinpath's heartbeat sender was late {st['twinpath']['heartbeat_late_periods']} periods, "
+                  f"at most {st['twinpath']['heartbeat_max_late_us']} us.", ""]
+    if "fastpath_ns" in r:
+        lines += ["## Fast-path cost (BPF_PROG_TEST_RUN, side by side)", "",
+                  "| program / path | hook | ns (median of rounds) | empty program ns | ratio | p99 ns | repeat |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {v['hook']} | {v['ns']} | {v['empty_ns']} | {v['ratio']}x | {v['p99_ns']} | "
+                  f"{v['repeat']} |" for name, v in r["fastpath_ns"].items()]
+        lines += ["", "repeat > 1: the kernel runs the packet that many times per call (no syscall overhead in the "
+                  "figure); repeat 1: one packet per call, so the figure includes the call overhead, and so does "
+                  "its empty twin.", ""]
+    if "latency" in r:
+        lines += ["## Added latency and throughput (trader -> gw -> carrier -> exch -> back)", "",
+                  "| path | samples | p50 us | p99 us | p99.9 us | max us | lost |", "|---|---|---|---|---|---|---|"]
+        for mode in ("fastpath", "kernel"):
+            v = r["latency"][mode]
+            lines.append(f"| {mode} | {_fmt(v.get('samples'))} | {_fmt(v['p50_us'], 1)} | {_fmt(v['p99_us'], 1)} | "
+                         f"{_fmt(v['p999_us'], 1)} | {_fmt(v['max_us'], 1)} | {_fmt(v.get('lost'))} |")
+        d = r["latency"]["detail"]
+        lines += ["", "; ".join(f"{k}: {v}" for k, v in d.items() if not isinstance(v, (dict, list))), "",
+                  "| path | highest lossless rate (pps) | sender-limited |", "|---|---|---|"]
+        for mode in ("fastpath", "kernel"):
+            t = r["throughput"][mode]
+            lines.append(f"| {mode} | {_fmt(t['max_pps'])} | {t.get('sender_limited')} |")
+        lines.append("")
+    if "control" in r:
+        c = r["control"]
+        lines += ["## Control-plane cost (daemon CPU, % of one core)", "", c["method"], "",
+                  "| setting | CPU % | sender late periods | max late us |", "|---|---|---|---|"]
+        lines += [f"| {s} | {v} | {c['heartbeat_sender'][s]['late_periods']} | "
+                  f"{c['heartbeat_sender'][s]['max_late_us']} |" for s, v in c["cpu_percent"].items()]
+        lines.append("")
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + ["", "## Daemon config (1 ms x 3 blocks)", "",
+                                                                  "```toml", r["config"].rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def headline(r: dict) -> str:
+    out = []
+    if r.get("ratio", {}).get("detect_p50_bfdd_over_twinpath"):
+        f = r["failover"]["blackhole"]["1000us_x3"]
+        b = r["peers"]["bfdd"]["blackhole"]
+        out.append(f"blackhole detection at 1 ms x 3: twinpath p50 {_fmt(f['detect_us']['p50'])} us, p99 "
+                   f"{_fmt(f['detect_us']['p99'])} us; bfdd 10 ms x 3 p50 {_fmt(b['detect_us']['p50'])} us, p99 "
+                   f"{_fmt(b['detect_us']['p99'])} us: {r['ratio']['detect_p50_bfdd_over_twinpath']}x faster at p50, "
+                   f"{r['ratio']['detect_p99_bfdd_over_twinpath']}x at p99")
+    for sc in SCENARIOS:
+        f = r.get("failover", {}).get(sc, {}).get("200us_x3")
+        if f:
+            out.append(f"{sc} at 200 us x 3: detect p50 {_fmt(f['detect_us']['p50'])} us, failover p50 "
+                       f"{_fmt(f['failover_us']['p50'])} us, lost per trial p50 {_fmt(f['lost_per_trial']['p50'])}")
+    k = r.get("peers", {}).get("kernel", {})
+    if "blackhole" in k:
+        out.append(f"plain kernel routing never leaves a blackholed link: failed over in "
+                   f"{k['blackhole']['failed_over_before_clear']} of {k['blackhole']['trials']} trials, "
+                   f"lost p50 {_fmt(k['blackhole']['lost_per_trial']['p50'])} per trial")
+    if "stress" in r:
+        out.append(f"false failovers under stress-ng: twinpath {r['stress']['twinpath']['false_failovers']}, "
+                   f"bfdd {r['stress']['bfdd']['false_failovers']}")
+    if "tcp_stall_ms" in r:
+        out.append(f"TCP order session across a blackhole failover: stall p50 {_fmt(r['tcp_stall_ms']['p50'], 1)} ms, "
+                   f"max {_fmt(r['tcp_stall_ms']['max'], 1)} ms, sessions survived {r['tcp_sessions_survived']:.0%}")
+    if "latency" in r:
+        fp, kn = r["latency"]["fastpath"], r["latency"]["kernel"]
+        out.append(f"round-trip latency p50 fast path {_fmt(fp['p50_us'], 1)} us vs kernel {_fmt(kn['p50_us'], 1)} us; "
+                   f"p99 {_fmt(fp['p99_us'], 1)} vs {_fmt(kn['p99_us'], 1)} us")
+    if "fastpath_ns" in r and "steer_redirect" in r["fastpath_ns"]:
+        s = r["fastpath_ns"]["steer_redirect"]
+        out.append(f"steer: {s['ns']} ns/packet, {s['ratio']}x an empty TC program")
+    if "control" in r:
+        out.append("daemon CPU: " + ", ".join(f"{k} {v}%" for k, v in r["control"]["cpu_percent"].items()))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- plots
+
+def plot(raw: dict, r: dict, out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def cdf(ax, values, label):
+        v = np.sort(np.asarray([x for x in values if x is not None], dtype=float))
+        if len(v):
+            ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=f"{label} (n={len(v)})")
+
+    made = []
+    s = raw["sections"]
+    if "failover" in s:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, sc in zip(axes, SCENARIOS):
+            bfd = []
+            for key, b in s["failover"].items():
+                if key.startswith(sc + "/"):
+                    cdf(ax, b["twinpath"]["detect_us"], f"twinpath {key.split('/')[1]}")
+                    bfd += b.get("bfdd", {}).get("detect_us", [])
+            cdf(ax, bfd, "FRR bfdd 10ms_x3")
+            ax.set(xscale="log", xlabel="fault -> detection (us, log)", ylabel="fraction of trials", title=sc)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        made.append(_save(fig, out, "failover_detect.png"))
+    if "latency" in s and "samples_us" in s["latency"]["latency"].get("fastpath", {}):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for mode in ("fastpath", "kernel"):
+            cdf(ax, s["latency"]["latency"][mode]["samples_us"], mode)
+        ax.set(xscale="log", xlabel="round trip from intended send time (us, log)", ylabel="fraction",
+               title="ping-pong latency, alternating blocks")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        made.append(_save(fig, out, "latency.png"))
+    if "fastpath_ns" in r:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        names = list(r["fastpath_ns"])
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [r["fastpath_ns"][n]["ns"] for n in names], 0.4, label="program")
+        ax.bar(x + 0.2, [r["fastpath_ns"][n]["empty_ns"] for n in names], 0.4, label="empty program, same hook")
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set(ylabel="ns per packet (median of rounds)", title="fast-path cost, BPF_PROG_TEST_RUN")
+        ax.legend()
+        made.append(_save(fig, out, "fastpath_ns.png"))
+    if "failover" in s and any("tcp" in b for b in s["failover"].values()):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for key, b in s["failover"].items():
+            if "tcp" in b:
+                cdf(ax, b["tcp"]["max_gap_ms"], key)
+        ax.set(xlabel="longest gap between orders at exch (ms)", ylabel="fraction of sessions",
+               title="TCP order session across a blackhole failover")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        made.append(_save(fig, out, "tcp_stall.png"))
+    return made
+
+
+def _save(fig, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return name
+
+
+def write(out: Path, raw: dict) -> dict:
+    """results.json, raw.json (everything, for recomputation), REPORT.md, plots; returns the results."""
+    r = summarise(raw)
+    (out / "results.json").write_text(json.dumps(r, indent=1) + "\n")
+    (out / "raw.json").write_text(json.dumps(raw) + "\n")
+    plots = plot(raw, r, out)
+    (out / "REPORT.md").write_text(markdown(r, plots))
+    return r

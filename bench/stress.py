@@ -1,0 +1,79 @@
+"""False failovers under CPU stress: no fault at all, stress-ng keeping both
+cores busy, twinpath at 1 ms x 3 and bfdd at 10 ms x 3 on the same two links
+at the same time. Traffic flows in both classes (orders prefer A,
+marketdata prefers B), because twinpath only ever moves a class when one of
+its packets finds the class's link stale: without traffic a late heartbeat
+would go unseen. Every failover and every bfdd session down here is false."""
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from appliance.lab import topology
+from appliance.lab.bfd import Bfdd
+from appliance.lab.scenario import DaemonProcess, Tool
+
+PORTS = {"orders": 9000, "marketdata": 9100}
+INTERVAL_US, MULTIPLIER = 1000, 3
+
+
+def run(lab: topology.Lab, work: Path, seconds: float, rate_pps: int = 5000) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    config = topology.write_config(lab, interval_us=INTERVAL_US, multiplier=MULTIPLIER, holddown_ms=200)
+    with ExitStack() as stack:
+        daemon = DaemonProcess(lab, config, work / "daemon.jsonl", stats_interval_s=3600)
+        stack.callback(daemon.stop)
+        daemon.wait_for("ready", 60)
+        bfd = stack.enter_context(Bfdd(lab, lab.dir / "bfd-stress", links=("A", "B"), interval_ms=10, multiplier=3))
+        senders = []
+        for name, port in PORTS.items():
+            recv = Tool.in_lab(lab, "exch", "udp-recv", "--bind", topology.EXCHANGE_ADDR, "--port", str(port),
+                               "--timeout", str(seconds + 30), "--idle", "2", "--out", str(work / f"{name}.npy"))
+            stack.callback(recv.stop)
+            recv.wait_ready()
+            send = Tool.in_lab(lab, "trader", "udp-send", "--dst", topology.EXCHANGE_ADDR, "--port", str(port),
+                               "--rate", str(rate_pps), "--count", str(int(rate_pps * (seconds + 2))),
+                               "--timeout", str(seconds + 10))
+            stack.callback(send.stop)
+            send.wait_ready()
+            senders.append((name, send, recv))
+        time.sleep(0.5)
+        start_ns = time.monotonic_ns()
+        # In a lab namespace, so that lab teardown reaps it whatever happens.
+        stress = lab.spawn("exch", ["stress-ng", "--cpu", "2", "--timeout", f"{seconds:g}s", "--quiet"])
+        stack.callback(_reap, stress)
+        stress.wait(timeout=seconds + 30)
+        end_ns = time.monotonic_ns()
+        streams = {}
+        for name, send, recv in senders:
+            send.proc.send_signal(signal.SIGTERM)
+            sent = send.result(timeout_s=15)
+            got = recv.result(timeout_s=30)
+            streams[name] = {"issued": sent["issued"], "received": got["received"],
+                             "socket_drops": got["socket_drops"]}
+        transitions = bfd.transitions()
+        daemon.stop()
+        events = daemon.events()
+    failovers = [e for e in events if e.get("event") == "failover" and start_ns <= e["mono_ns"] <= end_ns]
+    stopped = next((e for e in events if e.get("event") == "stopped"), {})
+    downs = [t for t in transitions if t["to"] == "down" and start_ns <= t["mono_ns"] <= end_ns]
+    return {
+        "seconds": round((end_ns - start_ns) / 1e9, 1),
+        "load": "stress-ng --cpu 2 (both cores)",
+        "twinpath": {"setting": f"{INTERVAL_US}us_x{MULTIPLIER}",
+                     "false_failovers": sum(1 for e in failovers if e["cause"] != "failback"),
+                     "failbacks": sum(1 for e in failovers if e["cause"] == "failback"),
+                     "failover_events": failovers,
+                     "heartbeat_late_periods": stopped.get("late_periods"),
+                     "heartbeat_max_late_us": stopped.get("max_late_us"),
+                     "streams": streams},
+        "bfdd": {"setting": "10ms_x3", "false_failovers": len(downs), "session_downs": downs},
+    }
+
+
+def _reap(proc) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
