@@ -174,3 +174,20 @@ def hist_bucket_bounds_us(bucket: int) -> tuple[float, float]:
     width = 1 << (lg - 2)
     low = (4 + sub) * width
     return float(low), float("inf") if bucket == HIST_BUCKETS - 1 else float(low + width)
+
+
+# -- lab only: ebpf/reflect.c, exch's kernel reflector / sink -----------------
+REFLECT_PORTS = C["TP_REFLECT_PORTS"]
+REFLECT_ACTIONS = {"pass": C["TP_REFLECT_PASS"], "reflect": C["TP_REFLECT_REFLECT"],
+                   "sink": C["TP_REFLECT_SINK"]}
+
+
+class ReflectPort(ctypes.Structure):
+    _fields_ = [("action", u16), ("reply_port", u16)]  # reply_port: host order
+
+
+# Map name -> (key, value) in ebpf/reflect.c; both keyed by UDP destination port, host order.
+REFLECT_MAPS = {
+    "reflect_cfg": (u32, ReflectPort),
+    "reflect_stats": (u32, u64),
+}

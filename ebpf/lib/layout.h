@@ -238,4 +238,20 @@ struct tp_arb_event {
 	__u16 kind;                 /* TP_ARB_* */
 };
 
+/* ---- Lab only: exch's kernel-speed UDP reflector / sink (ebpf/reflect.c) ---- */
+
+#define TP_REFLECT_PORTS    64          /* configured destination ports per handoff */
+
+/* tp_reflect_port.action */
+#define TP_REFLECT_PASS     0           /* untouched, not counted: what an unlisted port gets */
+#define TP_REFLECT_REFLECT  1           /* answer from the port to reply_port, out of the same handoff */
+#define TP_REFLECT_SINK     2           /* count and drop */
+
+/* reflect_cfg[UDP destination port, host order]; reflect_stats[same key],
+ * per CPU, is a __u64 packet count. */
+struct tp_reflect_port {
+	__u16 action;               /* TP_REFLECT_* */
+	__u16 reply_port;           /* REFLECT: the reply's destination port, host order */
+};
+
 #endif

@@ -17,6 +17,7 @@ PYTHON_VIEW = {
     "tp_feed_key": layout.FeedKey, "tp_feed": layout.Feed, "tp_feed_state": layout.FeedState,
     "tp_feed_claims": layout.FeedClaims,
     "tp_arb_config": layout.ArbConfig, "tp_line_stats": layout.LineStats, "tp_arb_event": layout.ArbEvent,
+    "tp_reflect_port": layout.ReflectPort,
 }
 
 
