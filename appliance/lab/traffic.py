@@ -32,11 +32,16 @@ IP_PKTINFO = 8
 SO_TIMESTAMPNS = 35  # its cmsg type SCM_TIMESTAMPNS has the same value
 SO_RCVBUFFORCE = 33
 
-ARRIVAL_DTYPE = np.dtype([("seq", "u8"), ("t_ns", "i8"), ("ifindex", "i4")])
+# sent_ns: the intended send time the datagram carries (udp-send's), or
+# NO_SENT_NS when it is too short to carry one.
+ARRIVAL_DTYPE = np.dtype([("seq", "u8"), ("t_ns", "i8"), ("ifindex", "i4"), ("sent_ns", "i8")])
+NO_SENT_NS = -1
 
 # A TCP order record and the head of a UDP datagram: u64 seq, u64 intended send time.
 RECORD = struct.Struct(">QQ")
 SEQ = struct.Struct(">Q")
+# The same head as udp-recv reads it: the time signed, so that any 8 bytes fit sent_ns.
+UDP_HEAD = struct.Struct(">Qq")
 PKTINFO_IFINDEX = struct.Struct("=i")  # in_pktinfo starts with int ipi_ifindex
 TIMESPEC = struct.Struct("=qq")  # struct timespec on 64-bit Linux
 UDP_ANCILLARY_BYTES = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(TIMESPEC.size)
@@ -229,7 +234,7 @@ def udp_recv(args: argparse.Namespace) -> int:
     clock_offset_ns = realtime_minus_monotonic_ns()
     emit({"ready": True})
 
-    seqs, times, ifindexes = array("Q"), array("q"), array("i")
+    seqs, times, ifindexes, sent_times = array("Q"), array("q"), array("i"), array("q")
     malformed = user_stamped = 0
     deadline_ns = time.monotonic_ns() + int(args.timeout * 1e9)
     idle_ns = int(args.idle * 1e9)
@@ -237,7 +242,7 @@ def udp_recv(args: argparse.Namespace) -> int:
     ended = "max_packets"
     while len(seqs) < args.max_packets:
         try:
-            data, ancillary, _flags, _addr = sock.recvmsg(SEQ.size, UDP_ANCILLARY_BYTES)
+            data, ancillary, _flags, _addr = sock.recvmsg(UDP_HEAD.size, UDP_ANCILLARY_BYTES)
         except TimeoutError:
             now = time.monotonic_ns()
             if last_packet_ns is not None and now - last_packet_ns >= idle_ns:
@@ -258,9 +263,14 @@ def udp_recv(args: argparse.Namespace) -> int:
                 if t_ns is None:
                     t_ns = now
                     user_stamped += 1
-                seqs.append(SEQ.unpack(data)[0])
+                if len(data) >= UDP_HEAD.size:
+                    seq, sent_ns = UDP_HEAD.unpack(data)
+                else:
+                    seq, sent_ns = SEQ.unpack_from(data)[0], NO_SENT_NS
+                seqs.append(seq)
                 times.append(t_ns)
                 ifindexes.append(ifindex)
+                sent_times.append(sent_ns)
         if now >= deadline_ns:
             ended = "timeout"
             break
@@ -272,6 +282,7 @@ def udp_recv(args: argparse.Namespace) -> int:
     arrivals["seq"] = np.frombuffer(seqs, dtype=np.uint64)
     arrivals["t_ns"] = np.frombuffer(times, dtype=np.int64)
     arrivals["ifindex"] = np.frombuffer(ifindexes, dtype=np.int32)
+    arrivals["sent_ns"] = np.frombuffer(sent_times, dtype=np.int64)
     np.save(args.out, arrivals)
     indexes, counts = np.unique(arrivals["ifindex"], return_counts=True)
     emit({
@@ -430,7 +441,8 @@ def tcp_server(args: argparse.Namespace) -> int:
         "max_gap_at_seq": widest.max_gap_at_seq if widest else None,
         # The first session is the one under test; any later one is a reconnect.
         "ended": sessions[0].ended if sessions else stop_reason,
-        "sessions": [{"records": s.stream.records, "ended": s.ended} for s in sessions],
+        "sessions": [{"records": s.stream.records, "ended": s.ended, "max_gap_ms": s.stream.max_gap_ns / 1e6}
+                     for s in sessions],
     }
     with open(args.out, "w") as out:
         json.dump(result, out)
@@ -514,10 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "CLOCK_MONOTONIC ns.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
-    p = sub.add_parser("udp-recv", help="record a udp-send stream (seq, arrival time, ingress ifindex)",
-                       description="Receive a udp-send stream and save one (seq, t_ns, ifindex) row per "
-                                   "datagram to --out as a numpy array. t_ns is the kernel receive "
-                                   "time converted to CLOCK_MONOTONIC.")
+    p = sub.add_parser("udp-recv", help="record a udp-send stream (seq, arrival time, ingress ifindex, "
+                                        "intended send time)",
+                       description="Receive a udp-send stream and save one (seq, t_ns, ifindex, sent_ns) "
+                                   "row per datagram to --out as a numpy array. t_ns is the kernel "
+                                   "receive time converted to CLOCK_MONOTONIC; sent_ns the intended send "
+                                   f"time the datagram carries ({NO_SENT_NS} if it has fewer than 16 bytes).")
     p.add_argument("--bind", required=True, metavar="ADDR", help="local address to bind (0.0.0.0 for any)")
     p.add_argument("--port", required=True, type=int)
     p.add_argument("--timeout", required=True, type=positive(float), metavar="S",
