@@ -11,14 +11,21 @@ import numpy as np
 PRE_FAULT_NS = 10_000_000
 
 
-QUANTILES = {"min": 0, "p50": 50, "p90": 90, "p99": 99, "p999": 99.9, "max": 100}
+# Per mille, in integers: float quantiles of n samples can land one rank off.
+PER_MILLE = {"min": 0, "p50": 500, "p90": 900, "p99": 990, "p999": 999, "max": 1000}
+
+
+def nearest_rank(ordered: np.ndarray, per_mille: int):
+    """The sample at ceil(per_mille/1000 * n) in sorted `ordered` (the first
+    for 0): every percentile reported is a value that was measured."""
+    return ordered[max(-(-len(ordered) * per_mille // 1000) - 1, 0)]
 
 
 def percentiles(values: Sequence[float | None], keys=("p50", "p99", "max")) -> dict[str, float | None]:
-    """Exact percentiles over every sample (no binning), ignoring None;
-    None when there are no samples."""
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    return {k: round(float(np.percentile(v, QUANTILES[k])), 1) if len(v) else None for k in keys}
+    """Nearest-rank percentiles over every sample (no binning, no
+    interpolation), ignoring None; None when there are no samples."""
+    v = np.sort(np.asarray([x for x in values if x is not None], dtype=float))
+    return {k: round(float(nearest_rank(v, PER_MILLE[k])), 1) if len(v) else None for k in keys}
 
 
 def schedule_start_ns(arrivals: np.ndarray, period_ns: float) -> float:

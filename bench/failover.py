@@ -181,12 +181,20 @@ def _per_trial(lab, work, block, rate_pps, fault_ns, clear_ns, results, events, 
     away = [e["mono_ns"] for e in moves if e["from"] == FAULT_LINK and e["cause"] != "failback"]
     others = [e["mono_ns"] for e in moves if e["cause"] != "failback" and e["from"] != FAULT_LINK]
     windows = list(zip(fault_ns, clear_ns))
+    # A trial whose fault found orders already away from A (a move just
+    # before it) measures nothing: it is counted, and its figures left out.
+    preempted = [bool(before) and before[-1]["to"] != FAULT_LINK
+                 for before in ([e for e in moves if e["mono_ns"] < f] for f in fault_ns)]
+    for key in ("failover_us", "lost", "lost_after_clear"):
+        streams["twinpath"][key] = [None if p else v for p, v in zip(preempted, streams["twinpath"][key])]
     out = {
         "block": asdict(block),
+        "preempted": preempted,
         "rate_pps": rate_pps,
         "fault_ns": fault_ns,
         "clear_ns": clear_ns,
-        "twinpath": {"detect_us": analysis.first_after(away, fault_ns, clear_ns),
+        "twinpath": {"detect_us": [None if p else d for p, d in
+                                   zip(preempted, analysis.first_after(away, fault_ns, clear_ns))],
                      "unexplained_failovers": analysis.outside(away, windows) + len(others),
                      **streams["twinpath"]},
         "kernel": streams["kernel"],

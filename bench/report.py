@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.analysis import percentiles
+from bench.failover import HOLD_S
 
 HEADLINE_CASE = ("blackhole", "1000us_x3")  # the ratio the README quotes
 SCENARIOS = ("blackhole", "carrier-down")
@@ -49,8 +50,8 @@ def machine() -> dict:
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "cpu_model": model,
-        "virtualised": _cmd(["systemd-detect-virt"]) or ("yes (hypervisor cpu flag)" if " hypervisor" in cpuinfo
-                                                          else "not detected"),
+        "virtualised": f"{_cmd(['systemd-detect-virt']) or 'unknown'} (systemd-detect-virt); hypervisor CPU flag "
+                       f"{'present' if ' hypervisor' in cpuinfo else 'absent'}",
         "clocksource": _read("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
         "loadavg_at_start": _read("/proc/loadavg"),
         "memory_mb": int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20),
@@ -93,19 +94,21 @@ def _failover(blocks: dict) -> dict:
     for key, b in blocks.items():
         scenario, setting = key.split("/")
         tw = b["twinpath"]
+        preempted = sum(b["preempted"])
         failover.setdefault(scenario, {})[setting] = {
-            "trials": len(b["fault_ns"]),
+            "trials": len(b["fault_ns"]) - preempted,
+            "preempted": preempted,
             "failed_over": sum(d is not None for d in tw["detect_us"]),
             "detect_us": percentiles(tw["detect_us"]),
             "failover_us": percentiles(tw["failover_us"]),
             "lost_per_trial": percentiles(tw["lost"], ("p50", "p99", "max")),
+            "lost_outside_trials_total": tw["lost_outside_trials"],
             "lost_after_clear_per_trial": percentiles(tw["lost_after_clear"], ("p50", "p99", "max")),
-            "lost_outside_trials": tw["lost_outside_trials"],
             "duplicated": tw["duplicated"], "reordered": tw["reordered"],
             "unexplained_failovers": tw["unexplained_failovers"],
         }
         k = kernel.setdefault(scenario, {"failover_us": [], "lost": [], "lost_after_clear": []})
-        for field in k:
+        for field in k:  # the kernel stream's own trials: a preempted twinpath trial is still one
             k[field] += b["kernel"][field]
         if "bfdd" in b:
             bfdd.setdefault(scenario, []).extend(b["bfdd"]["detect_us"])
@@ -118,6 +121,8 @@ def _failover(blocks: dict) -> dict:
                            "detect_us": percentiles(v)} for sc, v in bfdd.items()},
              "kernel": {sc: {"trials": len(v["lost"]),
                              "failed_over_before_clear": sum(f is not None for f in v["failover_us"]),
+                             "lost_during_fault_per_trial": percentiles(
+                                 [a - c for a, c in zip(v["lost"], v["lost_after_clear"])], ("p50", "p99", "max")),
                              "failover_us": percentiles(v["failover_us"]),
                              "lost_per_trial": percentiles(v["lost"], ("p50", "p99", "max")),
                              "lost_after_clear_per_trial": percentiles(v["lost_after_clear"], ("p50", "p99", "max"))}
@@ -162,7 +167,8 @@ def markdown(r: dict, plots: list[str]) -> str:
              f"`{m['loadavg_at_start']}`, commit {m['git_commit']}. {m['frr']}; {m['stress_ng']}. "
              f"Total {r['total_seconds']} s.", "",
              "The machine is shared: compare figures measured side by side in this run; single absolute "
-             "numbers are not the point. All times CLOCK_MONOTONIC; percentiles are exact over every sample.", ""]
+             "numbers are not the point. All times CLOCK_MONOTONIC; percentiles are nearest-rank over every sample "
+             "(each one a measured value).", ""]
     if r["errors"]:
         lines += ["## Sections that failed", ""] + [f"- **{k}**: `{v.strip().splitlines()[-1]}`"
                                                      for k, v in r["errors"].items()] + [""]
@@ -170,27 +176,32 @@ def markdown(r: dict, plots: list[str]) -> str:
     if "failover" in r:
         lines += ["## Failover (fault on link A; heartbeat interval x multiplier)", "",
                   "detect: fault -> the data path's failover event; failover: fault -> first order over link B "
-                  "at the exchange; lost: orders never received, per trial (10,000 orders/s).", "",
-                  "| scenario | setting | trials | failed over | detect_us p50 / p99 / max | "
+                  "at the exchange; lost: orders never received, per trial (10,000 orders/s). Preempted: trials "
+                  "whose fault found orders already on B (a move just before it), left out of the figures. "
+                  "Unexplained moves: reflex moves of orders not caused by a fault on A (e.g. B -> A because B's "
+                  "replies paused while orders sat on B), i.e. false failovers.", "",
+                  "| scenario | setting | trials (preempted) | failed over | detect_us p50 / p99 / max | "
                   "failover_us p50 / p99 / max | lost/trial p50 / p99 / max | of which after the clear, max | "
                   "dup / reorder | unexplained moves |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for sc, per in r["failover"].items():
             for setting, f in per.items():
-                lines.append(f"| {sc} | {setting} | {f['trials']} | {f['failed_over']} | {_pct(f['detect_us'])} | "
+                lines.append(f"| {sc} | {setting} | {f['trials']} ({f['preempted']}) | {f['failed_over']} | {_pct(f['detect_us'])} | "
                              f"{_pct(f['failover_us'])} | {_pct(f['lost_per_trial'])} | "
                              f"{_fmt(f['lost_after_clear_per_trial']['max'])} | "
                              f"{f['duplicated']} / {f['reordered']} | {f['unexplained_failovers']} |")
         lines += ["", "### The alternatives, same faults, same run", "",
                   "| peer | scenario | trials | detected / failed over | detect or failover us p50 / p99 / max | "
-                  "lost/trial p50 / p99 / max | of which after the clear, p50 / max |", "|---|---|---|---|---|---|---|"]
+                  "lost/trial during the fault, p50 / p99 / max | after the clear, p50 / max |",
+                  "|---|---|---|---|---|---|---|"]
         for sc, b in r["peers"]["bfdd"].items():
             lines.append(f"| FRR bfdd 10 ms x 3 | {sc} | {b['trials']} | {b['detected']} (session down) | "
                          f"{_pct(b['detect_us'])} | – | – |")
         for sc, k in r["peers"]["kernel"].items():
             lines.append(f"| kernel routing (static, linkdown ignored) | {sc} | {k['trials']} | "
                          f"{k['failed_over_before_clear']} (before the fault cleared) | {_pct(k['failover_us'])} | "
-                         f"{_pct(k['lost_per_trial'])} | {_pct(k['lost_after_clear_per_trial'], ('p50', 'max'))} |")
+                         f"{_pct(k['lost_during_fault_per_trial'])} | "
+                         f"{_pct(k['lost_after_clear_per_trial'], ('p50', 'max'))} |")
         lines += ["", "bfdd detect / twinpath detect, same faults:", "", "| case | p50 | p99 |", "|---|---|---|"]
         lines += [f"| {case} | {v['p50']}x | {v['p99']}x |" for case, v in r["ratio"]["by_case"].items()]
         lines.append("")
@@ -229,10 +240,12 @@ def markdown(r: dict, plots: list[str]) -> str:
                          f"{_fmt(v['p999_us'], 1)} | {_fmt(v['max_us'], 1)} | {_fmt(v.get('lost'))} |")
         d = r["latency"]["detail"]
         lines += ["", "; ".join(f"{k}: {v}" for k, v in d.items() if not isinstance(v, (dict, list))), "",
-                  "| path | highest lossless rate (pps) | sender-limited |", "|---|---|---|"]
+                  "| path | highest step passed (pps) | what failed next | highest lossless rate the sender "
+                  "achieved (pps) |", "|---|---|---|---|"]
         for mode in ("fastpath", "kernel"):
             t = r["throughput"][mode]
-            lines.append(f"| {mode} | {_fmt(t['max_pps'])} | {t.get('sender_limited')} |")
+            lines.append(f"| {mode} | {_fmt(t['max_pps'])} | {t['limit']} | {_fmt(t['lossless_achieved_pps'])} |")
+        lines += ["", r["throughput"]["method"]]
         lines.append("")
     if "control" in r:
         c = r["control"]
@@ -262,9 +275,10 @@ def headline(r: dict) -> str:
                        f"{_fmt(f['failover_us']['p50'])} us, lost per trial p50 {_fmt(f['lost_per_trial']['p50'])}")
     k = r.get("peers", {}).get("kernel", {})
     if "blackhole" in k:
-        out.append(f"plain kernel routing never leaves a blackholed link: failed over in "
+        out.append(f"plain kernel routing stays on a blackholed link: failed over in "
                    f"{k['blackhole']['failed_over_before_clear']} of {k['blackhole']['trials']} trials, "
-                   f"lost p50 {_fmt(k['blackhole']['lost_per_trial']['p50'])} per trial")
+                   f"lost p50 {_fmt(k['blackhole']['lost_per_trial']['p50'])} orders per trial (all of the "
+                   f"{int(HOLD_S * 1000)} ms the fault lasted)")
     if "stress" in r:
         out.append(f"false failovers under stress-ng: twinpath {r['stress']['twinpath']['false_failovers']}, "
                    f"bfdd {r['stress']['bfdd']['false_failovers']}")
@@ -351,10 +365,13 @@ def _save(fig, out: Path, name: str) -> str:
 
 
 def write(out: Path, raw: dict) -> dict:
-    """results.json, raw.json (everything, for recomputation), REPORT.md, plots; returns the results."""
+    """results.json, raw.json (everything but the latency samples, which the
+    section saved as .npz), REPORT.md, plots; returns the results."""
     r = summarise(raw)
     (out / "results.json").write_text(json.dumps(r, indent=1) + "\n")
-    (out / "raw.json").write_text(json.dumps(raw) + "\n")
     plots = plot(raw, r, out)
+    for mode in ("fastpath", "kernel"):  # already in latency/latency_samples_ns.npz
+        raw["sections"].get("latency", {}).get("latency", {}).get(mode, {}).pop("samples_us", None)
+    (out / "raw.json").write_text(json.dumps(raw) + "\n")
     (out / "REPORT.md").write_text(markdown(r, plots))
     return r
