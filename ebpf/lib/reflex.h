@@ -3,11 +3,16 @@
  *
  * Fresh: carrier up, next hop known, and a heartbeat reply within the dead
  * interval (TP_DEAD_NS = interval x multiplier, compile-time constants set by
- * the loader). A standby must also have answered a probe at least one
- * interval newer than the current link's last answer: then probes kept
- * flowing while the current link stayed silent. If the probe sender stalls,
- * every link ages together, a few microseconds apart, and nothing switches:
- * forwarding stays on the last good state. Carrier loss is direct evidence
+ * the loader). A standby must also have answered probes sent at least
+ * (multiplier - 1) intervals after the current link's last answer: then
+ * probes kept flowing while the current link stayed silent. A real failure
+ * gives that as the dead interval runs out. A stalled probe sender does not:
+ * if it stalls between rounds, every link ages together; if it stalls
+ * between two links' probes of one round (preempted mid-round), the later
+ * link looks silent while the earlier one is exactly one round newer, which
+ * the bench caught as false failovers under CPU stress when the rule asked
+ * for one interval. Either way nothing switches: forwarding stays on the
+ * last good state. Carrier loss is direct evidence
  * and needs only a fresh standby. Failback is never decided here; the daemon
  * does it after a hold-down.
  */
@@ -19,6 +24,8 @@
 #if !defined(TP_DEAD_NS) || !defined(TP_INTERVAL_NS)
 #error "TP_DEAD_NS and TP_INTERVAL_NS (heartbeat timing, ns) must be defined by the loader"
 #endif
+/* How much newer a standby's last answer must be than the stale link's. */
+#define TP_STANDBY_LEAD_NS (TP_DEAD_NS - TP_INTERVAL_NS)
 
 /* Whether `link` may carry traffic now. *lp gets its tp_links entry (or
  * NULL), so the caller needs no second lookup to forward on it. */
@@ -72,7 +79,7 @@ static __always_inline __u32 tp_select_link(__u32 class_id, __u64 now, struct tp
 		cand = cls->links[i];
 		if (cand == cur || !tp_link_fresh((__u32)cand, now, &cand_l, &cand_last, &ignored_cause))
 			continue;
-		if (cause == TP_CAUSE_HEARTBEAT && cand_last < cur_last + TP_INTERVAL_NS)
+		if (cause == TP_CAUSE_HEARTBEAT && cand_last < cur_last + TP_STANDBY_LEAD_NS)
 			continue;
 		/* Several CPUs may see the same stale link at once: exactly one
 		 * wins the swap and reports it; the others follow the winner. */

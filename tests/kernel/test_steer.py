@@ -150,9 +150,21 @@ def test_sender_stall_ages_links_together_and_nothing_switches(gateway):
     assert gateway.gw.global_stats()["all_stale"] == 1
 
 
-def test_standby_answering_a_later_probe_wins(gateway):
+def test_sender_preempted_mid_round_switches_nothing(gateway):
+    # The sender sent B's probe, then was preempted before A's: A's last
+    # answer is one round older than B's, so A looks silent a round early.
+    # One round newer is no evidence; the rule asks for (multiplier - 1) = 2
+    # intervals.
+    gateway.set_fresh(A, age_ns=320_000_000)
+    gateway.set_fresh(B, age_ns=200_000_000)   # 120 ms newer: a bit over one round
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["A.nh"]
+    assert gateway.events == []
+
+
+def test_standby_answering_later_rounds_wins(gateway):
     gateway.set_fresh(A, age_ns=350_000_000)
-    gateway.set_fresh(B, age_ns=200_000_000)   # 150 ms newer: a later probe got through
+    gateway.set_fresh(B, age_ns=100_000_000)   # 250 ms newer: later rounds got through
     verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
     assert Ether(out).dst == MAC["B.nh"]
     assert len(gateway.events) == 1
