@@ -23,21 +23,17 @@ flattered.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from appliance import bpfsys, layout
-from appliance.bpfsource import assemble
-from appliance.lab.topology import LINKS, Lab, LabError, LinkSpec, carrier_routes_via_gw
-from appliance.netlink import TC_EGRESS, TC_INGRESS, attach_bpf, ifindex
+from appliance.lab import labbpf
+from appliance.lab.topology import LINKS, Lab, LinkSpec, carrier_routes_via_gw
+from appliance.netlink import TC_EGRESS, TC_INGRESS, ifindex
 
 FAULTS = ("carrier-down", "blackhole", "loss")
 MODE_PASS, MODE_BLACKHOLE, MODE_LOSS = (layout.C[f"TP_FAULT_{m}"] for m in ("PASS", "BLACKHOLE", "LOSS"))
-FILTER_PRIO = 1
 IFF_UP = 1
 _ZERO_KEY = ctypes.c_uint32(0)
 
@@ -52,18 +48,10 @@ def stats_pin(lab: Lab, link: str) -> Path:
 
 def attach(lab: Lab) -> None:
     """Load fault.c onto every carrier's gw-facing veth and pin its maps (done by lab up)."""
-    from bcc import BPF  # BCC (and LLVM) only for building a lab, not for flipping faults
-
-    lab.pin_dir.mkdir(parents=True, exist_ok=True)
     for link in LINKS.values():
-        # One compile per carrier: each needs its own maps, and a BCC module owns one set.
-        with BPF(text=assemble(["fault.c"]).encode()) as bpf:
-            prog = bpf.load_func(b"fault", BPF.SCHED_CLS)
-            bpfsys.obj_pin(bpf[b"fault_cfg"].map_fd, str(cfg_pin(lab, link.name)))
-            bpfsys.obj_pin(bpf[b"fault_stats"].map_fd, str(stats_pin(lab, link.name)))
-            with lab.iproute(link.carrier) as ipr:
-                for parent in (TC_INGRESS, TC_EGRESS):
-                    attach_bpf(ipr, link.carrier_dev, parent, prog, FILTER_PRIO)
+        labbpf.attach_pinned(lab, "fault.c", "fault",
+                             {"fault_cfg": cfg_pin(lab, link.name), "fault_stats": stats_pin(lab, link.name)},
+                             link.carrier, link.carrier_dev, (TC_INGRESS, TC_EGRESS))
 
 
 def inject(lab: Lab, fault: str, link: str, probability: float | None = None) -> int:
@@ -148,14 +136,5 @@ def _write_cfg(lab: Lab, spec: LinkSpec, cfg: layout.FaultConfig) -> int:
     return started_ns
 
 
-@contextlib.contextmanager
-def _pinned(path: Path) -> Iterator[int]:
-    """An fd for a pinned map, closed on exit."""
-    try:
-        fd = bpfsys.obj_get(str(path))
-    except FileNotFoundError:
-        raise LabError(f"no fault map at {path}; is the lab up? (`twinpath lab status`)") from None
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+def _pinned(path: Path):
+    return labbpf.pinned(path, "is the lab up? (`twinpath lab status`)")

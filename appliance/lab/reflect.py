@@ -16,19 +16,14 @@ namespaces (the handoffs and their filters with them) and the pin directory.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from appliance import bpfsys, layout
-from appliance.bpfsource import assemble
+from appliance.lab import labbpf
 from appliance.lab.topology import LINKS, Lab, LabError
-from appliance.netlink import TC_INGRESS, attach_bpf
-
-FILTER_PRIO = 1
+from appliance.netlink import TC_INGRESS
 
 
 def cfg_pin(lab: Lab, link: str) -> Path:
@@ -41,16 +36,10 @@ def stats_pin(lab: Lab, link: str) -> Path:
 
 def attach(lab: Lab) -> None:
     """Load reflect.c on ingress of both of exch's handoffs, every port passing."""
-    from bcc import BPF  # BCC (and LLVM) only for loading, not for configuring
-
-    lab.pin_dir.mkdir(parents=True, exist_ok=True)
     for name, link in LINKS.items():
-        with BPF(text=assemble(["reflect.c"]).encode()) as bpf:
-            prog = bpf.load_func(b"reflect", BPF.SCHED_CLS)
-            bpfsys.obj_pin(bpf[b"reflect_cfg"].map_fd, str(cfg_pin(lab, name)))
-            bpfsys.obj_pin(bpf[b"reflect_stats"].map_fd, str(stats_pin(lab, name)))
-            with lab.iproute("exch") as ipr:
-                attach_bpf(ipr, link.handoff, TC_INGRESS, prog, FILTER_PRIO)
+        labbpf.attach_pinned(lab, "reflect.c", "reflect",
+                             {"reflect_cfg": cfg_pin(lab, name), "reflect_stats": stats_pin(lab, name)},
+                             "exch", link.handoff, (TC_INGRESS,))
 
 
 def attached(lab: Lab) -> bool:
@@ -110,13 +99,5 @@ def read_count(stats_fd: int, port: int) -> int:
     return sum(per_cpu)
 
 
-@contextlib.contextmanager
-def _pinned(path: Path) -> Iterator[int]:
-    try:
-        fd = bpfsys.obj_get(str(path))
-    except FileNotFoundError:
-        raise LabError(f"no reflector map at {path}; run reflect.attach(lab) first") from None
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+def _pinned(path: Path):
+    return labbpf.pinned(path, "run reflect.attach(lab) first")
