@@ -22,6 +22,7 @@ run, with their percentiles, not single absolute numbers.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -90,8 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="reduced run (under 5 minutes)")
     ap.add_argument("--out", type=Path, help="result directory (default bench/results/<timestamp>)")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION", help="run only these sections")
+    ap.add_argument("--render", type=Path, metavar="DIR",
+                    help="measure nothing: rewrite DIR's results.json, REPORT.md and plots from its raw.json")
     args = ap.parse_args(argv)
     from bench import report
+
+    if args.render:
+        print(report.headline(report.write(args.render, json.loads((args.render / "raw.json").read_text()))))
+        return 0
 
     plan = QUICK if args.quick else FULL
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -80,6 +80,13 @@ def first_after(times_ns: Sequence[int], fault_ns: Sequence[int], limit_ns: Sequ
     return out
 
 
+def state_at(transitions: Sequence[dict], link: str, t_ns: int) -> str | None:
+    """A session's state at t_ns from its logged transitions ({"link",
+    "mono_ns", "to"}); None before the first."""
+    before = [t for t in transitions if t["link"] == link and t["mono_ns"] < t_ns]
+    return max(before, key=lambda t: t["mono_ns"])["to"] if before else None
+
+
 def outside(times_ns: Sequence[int], windows: Sequence[tuple[int, int]]) -> int:
     """How many times fall in none of the [start, end) windows: events with no fault behind them."""
     return sum(1 for t in times_ns if not any(s <= t < e for s, e in windows))

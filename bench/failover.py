@@ -200,10 +200,8 @@ def _per_trial(lab, work, block, rate_pps, fault_ns, clear_ns, results, events, 
         "kernel": streams["kernel"],
     }
     if bfd_transitions is not None:
-        downs = [t for t in bfd_transitions if t["to"] == "down"]
-        faulted = [t["mono_ns"] for t in downs if t["link"] == FAULT_LINK]
+        faulted = [t["mono_ns"] for t in bfd_transitions if t["to"] == "down" and t["link"] == FAULT_LINK]
         out["bfdd"] = {"detect_us": analysis.first_after(faulted, fault_ns, clear_ns),
-                       "unexplained_downs": analysis.outside(faulted, windows) + len(downs) - len(faulted),
                        "transitions": bfd_transitions}
     if tcp is not None:
         sessions = tcp["sessions"]

@@ -285,7 +285,7 @@ def run(lab: topology.Lab, work: Path, plan) -> dict:
     """The `latency` section of `python -m bench`: its own daemon (1 ms x 3),
     latency() and max_pps() with plan.latency_rate, .latency_block_s,
     .latency_blocks (per mode), .pps_steps and .pps_step_s. Samples are kept
-    in work/latency_samples_ns.npz and, in µs, as latency[mode]["samples_us"]."""
+    in work/latency_samples_ns.npz (one array per mode), which the report plots."""
     work.mkdir(parents=True, exist_ok=True)
     config = topology.write_config(lab, interval_us=1000, multiplier=3, holddown_ms=200)
     daemon = DaemonProcess(lab, config, work / "daemon.jsonl", stats_interval_s=3600)
@@ -300,7 +300,5 @@ def run(lab: topology.Lab, work: Path, plan) -> dict:
                 reflect.set_port(lab, port, "pass")  # later sections see the exchange as it was
     raw = lat.pop(RAW_KEY)
     np.savez(work / "latency_samples_ns.npz", **raw)
-    for mode in MODES:
-        lat[mode]["samples_us"] = (raw[mode] / 1000).tolist()
     lat["daemon_failovers"] = [e for e in daemon.events() if e.get("event") == "failover"]
     return {"latency": lat, "throughput": throughput}

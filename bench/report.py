@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.analysis import percentiles
+from bench.analysis import outside, percentiles, state_at
 from bench.failover import HOLD_S
 
 HEADLINE_CASE = ("blackhole", "1000us_x3")  # the ratio the README quotes
@@ -76,8 +76,7 @@ def summarise(raw: dict) -> dict:
         out["fastpath_ns"] = s["fastpath"]
     if "latency" in s:
         lat = s["latency"]
-        out["latency"] = {mode: {k: v for k, v in lat["latency"][mode].items() if k != "samples_us"}
-                          for mode in ("fastpath", "kernel")}
+        out["latency"] = {mode: lat["latency"][mode] for mode in ("fastpath", "kernel")}
         out["latency"]["detail"] = {k: v for k, v in lat["latency"].items() if k not in ("fastpath", "kernel")}
         out["throughput"] = lat["throughput"]
     if "control" in s:
@@ -111,14 +110,27 @@ def _failover(blocks: dict) -> dict:
         for field in k:  # the kernel stream's own trials: a preempted twinpath trial is still one
             k[field] += b["kernel"][field]
         if "bfdd" in b:
-            bfdd.setdefault(scenario, []).extend(b["bfdd"]["detect_us"])
+            # A trial whose fault found bfdd's session on A already down (bfdd
+            # took it down on its own just before) cannot detect anything.
+            down_already = [state_at(b["bfdd"]["transitions"], "A", f) != "up" for f in b["fault_ns"]]
+            per = bfdd.setdefault(scenario, {"detect_us": [], "preempted": 0, "false_downs": 0,
+                                             "redowns_after_recovery": 0})
+            per["detect_us"] += [None if p else d for p, d in zip(down_already, b["bfdd"]["detect_us"])]
+            per["preempted"] += sum(down_already)
+            downs = [t for t in b["bfdd"]["transitions"] if t["to"] == "down"]
+            per["false_downs"] += sum(t["link"] != "A" for t in downs)  # B never has a fault
+            per["redowns_after_recovery"] += outside([t["mono_ns"] for t in downs if t["link"] == "A"],
+                                                     list(zip(b["fault_ns"], b["clear_ns"])))
         if "tcp" in b:
             t = b["tcp"]
             tcp[setting] = {"sessions": t["sessions"], "stall_ms": percentiles(t["max_gap_ms"]),
                             "survived": round(sum(t["survived"]) / max(1, len(t["survived"])), 3),
                             "client_errors": t["client_errors"]}
-    peers = {"bfdd": {sc: {"setting": "10ms_x3", "trials": len(v), "detected": sum(d is not None for d in v),
-                           "detect_us": percentiles(v)} for sc, v in bfdd.items()},
+    peers = {"bfdd": {sc: {"setting": "10ms_x3", "trials": len(v["detect_us"]) - v["preempted"],
+                           "preempted": v["preempted"], "false_downs": v["false_downs"],
+                           "redowns_after_recovery": v["redowns_after_recovery"],
+                           "detected": sum(d is not None for d in v["detect_us"]),
+                           "detect_us": percentiles(v["detect_us"])} for sc, v in bfdd.items()},
              "kernel": {sc: {"trials": len(v["lost"]),
                              "failed_over_before_clear": sum(f is not None for f in v["failover_us"]),
                              "lost_during_fault_per_trial": percentiles(
@@ -195,14 +207,21 @@ def markdown(r: dict, plots: list[str]) -> str:
                   "lost/trial during the fault, p50 / p99 / max | after the clear, p50 / max |",
                   "|---|---|---|---|---|---|---|"]
         for sc, b in r["peers"]["bfdd"].items():
-            lines.append(f"| FRR bfdd 10 ms x 3 | {sc} | {b['trials']} | {b['detected']} (session down) | "
+            lines.append(f"| FRR bfdd 10 ms x 3 | {sc} | {b['trials']} ({b['preempted']} preempted) | "
+                         f"{b['detected']} (session down) | "
                          f"{_pct(b['detect_us'])} | – | – |")
         for sc, k in r["peers"]["kernel"].items():
             lines.append(f"| kernel routing (static, linkdown ignored) | {sc} | {k['trials']} | "
                          f"{k['failed_over_before_clear']} (before the fault cleared) | {_pct(k['failover_us'])} | "
                          f"{_pct(k['lost_during_fault_per_trial'])} | "
                          f"{_pct(k['lost_after_clear_per_trial'], ('p50', 'max'))} |")
-        lines += ["", "bfdd detect / twinpath detect, same faults:", "", "| case | p50 | p99 |", "|---|---|---|"]
+        lines += ["", "bfdd preempted: its session on A was already down when the fault came: after a fault "
+                  "is cleared, bfdd's session on A often comes up and goes down once more (neighbor-down, while "
+                  "the two ends re-sync), sometimes that late. " + "; ".join(
+                      f"{sc} blocks: {b['redowns_after_recovery']} such re-downs on A outside the faults, and "
+                      f"{b['false_downs']} false downs on B, which never had a fault"
+                      for sc, b in r["peers"]["bfdd"].items()) + ".", "",
+                  "bfdd detect / twinpath detect, same faults:", "", "| case | p50 | p99 |", "|---|---|---|"]
         lines += [f"| {case} | {v['p50']}x | {v['p99']}x |" for case, v in r["ratio"]["by_case"].items()]
         lines.append("")
     if "tcp" in r:
@@ -324,10 +343,12 @@ def plot(raw: dict, r: dict, out: Path) -> list[str]:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         made.append(_save(fig, out, "failover_detect.png"))
-    if "latency" in s and "samples_us" in s["latency"]["latency"].get("fastpath", {}):
+    samples = out / "latency" / "latency_samples_ns.npz"
+    if "latency" in s and samples.exists():
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for mode in ("fastpath", "kernel"):
-            cdf(ax, s["latency"]["latency"][mode]["samples_us"], mode)
+        with np.load(samples) as ns:
+            for mode in ("fastpath", "kernel"):
+                cdf(ax, ns[mode] / 1000, mode)
         ax.set(xscale="log", xlabel="round trip from intended send time (us, log)", ylabel="fraction",
                title="ping-pong latency, alternating blocks")
         ax.grid(True, which="both", alpha=0.3)
@@ -365,13 +386,11 @@ def _save(fig, out: Path, name: str) -> str:
 
 
 def write(out: Path, raw: dict) -> dict:
-    """results.json, raw.json (everything but the latency samples, which the
-    section saved as .npz), REPORT.md, plots; returns the results."""
+    """results.json, raw.json (every section's output: the figures can be
+    recomputed from it), REPORT.md, plots; returns the results."""
     r = summarise(raw)
     (out / "results.json").write_text(json.dumps(r, indent=1) + "\n")
-    plots = plot(raw, r, out)
-    for mode in ("fastpath", "kernel"):  # already in latency/latency_samples_ns.npz
-        raw["sections"].get("latency", {}).get("latency", {}).get(mode, {}).pop("samples_us", None)
     (out / "raw.json").write_text(json.dumps(raw) + "\n")
+    plots = plot(raw, r, out)
     (out / "REPORT.md").write_text(markdown(r, plots))
     return r
