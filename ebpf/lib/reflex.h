@@ -10,9 +10,11 @@
  * if it stalls between rounds, every link ages together; if it stalls
  * between two links' probes of one round (preempted mid-round), the later
  * link looks silent while the earlier one is exactly one round newer, which
- * the bench caught as false failovers under CPU stress when the rule asked
- * for one interval. Either way nothing switches: forwarding stays on the
- * last good state. Carrier loss is direct evidence
+ * a one-interval rule would take for a failure. Either way nothing
+ * switches: forwarding stays on the last good state. (Replies that the
+ * kernel holds up for one link only are indistinguishable from that link
+ * failing: bench/ counts those false failovers under CPU stress.) Carrier
+ * loss is direct evidence
  * and needs only a fresh standby. Failback is never decided here; the daemon
  * does it after a hold-down.
  */
