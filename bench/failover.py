@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from appliance.lab import faults, topology
-from appliance.lab.scenario import DaemonProcess, ScenarioError, Tool
+from appliance.lab.scenario import DaemonProcess, ScenarioError, Tool, stop_stream, udp_stream
 from bench import analysis
 
-STEERED_PORT, KERNEL_PORT, TCP_PORT = 9000, 9300, 9001
+STREAM_PORTS = {"twinpath": 9000, "kernel": 9300}  # steered by the orders rule / matched by no rule
+TCP_PORT = 9001
 FAULT_LINK = "A"
 HOLDDOWN_MS = 200
 HOLD_S = 0.2              # fault duration: longer than bfdd's 30 ms detection and TCP's recovery
@@ -77,8 +78,11 @@ def run_block(lab: topology.Lab, work: Path, block: Block, rate_pps: int = 10_00
             bfd = stack.enter_context(Bfdd(lab, lab.dir / f"bfd-{work.name}", links=("A", "B"),
                                            interval_ms=10, multiplier=3))
         max_s = block.trials * TRIAL_MAX_S + 10
-        streams = {name: _start_stream(lab, stack, work, name, port, rate_pps, max_s)
-                   for name, port in (("twinpath", STEERED_PORT), ("kernel", KERNEL_PORT))}
+        streams = {}
+        for name, port in STREAM_PORTS.items():
+            streams[name] = udp_stream(lab, work, rate_pps, max_s, port)
+            stack.callback(streams[name][0].stop)
+            stack.callback(streams[name][1].stop)
         tcp_server = None
         if block.tcp:
             tcp_server = Tool.in_lab(lab, "exch", "tcp-server", "--bind", topology.EXCHANGE_ADDR,
@@ -105,7 +109,7 @@ def run_block(lab: topology.Lab, work: Path, block: Block, rate_pps: int = 10_00
                 tcp_clients.append(client.result(timeout_s=40))
         _wait_settled(daemon, bfd)
 
-        results = {name: _stop_stream(send, recv) for name, (send, recv) in streams.items()}
+        results = {name: stop_stream(*tools) for name, tools in streams.items()}
         tcp = None
         if tcp_server:
             tcp_server.proc.send_signal(signal.SIGTERM)
@@ -117,25 +121,6 @@ def run_block(lab: topology.Lab, work: Path, block: Block, rate_pps: int = 10_00
                         tcp_clients, tcp)
     (work / "trials.json").write_text(json.dumps(trials, indent=1))
     return trials
-
-
-def _start_stream(lab, stack: ExitStack, work: Path, name: str, port: int, rate_pps: int, max_s: float):
-    recv = Tool.in_lab(lab, "exch", "udp-recv", "--bind", topology.EXCHANGE_ADDR, "--port", str(port),
-                       "--timeout", str(max_s + 30), "--idle", "2", "--out", str(work / f"arrivals-{name}.npy"))
-    stack.callback(recv.stop)
-    recv.wait_ready()
-    send = Tool.in_lab(lab, "trader", "udp-send", "--dst", topology.EXCHANGE_ADDR, "--port", str(port),
-                       "--rate", str(rate_pps), "--count", str(int(rate_pps * max_s)), "--timeout", str(max_s))
-    stack.callback(send.stop)
-    send.wait_ready()
-    return send, recv
-
-
-def _stop_stream(send: Tool, recv: Tool) -> dict:
-    send.proc.send_signal(signal.SIGTERM)
-    sent = send.result(timeout_s=15)
-    received = recv.result(timeout_s=30)
-    return {"sent": sent, "received": received}
 
 
 def _orders_moves(events: list[dict]) -> list[dict]:
@@ -171,10 +156,10 @@ def _per_trial(lab, work, block, rate_pps, fault_ns, clear_ns, results, events, 
     period_ns = 1e9 / rate_pps
     standby = lab.ifindex("exch", topology.LINKS["B"].handoff)
     streams = {}
-    for name, r in results.items():
-        arrivals = np.load(work / f"arrivals-{name}.npy")
-        streams[name] = analysis.stream_trials(arrivals, r["sent"]["issued"], period_ns, fault_ns, clear_ns, standby)
-        streams[name]["socket_drops"] = r["received"]["socket_drops"]
+    for name, (sent, received) in results.items():
+        arrivals = np.load(work / f"arrivals-{STREAM_PORTS[name]}.npy")
+        streams[name] = analysis.stream_trials(arrivals, sent["issued"], period_ns, fault_ns, clear_ns, standby)
+        streams[name]["socket_drops"] = received["socket_drops"]
     # A move away from A is what a fault should cause; any other move (say
     # B -> A because B went quiet) during or between trials is unexplained.
     moves = _orders_moves(events)

@@ -24,8 +24,9 @@ SCENARIOS = ("blackhole", "carrier-down")
 def _cmd(argv: list[str]) -> str | None:
     if not shutil.which(argv[0]):
         return None
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    return (proc.stdout or proc.stderr).strip().splitlines()[0] if (proc.stdout or proc.stderr).strip() else None
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if lines else None
 
 
 def _read(path: str) -> str | None:

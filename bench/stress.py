@@ -13,7 +13,7 @@ from pathlib import Path
 
 from appliance.lab import topology
 from appliance.lab.bfd import Bfdd
-from appliance.lab.scenario import DaemonProcess, Tool
+from appliance.lab.scenario import DaemonProcess, stop_stream, udp_stream
 
 PORTS = {"orders": 9000, "marketdata": 9100}
 INTERVAL_US, MULTIPLIER = 1000, 3
@@ -27,18 +27,11 @@ def run(lab: topology.Lab, work: Path, seconds: float, rate_pps: int = 5000) -> 
         stack.callback(daemon.stop)
         daemon.wait_for("ready", 60)
         bfd = stack.enter_context(Bfdd(lab, lab.dir / "bfd-stress", links=("A", "B"), interval_ms=10, multiplier=3))
-        senders = []
+        streams = {}
         for name, port in PORTS.items():
-            recv = Tool.in_lab(lab, "exch", "udp-recv", "--bind", topology.EXCHANGE_ADDR, "--port", str(port),
-                               "--timeout", str(seconds + 30), "--idle", "2", "--out", str(work / f"{name}.npy"))
-            stack.callback(recv.stop)
-            recv.wait_ready()
-            send = Tool.in_lab(lab, "trader", "udp-send", "--dst", topology.EXCHANGE_ADDR, "--port", str(port),
-                               "--rate", str(rate_pps), "--count", str(int(rate_pps * (seconds + 2))),
-                               "--timeout", str(seconds + 10))
-            stack.callback(send.stop)
-            send.wait_ready()
-            senders.append((name, send, recv))
+            streams[name] = udp_stream(lab, work, rate_pps, seconds + 2, port)
+            stack.callback(streams[name][0].stop)
+            stack.callback(streams[name][1].stop)
         time.sleep(0.5)
         start_ns = time.monotonic_ns()
         # In a lab namespace, so that lab teardown reaps it whatever happens.
@@ -46,13 +39,7 @@ def run(lab: topology.Lab, work: Path, seconds: float, rate_pps: int = 5000) -> 
         stack.callback(_reap, stress)
         stress.wait(timeout=seconds + 30)
         end_ns = time.monotonic_ns()
-        streams = {}
-        for name, send, recv in senders:
-            send.proc.send_signal(signal.SIGTERM)
-            sent = send.result(timeout_s=15)
-            got = recv.result(timeout_s=30)
-            streams[name] = {"issued": sent["issued"], "received": got["received"],
-                             "socket_drops": got["socket_drops"]}
+        done = {name: stop_stream(*tools) for name, tools in streams.items()}
         transitions = bfd.transitions()
         daemon.stop()
         events = daemon.events()
@@ -68,7 +55,8 @@ def run(lab: topology.Lab, work: Path, seconds: float, rate_pps: int = 5000) -> 
                      "failover_events": failovers,
                      "heartbeat_late_periods": stopped.get("late_periods"),
                      "heartbeat_max_late_us": stopped.get("max_late_us"),
-                     "streams": streams},
+                     "streams": {name: {"issued": sent["issued"], "received": got["received"],
+                                         "socket_drops": got["socket_drops"]} for name, (sent, got) in done.items()}},
         "bfdd": {"setting": "10ms_x3", "false_failovers": len(downs), "session_downs": downs},
     }
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from appliance import feedproto, layout
 from appliance.bpfsys import prog_test_run
+from appliance.lab.topology import EXCHANGE_ADDR, FEED_DST, LINKS, FEED_PORTS, FEED_SOURCES, TRADER_ADDR, render_config
 
 REPEAT = 64
 EMPTY_SOURCES = {
@@ -38,7 +39,6 @@ VERDICTS = {"redirect_tc": 7, "ok_tc": 0, "shot_tc": 2, "drop_xdp": 1, "pass_xdp
 
 LINK_A_MACS = ("02:00:00:00:0a:01", "02:00:00:00:0a:02")
 TRADER = {"ifindex": 7, "src": "02:00:00:00:01:fe", "dst": "02:00:00:00:01:01"}
-FEED_ADDR, FEED_PORT = "198.18.1.1", 26400
 # BPF_PROG_TEST_RUN runs skb programs on loopback: a link on ifindex 1 is "this interface".
 TEST_RUN_IFINDEX = 1
 
@@ -97,7 +97,6 @@ def gateway_cases() -> tuple[object, dict[str, Case]]:
 
     from appliance import config
     from appliance.dataplane import PROBE_IDENT, Gateway, LinkState
-    from appliance.lab.topology import EXCHANGE_ADDR, render_config
 
     # 100 ms timers: link A stays fresh for a whole round without a live sender.
     gw = Gateway(config.parse(render_config(interval_us=100_000), "bench"))
@@ -112,7 +111,7 @@ def gateway_cases() -> tuple[object, dict[str, Case]]:
                 last_reply_ns=now, fresh_since_ns=now - 10**9)
 
     def udp(dport: int) -> bytes:
-        return bytes(Ether(src=TRADER["dst"], dst=TRADER["src"]) / IP(src="198.18.1.1", dst=EXCHANGE_ADDR, ttl=255)
+        return bytes(Ether(src=TRADER["dst"], dst=TRADER["src"]) / IP(src=TRADER_ADDR, dst=EXCHANGE_ADDR, ttl=255)
                      / UDP(sport=40000, dport=dport) / (b"x" * 32))
 
     def probe(echo_type: int) -> bytes:
@@ -122,7 +121,7 @@ def gateway_cases() -> tuple[object, dict[str, Case]]:
         p.tx_ns, p.seq = time.monotonic_ns() - 50_000, 1
         msg = ICMP(bytes(icmp))
         del msg.chksum
-        return bytes(Ether() / IP(src="198.18.10.2", dst="198.18.10.1") / ICMP(bytes(msg)))
+        return bytes(Ether() / IP(src=LINKS["A"].target, dst=LINKS["A"].gw_addr) / ICMP(bytes(msg)))
 
     steered, unsteered, reply, request = udp(9000), udp(9300), probe(0), probe(8)
     return gw, {
@@ -140,19 +139,20 @@ def arbitration_cases(calls: int) -> tuple[object, dict[str, Case]]:
     from appliance.arbitration import Arbiter
 
     arb = Arbiter(hb_dedup_ns=50_000_000)
-    arb.write_feed(0, "moldudp64", ipaddress.IPv4Address(FEED_ADDR), FEED_PORT, TRADER["ifindex"],
+    port = FEED_PORTS["moldudp64"]
+    arb.write_feed(0, "moldudp64", ipaddress.IPv4Address(FEED_DST), port, TRADER["ifindex"],
                    TRADER["src"], TRADER["dst"])
     arb.sync_clock()
 
     def frame(seq: int) -> bytes:
         payload = feedproto.mold_packet("BENCH", seq, [feedproto.lab_message("moldudp64", seq, 16)])
-        return feedproto.line_frame(payload, FEED_ADDR, FEED_PORT, "198.18.30.1")
+        return feedproto.line_frame(payload, FEED_DST, port, FEED_SOURCES["A"])
 
     line_a, line_b = (p.fd for p in arb.lines)
     fresh = [frame(s) for s in range(1, calls + 1)]
     seen = frame(calls + 1)
     prog_test_run(line_a, seen)  # line A delivered it: every later copy on B is a duplicate
-    other = feedproto.line_frame(b"\x00" * 38, FEED_ADDR, 9100, "198.18.30.1")
+    other = feedproto.line_frame(b"\x00" * 38, FEED_DST, 9100, FEED_SOURCES["A"])
     return arb, {
         "arb_first_copy": Case("xdp", line_a, fresh.__getitem__, VERDICTS["redirect_xdp"], repeat=1),
         "arb_duplicate": Case("xdp", line_b, lambda i: seen, VERDICTS["drop_xdp"]),

@@ -130,7 +130,8 @@ def traffic_argv(*args: str) -> list[str]:
 
 
 def udp_stream(lab: topology.Lab, workdir: Path, rate_pps: int, duration_s: float, port: int = ORDERS_PORT):
-    """Starts receiver (exch) then sender (trader); returns both, ready."""
+    """Starts receiver (exch) then sender (trader); returns both, ready. The
+    arrivals land in workdir/arrivals-<port>.npy."""
     count = int(rate_pps * duration_s)
     receiver = Tool.in_lab(
         lab, "exch", "udp-recv", "--bind", topology.EXCHANGE_ADDR, "--port", str(port),
@@ -141,6 +142,14 @@ def udp_stream(lab: topology.Lab, workdir: Path, rate_pps: int, duration_s: floa
         "--rate", str(rate_pps), "--count", str(count), "--timeout", str(duration_s + 10))
     sender.wait_ready()
     return receiver, sender
+
+
+def stop_stream(receiver: Tool, sender: Tool) -> tuple[dict, dict]:
+    """Ends a udp_stream early: the sender stops at once, the receiver once
+    the stream has been idle; returns (sender's result, receiver's)."""
+    sender.proc.send_signal(signal.SIGTERM)
+    sent = sender.result(timeout_s=15)
+    return sent, receiver.result(timeout_s=30)
 
 
 def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, before_s: float = 1.0,
