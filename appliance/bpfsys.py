@@ -1,5 +1,6 @@
 """Thin ctypes access to libbpf (Debian's libbpf1) for what BCC lacks:
-BPF_PROG_TEST_RUN, pinning objects in bpffs and opening pinned maps."""
+BPF_PROG_TEST_RUN, pinning objects in bpffs, opening pinned maps and a
+loaded program's kernel id."""
 from __future__ import annotations
 
 import ctypes
@@ -79,3 +80,83 @@ def map_lookup(fd: int, key, value) -> None:
 
 def possible_cpus() -> int:
     return _check(_libbpf.libbpf_num_possible_cpus(), "counting possible CPUs")
+
+
+class _ProgInfo(ctypes.Structure):
+    # The head of the kernel's struct bpf_prog_info (linux/bpf.h), up to the
+    # ids of the maps the program uses. The kernel copies back only
+    # min(info_len, its own size) bytes, so a prefix is a valid request.
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),      # user pointer to u32[nr_map_ids]
+    ]
+
+
+class _MapInfo(ctypes.Structure):
+    # The head of struct bpf_map_info (linux/bpf.h).
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+# bpf_obj_get_info_by_fd is in every libbpf 1.x; bpf_prog_get_info_by_fd only from 1.2.
+_libbpf.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+
+
+def prog_id(prog_fd: int) -> int:
+    """The kernel-wide id of the loaded program behind `prog_fd` (what tc
+    and `ip link` report as the attached program's id)."""
+    info = _ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_libbpf.bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size)), "BPF_OBJ_GET_INFO_BY_FD")
+    if size.value < _ProgInfo.id.offset + ctypes.sizeof(ctypes.c_uint32) or not info.id:
+        raise OSError(f"BPF_OBJ_GET_INFO_BY_FD: fd {prog_fd} returned no program id")
+    return info.id
+
+
+_libbpf.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd for the loaded program with this id (needs CAP_SYS_ADMIN);
+    FileNotFoundError once the program is gone. The caller closes it."""
+    return _check(_libbpf.bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}")
+
+
+_libbpf.bpf_map_get_fd_by_id.argtypes = [ctypes.c_uint32]
+MAX_PROG_MAPS = 64
+
+
+def _info(fd: int, info: ctypes.Structure) -> None:
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_libbpf.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "BPF_OBJ_GET_INFO_BY_FD")
+
+
+def prog_maps(prog_fd: int) -> dict[str, tuple[int, int, int]]:
+    """The maps a loaded program uses: name -> (fd, key size, value size).
+    The caller closes the fds."""
+    ids = (ctypes.c_uint32 * MAX_PROG_MAPS)()
+    info = _ProgInfo(nr_map_ids=MAX_PROG_MAPS, map_ids=ctypes.addressof(ids))
+    _info(prog_fd, info)
+    maps = {}
+    for map_id in ids[:min(info.nr_map_ids, MAX_PROG_MAPS)]:
+        fd = _check(_libbpf.bpf_map_get_fd_by_id(map_id), f"open map id {map_id}")
+        minfo = _MapInfo()
+        _info(fd, minfo)
+        maps[minfo.name.decode(errors="replace")] = (fd, minfo.key_size, minfo.value_size)
+    return maps

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from appliance.config import ConfigError, parse
+from appliance.config import ConfigError, load, parse
 
 BASE = """
 [steer]
@@ -105,11 +105,169 @@ def test_lab_config_has_two_arbitrated_feeds():
     (FEEDS + FEEDS.replace('"itch"', '"other"'), "duplicate feed destination(s): 198.18.1.1:26400"),
     (FEEDS.replace("moldudp64", "itch50"), "feeds.0.protocol"),
     (FEEDS.replace("26400", "70000"), "feeds.0.port"),
-    (FEEDS + '[arbitration]\nlines = ["A", "A"]\n', "arbitration.lines must name two different links"),
-    (FEEDS + '[arbitration]\nlines = ["A", "C"]\n', "arbitration.lines must name two different links"),
+    (FEEDS + '[arbitration]\nlines = ["A", "A"]\n', "arbitration.lines: must name two different links"),
+    (FEEDS + '[arbitration]\nlines = ["A", "C"]\n', "arbitration.lines: must name two different links"),
 ])
 def test_bad_feed_config_is_refused_by_name(extra, message):
     from appliance.lab.topology import render_config
     base = render_config()
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse(base + extra)
+
+
+# -- strict types, usable addresses, new keys -------------------------------
+HB = "[heartbeat]\n{}\n\n[steer]"
+ARB = FEEDS + "[arbitration]\n{}\n"
+
+
+def _edit(old, new):
+    return lambda text: text.replace(old, new)
+
+
+def _heartbeat(line):
+    return _edit("[steer]", HB.format(line))
+
+
+def _link_a(line):
+    return _edit('target = "198.18.10.2"', line)
+
+
+def _feeds(line):
+    return lambda text: text + ARB.format(line)
+
+
+# (edit of BASE, the key path the error must name, a fragment of the reason)
+BAD_CONFIGS = {
+    "interval as string": (_heartbeat('interval_us = "1000"'), "heartbeat.interval_us", "must be an integer"),
+    "interval as float": (_heartbeat("interval_us = 1000.0"), "heartbeat.interval_us", "got 1000.0 (a float)"),
+    "interval as bool": (_heartbeat("interval_us = true"), "heartbeat.interval_us", "got true (a boolean)"),
+    "multiplier as string": (_heartbeat('multiplier = "3"'), "heartbeat.multiplier", "must be an integer"),
+    "holddown negative": (_heartbeat("holddown_ms = -1"), "heartbeat.holddown_ms", "greater than or equal to 0"),
+    "key_file relative": (_heartbeat('key_file = "keys.txt"'), "heartbeat.key_file", "must be an absolute path"),
+    "key_file empty": (_heartbeat('key_file = ""'), "heartbeat.key_file", "must be an absolute path"),
+    "key_file not a string": (_heartbeat("key_file = 1"), "heartbeat.key_file", "must be a string"),
+    "unknown heartbeat key": (_heartbeat("keyfile = '/k'"), "heartbeat.keyfile", "unknown key"),
+    "ports with plus": (_edit('"9000-9099"', '"+9000"'), "rules.0.ports", "decimal digits"),
+    "ports with underscore": (_edit('"9000-9099"', '"9_000"'), "rules.0.ports", "decimal digits"),
+    "ports with space": (_edit('"9000-9099"', '" 9000"'), "rules.0.ports", "decimal digits"),
+    "ports with newline": (_edit('"9000-9099"', r'"9000\n"'), "rules.0.ports", "decimal digits"),
+    "ports unicode digits": (_edit('"9000-9099"', '"９０００"'), "rules.0.ports", "decimal digits"),
+    "ports six digits": (_edit('"9000-9099"', '"009000"'), "rules.0.ports", "decimal digits"),
+    "ports float": (_edit('"9000-9099"', "9000.0"), "rules.0.ports", "got 9000.0 (a float)"),
+    "ports bool": (_edit('"9000-9099"', "true"), "rules.0.ports", "got true (a boolean)"),
+    "ports int too big": (_edit('"9000-9099"', "65536"), "rules.0.ports", "not within 0-65535"),
+    "ports reversed": (_edit('"9000-9099"', '"9099-9000"'), "rules.0.ports", "lo <= hi"),
+    "ports on icmp": (_edit('proto = "udp"', 'proto = "icmp"'), "rules.0.ports", "no sense for icmp"),
+    "dst not a string": (_edit('dst = "198.19.0.0/24"', "dst = 5"), "rules.0.dst", "must be a string"),
+    "target as integer": (_link_a("target = 3323071234"), "links.0.target", "must be a string"),
+    "target unspecified": (_link_a('target = "0.0.0.0"'), "links.0.target",
+                           "0.0.0.0 is unspecified: no reply can come from it"),
+    "target this-network": (_link_a('target = "0.1.2.3"'), "links.0.target", "0.0.0.0/8"),
+    "target loopback": (_link_a('target = "127.0.0.53"'), "links.0.target", "127.0.0.53 is loopback"),
+    "target multicast": (_link_a('target = "224.0.0.5"'), "links.0.target", "224.0.0.5 is multicast"),
+    "target broadcast": (_link_a('target = "255.255.255.255"'), "links.0.target", "limited broadcast"),
+    "target link-local": (_link_a('target = "169.254.1.1"'), "links.0.target", "link-local"),
+    "target reserved": (_link_a('target = "240.0.0.1"'), "links.0.target", "240.0.0.1 is reserved"),
+    "target leading zero": (_link_a('target = "198.18.010.2"'), "links.0.target", "not an IPv4 address"),
+    "target with space": (_link_a('target = " 198.18.10.2"'), "links.0.target", "not an IPv4 address"),
+    "nexthop loopback": (_link_a('target = "198.18.10.2"\nnexthop = "127.0.0.1"'), "links.0.nexthop",
+                         "127.0.0.1 is loopback"),
+    "ttl_security as string": (_link_a('target = "198.18.10.2"\nttl_security = "yes"'), "links.0.ttl_security",
+                               "must be true or false"),
+    "ttl_security as int": (_link_a('target = "198.18.10.2"\nttl_security = 1'), "links.0.ttl_security",
+                            "must be true or false"),
+    "ttl_security via nexthop": (_link_a('target = "198.18.10.2"\nnexthop = "198.18.10.1"\nttl_security = true'),
+                                 "links.0.ttl_security", "needs a directly connected target"),
+    "link name not a string": (_edit('name = "B"', "name = 2"), "links.1.name", "must be a string"),
+    "duplicate dev": (_edit('dev = "lnkB"', 'dev = "lnkA"'), "links.1.dev", "duplicate link dev 'lnkA'"),
+    "unknown link in class": (_edit('links = ["A", "B"]', 'links = ["A", "C"]'), "classes.0.links.1",
+                              "unknown link 'C'"),
+    "unknown class in rule": (_edit('class = "orders"', 'class = "ordrs"'), "rules.0.class", "unknown class"),
+    "ingress is a link": (_edit('dev = "lnkB"', 'dev = "int"'), "steer.ingress", "also a link (links.1.dev)"),
+    "missing steer": (_edit('[steer]\ningress = "int"', ""), "steer", "required key is missing"),
+    "grace as string": (_feeds('grace_ms = "20"'), "arbitration.grace_ms", "must be a number"),
+    "grace as bool": (_feeds("grace_ms = true"), "arbitration.grace_ms", "must be a number"),
+    "behind_seqs as float": (_feeds("behind_seqs = 10.0"), "arbitration.behind_seqs", "must be an integer"),
+    "feed port as string": (lambda t: t + FEEDS.replace("26400", '"26400"'), "feeds.0.port", "must be an integer"),
+    "feed dst as integer": (lambda t: t + FEEDS.replace('"198.18.1.1"', "1"), "feeds.0.dst", "must be a string"),
+}
+
+
+@pytest.mark.parametrize("edit,path,reason", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_bad_config_names_file_key_path_and_reason(edit, path, reason):
+    text = edit(BASE)
+    assert text != BASE, "the edit must change the config"
+    with pytest.raises(ConfigError) as e:
+        parse(text, "gw.toml")
+    message = str(e.value)
+    assert message.startswith("gw.toml: ")
+    lines = [l.strip() for l in message.splitlines()[1:]]
+    assert any(l.startswith(f"{path}: ") and reason in l for l in lines), message
+
+
+ACCEPTED = {
+    "port as integer": (_edit('"9000-9099"', "9000"), lambda c: c.rules[0].port_range == (9000, 9000)),
+    "port as string": (_edit('"9000-9099"', '"9000"'), lambda c: c.rules[0].port_range == (9000, 9000)),
+    "full port range": (_edit('"9000-9099"', '"0-65535"'), lambda c: c.rules[0].port_range == (0, 65535)),
+    "port zero": (_edit('"9000-9099"', "0"), lambda c: c.rules[0].port_range == (0, 0)),
+    "no ports": (_edit('ports = "9000-9099"', ""), lambda c: c.rules[0].port_range == (0, 65535)),
+    "TOML integer with underscores": (_heartbeat("interval_us = 1_000"), lambda c: c.heartbeat.interval_us == 1000),
+    "key_file": (_heartbeat('key_file = "/etc/twinpath/hb.keys"'),
+                 lambda c: c.heartbeat.key_file == "/etc/twinpath/hb.keys"),
+    "no key_file": (lambda t: t, lambda c: c.heartbeat.key_file is None and not c.links[0].ttl_security),
+    "ttl_security": (_link_a('target = "198.18.10.2"\nttl_security = true'), lambda c: c.links[0].ttl_security),
+    "ttl_security, nexthop = target": (_link_a('target = "198.18.10.2"\nnexthop = "198.18.10.2"\nttl_security = true'),
+                                       lambda c: c.links[0].ttl_security),
+    "ttl_security off": (_link_a('target = "198.18.10.2"\nttl_security = false'), lambda c: not c.links[0].ttl_security),
+    "nexthop": (_link_a('target = "198.19.7.7"\nnexthop = "198.18.10.1"'),
+                lambda c: str(c.links[0].gateway) == "198.18.10.1" and str(c.links[0].target) == "198.19.7.7"),
+    "private target": (_link_a('target = "10.1.2.3"'), lambda c: str(c.links[0].target) == "10.1.2.3"),
+    "grace as integer": (_feeds("grace_ms = 20"), lambda c: c.arbitration.grace_ms == 20.0),
+    "grace as float": (_feeds("grace_ms = 2.5"), lambda c: c.arbitration.grace_ms == 2.5),
+    "multicast feed": (lambda t: t + FEEDS.replace("198.18.1.1", "233.54.12.1"),
+                       lambda c: str(c.feeds[0].dst) == "233.54.12.1"),
+}
+
+
+@pytest.mark.parametrize("edit,check", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_accepted_forms(edit, check):
+    cfg = parse(edit(BASE), "gw.toml")
+    assert check(cfg)
+    assert cfg.source == "gw.toml"
+
+
+def test_every_problem_is_listed_not_just_the_first():
+    text = BASE.replace('target = "198.18.10.2"', 'target = "0.0.0.0"').replace('"9000-9099"', '"+1"')
+    with pytest.raises(ConfigError) as e:
+        parse(text, "gw.toml")
+    assert "links.0.target: 0.0.0.0 is unspecified" in str(e.value)
+    assert "rules.0.ports: " in str(e.value)
+
+
+def test_load_names_the_file(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text(BASE.replace('target = "198.18.10.2"', 'target = "127.0.0.1"'))
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value).startswith(f"{path}: invalid configuration:")
+    assert "links.0.target: 127.0.0.1 is loopback" in str(e.value)
+    path.write_bytes(b'[steer]\ningress = "\xff"\n')
+    with pytest.raises(ConfigError, match=f"{re.escape(str(path))}: not UTF-8"):
+        load(path)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load(tmp_path / "absent.toml")
+    path.write_text(BASE)
+    assert load(path).source == str(path)
+
+
+def test_check_config_command(tmp_path, capsys):
+    from appliance.cli import main
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(BASE.replace('[steer]', '[heartbeat]\nkey_file = "/etc/twinpath/hb.keys"\n\n[steer]'))
+    bad.write_text(BASE.replace('"9000-9099"', '"9_000"'))
+    assert main(["check-config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{good}: ok.") and "198.19.0.0/24 proto udp ports 9000-9099 -> orders" in out
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{bad}: invalid configuration:") and "rules.0.ports:" in err
