@@ -24,6 +24,7 @@ from appliance.arbitration import Arbiter, multicast_mac
 from appliance.config import Config
 from appliance.dataplane import PROBE_IDENT, Gateway, LinkState, open_probe_socket
 from appliance.feedwatch import FeedWatch
+from appliance.keys import HeartbeatKey
 from fastpath.heartbeat import Sender
 
 TICK_S = 0.005
@@ -162,6 +163,16 @@ class Daemon:
         return hists
 
     def run(self, stop: threading.Event) -> None:
+        """One daemon per gateway (gatelock.GatewayBusy), and a config this
+        host can run (preflight: ConfigError), both before anything is
+        compiled or attached; the lock is held until run returns."""
+        from appliance import gatelock, preflight
+        with gatelock.GatewayLock():
+            with IPRoute() as ipr:
+                keys = preflight.check(self.cfg, ipr)
+            self._run(stop, keys)
+
+    def _run(self, stop: threading.Event, keys: list[HeartbeatKey]) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
         with IPRoute() as ipr:
@@ -169,25 +180,36 @@ class Daemon:
             for link in cfg.links:
                 ifindex, mac, carrier = netlink.link_info(ipr, link.dev)
                 self.links.append(LinkState(ifindex, mac, netlink.neighbour_mac(ipr, ifindex, link.gateway),
-                                            carrier))
+                                            carrier, local=netlink.source_address(ipr, ifindex, link.target),
+                                            target=link.target, ttl_security=link.ttl_security))
             self.gw = Gateway(cfg)
             for i, state in enumerate(self.links):
                 self.gw.write_link(i, state)
             self.gw.write_policy()
+            adopted = self.gw.previous_active(ipr)
+            if adopted:  # a restart: carry on where the running data path is, not from the preferred links
+                for class_id, link_id in enumerate(adopted):
+                    self.gw.set_active(class_id, link_id)
+                self.log.emit("adopted", active={self.class_names[c]: self.link_names[l]
+                                                 for c, l in enumerate(adopted)})
+            self.gw.write_keys(keys)
             self.gw.open_events(self._on_failover)
             feedwatch = self._load_arbiter(ipr) if cfg.feeds else None
 
-            sockets = [open_probe_socket(l.dev, l.target) for l in cfg.links]
+            sockets = [open_probe_socket(l.dev, s.local, l.target) for l, s in zip(cfg.links, self.links)]
             sender = Sender(sockets, [layout.probe_template(i, PROBE_IDENT) for i in range(len(cfg.links))],
                             layout.PROBE_SEQ_OFFSET, cfg.heartbeat.interval_us * 1000)
             monitor = netlink.Monitor()
             threads = [threading.Thread(target=sender.run, name="heartbeat", daemon=True),
                        threading.Thread(target=self._watch_netlink, args=(monitor, stop),
                                         name="netlink", daemon=True)]
-            for t in threads:
-                t.start()
             try:
+                # Steering first, then heartbeats, then probes: from the moment
+                # the new steer program is in place it reads only the new maps,
+                # so no program reads state the other no longer writes.
                 self.gw.attach(ipr)
+                for t in threads:
+                    t.start()
                 if self.arbiter:
                     self.arbiter.attach(ipr, [cfg.links[cfg.link_index(n)].dev for n in cfg.arbitration.lines])
                 self.log.emit("attached", startup_ms=round((time.monotonic() - t0) * 1000, 1),
@@ -205,7 +227,8 @@ class Daemon:
                 sender.stop()
                 stop.set()
                 for t in threads:
-                    t.join(timeout=1.0)
+                    if t.is_alive():
+                        t.join(timeout=1.0)
                 monitor.close()
                 for s in sockets:
                     s.close()
@@ -258,8 +281,10 @@ class Daemon:
                     next_feed_summary = now + FEED_SUMMARY_S
             if not ready:
                 now_ns = time.monotonic_ns()
-                fresh = [policy.fresh_for_ns(o, now_ns, self.cfg.heartbeat.dead_ns) >= 0
-                         for o in self._observe(self.gw.health())]
+                health = self.gw.health()
+                # fresh on a reply of its own, not on the presumption attach() starts with
+                fresh = [h.replies > 0 and policy.fresh_for_ns(o, now_ns, self.cfg.heartbeat.dead_ns) >= 0
+                         for o, h in zip(self._observe(health), health)]
                 if all(fresh) or now > ready_deadline:
                     ready = True
                     self.log.emit("ready", fresh={n: f for n, f in zip(self.link_names, fresh)})

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import os
 import socket
+import time
 from dataclasses import dataclass
 
 from bcc import BPF
 from pyroute2 import IPRoute
 
-from appliance import layout
+from appliance import bpfsys, layout
 from appliance.bpfsource import assemble
-from appliance.netlink import TC_EGRESS, TC_INGRESS, attach_bpf, detach_bpf
+from appliance.netlink import TC_EGRESS, TC_INGRESS, attach_bpf, detach_bpf, ifindex, tc_filter_prog_id
 from appliance.classify import compile_rules
 from appliance.config import Config
 
@@ -37,19 +39,29 @@ def mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
 
+def addr_u32(addr: ipaddress.IPv4Address | None) -> int:
+    """An IPv4 address as the u32 a BPF program reads from a packet (network order)."""
+    return int.from_bytes(addr.packed, "little") if addr else 0
+
+
 @dataclass
 class LinkState:
-    """What the daemon knows of a link from netlink."""
+    """What the daemon knows of a link from the config and netlink."""
     ifindex: int
     src_mac: str
     dst_mac: str | None = None
     carrier: bool = False
+    local: ipaddress.IPv4Address | None = None    # probes leave from it
+    target: ipaddress.IPv4Address | None = None   # replies must come from it
+    ttl_security: bool = False
 
     def to_map(self) -> layout.Link:
-        flags = (layout.LINK_CARRIER if self.carrier else 0) | (layout.LINK_NEXTHOP if self.dst_mac else 0)
+        flags = (layout.LINK_CARRIER if self.carrier else 0) | (layout.LINK_NEXTHOP if self.dst_mac else 0) | \
+            (layout.LINK_TTL_SECURITY if self.ttl_security else 0)
         return layout.Link(ifindex=self.ifindex, flags=flags,
                            src_mac=(ctypes.c_uint8 * 6)(*mac_bytes(self.src_mac)),
-                           dst_mac=(ctypes.c_uint8 * 6)(*mac_bytes(self.dst_mac or "00:00:00:00:00:00")))
+                           dst_mac=(ctypes.c_uint8 * 6)(*mac_bytes(self.dst_mac or "00:00:00:00:00:00")),
+                           local=addr_u32(self.local), target=addr_u32(self.target))
 
 
 class Gateway:
@@ -66,6 +78,20 @@ class Gateway:
     # -- maps -------------------------------------------------------------
     def write_link(self, link_id: int, state: LinkState) -> None:
         self.bpf["tp_links"][ctypes.c_uint32(link_id)] = state.to_map()
+
+    def write_keys(self, keys) -> None:
+        """Heartbeat MAC keys (appliance.keys.HeartbeatKey): the first signs,
+        all verify. Slots left over are emptied."""
+        if not 1 <= len(keys) <= layout.KEY_SLOTS:
+            raise ValueError(f"need 1..{layout.KEY_SLOTS} heartbeat keys, got {len(keys)}")
+        table = self.bpf["tp_keys"]
+        for slot in range(layout.KEY_SLOTS):
+            value = layout.Key()
+            if slot < len(keys):
+                k = keys[slot]
+                value = layout.Key(k0=int.from_bytes(k.key[:8], "little"), k1=int.from_bytes(k.key[8:], "little"),
+                                   id=k.id)
+            table[ctypes.c_uint32(slot)] = value
 
     def write_policy(self) -> None:
         """Classes, their preferred links and the rule trie, from the config."""
@@ -85,6 +111,42 @@ class Gateway:
             key = layout.LpmKey(prefixlen=prefix.prefixlen,
                                 addr=int.from_bytes(prefix.network_address.packed, "little"))
             trie[key] = value
+
+    def previous_active(self, ipr: IPRoute) -> list[int] | None:
+        """Each class's link as the steer program already attached (a previous
+        daemon's, still forwarding on its last state) has it; None when there
+        is none, or its maps' layout or classes differ from ours: a changed
+        configuration starts from the preferred links."""
+        idx = ifindex(ipr, self.cfg.steer.ingress)
+        prog_id = tc_filter_prog_id(ipr, idx, TC_INGRESS, FILTER_PRIO)
+        if not prog_id:
+            return None
+        try:
+            prog_fd = bpfsys.prog_fd_by_id(prog_id)
+        except FileNotFoundError:
+            return None
+        try:
+            maps = bpfsys.prog_maps(prog_fd)
+        finally:
+            os.close(prog_fd)
+        try:
+            classes, active = maps.get("tp_classes"), maps.get("tp_active")
+            if not classes or not active or classes[1:] != (4, ctypes.sizeof(layout.Class)) or \
+                    active[1:] != (4, ctypes.sizeof(ctypes.c_uint64)):
+                return None
+            ours = self.bpf["tp_classes"]
+            links = []
+            for cid in range(len(self.cfg.classes)):
+                theirs, where = layout.Class(), ctypes.c_uint64()
+                bpfsys.map_lookup(classes[0], ctypes.c_uint32(cid), theirs)
+                bpfsys.map_lookup(active[0], ctypes.c_uint32(cid), where)
+                if bytes(theirs) != bytes(ours[ctypes.c_uint32(cid)]) or where.value not in theirs.links[:theirs.n_links]:
+                    return None
+                links.append(where.value)
+            return links
+        finally:
+            for fd, _, _ in maps.values():
+                os.close(fd)
 
     def set_active(self, class_id: int, link_id: int) -> None:
         self.bpf["tp_active"][ctypes.c_uint32(class_id)] = ctypes.c_uint64(link_id)
@@ -121,11 +183,21 @@ class Gateway:
 
     # -- attachment -------------------------------------------------------
     def attach(self, ipr: IPRoute) -> None:
-        """Heartbeat programs on every link, then steering on the ingress."""
+        """Steering on the ingress, then heartbeat programs on every link.
+
+        Every link starts as if it had just answered: the reflex then moves a
+        class only after a whole dead interval of unanswered probes, never
+        because one link's first reply happened to beat another's. Steering
+        goes first so that, on a restart, no old steer program is left
+        reading maps that the new heartbeat programs no longer update."""
+        now = time.monotonic_ns()
+        health = self.bpf["tp_health"]
+        for i in range(len(self.cfg.links)):
+            health[ctypes.c_uint32(i)] = layout.Health(last_reply_ns=now, fresh_since_ns=now)
+        self._attach_one(ipr, self.cfg.steer.ingress, TC_INGRESS, self.steer)
         for link in self.cfg.links:
             self._attach_one(ipr, link.dev, TC_EGRESS, self.hb_egress)
             self._attach_one(ipr, link.dev, TC_INGRESS, self.hb_ingress)
-        self._attach_one(ipr, self.cfg.steer.ingress, TC_INGRESS, self.steer)
 
     def _attach_one(self, ipr: IPRoute, dev: str, parent: str, fn) -> None:
         self._attached.append((attach_bpf(ipr, dev, parent, fn, FILTER_PRIO), parent))
@@ -137,11 +209,14 @@ class Gateway:
         self._attached.clear()
 
 
-def open_probe_socket(dev: str, target: ipaddress.IPv4Address) -> socket.socket:
-    """A raw ICMP socket that sends only on `dev` and receives nothing: replies
-    are consumed by tp_hb_ingress before the stack sees them."""
+def open_probe_socket(dev: str, local: ipaddress.IPv4Address, target: ipaddress.IPv4Address) -> socket.socket:
+    """A raw ICMP socket that sends only on `dev`, from `local` (the address
+    the egress program signs and the ingress program expects replies to),
+    and receives nothing: replies are consumed by tp_hb_ingress before the
+    stack sees them."""
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+    s.bind((str(local), 0))
     s.setsockopt(SOL_RAW, ICMP_FILTER, (0xFFFFFFFF).to_bytes(4, "little"))  # deliver no ICMP type
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, 6)  # ahead of bulk traffic in qdiscs

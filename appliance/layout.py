@@ -40,6 +40,9 @@ RULES_PER_PREFIX = C["TP_RULES_PER_PREFIX"]
 HIST_BUCKETS = C["TP_HIST_BUCKETS"]
 LINK_CARRIER = C["TP_LINK_CARRIER"]
 LINK_NEXTHOP = C["TP_LINK_NEXTHOP"]
+LINK_TTL_SECURITY = C["TP_LINK_TTL_SECURITY"]
+KEY_SLOTS = C["TP_KEY_SLOTS"]
+REPLAY_WINDOW = C["TP_REPLAY_WINDOW"]
 CAUSES = {C["TP_CAUSE_HEARTBEAT"]: "heartbeat", C["TP_CAUSE_CARRIER"]: "carrier"}
 STATS = _enum_names("TP_STAT_")
 ARB_STATS = _enum_names("TP_ARB_STAT_")
@@ -55,12 +58,17 @@ u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_u
 
 
 class Link(ctypes.Structure):
-    _fields_ = [("ifindex", u32), ("flags", u32), ("src_mac", u8 * 6), ("dst_mac", u8 * 6), ("_pad", u32)]
+    _fields_ = [("ifindex", u32), ("flags", u32), ("src_mac", u8 * 6), ("dst_mac", u8 * 6),
+                ("local", u32), ("target", u32)]  # addresses: network byte order
 
 
 class Health(ctypes.Structure):
     _fields_ = [("last_reply_ns", u64), ("fresh_since_ns", u64), ("rtt_ewma_ns", u64),
-                ("rtt_last_ns", u64), ("replies", u64), ("probes", u64), ("last_seq", u64)]
+                ("rtt_last_ns", u64), ("replies", u64), ("probes", u64), ("seq_top", u64), ("seq_seen", u64)]
+
+
+class Key(ctypes.Structure):
+    _fields_ = [("k0", u64), ("k1", u64), ("id", u32), ("_pad", u32)]
 
 
 class Class(ctypes.Structure):
@@ -90,7 +98,7 @@ class Event(ctypes.Structure):
 
 class Probe(ctypes.Structure):
     _fields_ = [("magic", u32), ("version", u16), ("link", u16), ("seq", u64), ("tx_ns", u64),
-                ("auth", u8 * 16)]
+                ("key_id", u8), ("_pad", u8 * 7), ("mac", u64)]
 
 
 class FaultConfig(ctypes.Structure):
@@ -138,6 +146,7 @@ MAPS = {
     "tp_health": (u32, Health),
     "tp_classes": (u32, Class),
     "tp_active": (u32, u64),
+    "tp_keys": (u32, Key),
     "tp_rules": (LpmKey, PrefixRules),
     "tp_steer_stats": (u32, Counters),
     "tp_rtt_hist": (u32, u64),

@@ -15,11 +15,21 @@ int tp_steer(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	int is_ipv4, class_id;
-	struct iphdr *ip = tp_plain_ipv4(data, end, &is_ipv4);
+	struct iphdr *ip;
+	int class_id;
 
-	if (!ip) {
-		tp_count(is_ipv4 ? TP_STAT_UNPARSED : TP_STAT_NOT_IPV4);
+	switch (tp_ipv4(data, end, skb->len, &ip)) {
+	case TP_IP_OK:
+		break;
+	case TP_IP_NOT_IPV4:
+		tp_count(TP_STAT_NOT_IPV4);
+		return TC_ACT_OK;
+	default:
+		tp_count(TP_STAT_MALFORMED);
+		return TC_ACT_OK;
+	}
+	if (!tp_ip_plain(ip) || !tp_ports_inside(ip, end)) {
+		tp_count(TP_STAT_UNPARSED);
 		return TC_ACT_OK;
 	}
 	class_id = tp_classify(ip, end);

@@ -2,9 +2,10 @@
 
 The probe bytes come from Python (appliance.layout builds them from the one
 layout definition); this loop only writes the sequence number, fixes the ICMP
-checksum and sends. Send times are not taken here: the heartbeat egress BPF
-program stamps each probe in the kernel, so the jitter of this loop never
-enters an RTT. It only has to keep probes coming often enough.
+checksum and sends. Send times and MACs are not made here: the heartbeat
+egress BPF program stamps and signs each probe in the kernel, so the jitter of
+this loop never enters an RTT and the key stays in the kernel. It only has to
+keep probes coming often enough.
 """
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -64,7 +65,9 @@ cdef class Sender:
             memcpy(self.buf[i], <const char *>t, len(t))
             self.sent_[i] = 0
             self.errors_[i] = 0
-        self.seq = 0
+        # Microseconds since boot: a restarted sender never reuses a sequence
+        # the previous one used, so the kernel's anti-replay window needs no reset.
+        self.seq = mono_ns() // 1000
         self.periods = self.late_periods = self.skipped_periods = self.max_late_ns = 0
         self.stopping = 0
 

@@ -97,12 +97,17 @@ def gateway_cases() -> tuple[object, dict[str, Case]]:
 
     from appliance import config
     from appliance.dataplane import PROBE_IDENT, Gateway, LinkState
+    from appliance.keys import HeartbeatKey
+    from appliance.lab.siphash import probe_mac
 
     # 100 ms timers: link A stays fresh for a whole round without a live sender.
     gw = Gateway(config.parse(render_config(interval_us=100_000), "bench"))
     gw.write_policy()
+    key = HeartbeatKey(1, bytes(range(16)))
+    gw.write_keys([key])
+    local, target = ipaddress.IPv4Address(LINKS["A"].gw_addr), ipaddress.IPv4Address(LINKS["A"].target)
     for link_id in range(2):
-        gw.write_link(link_id, LinkState(TEST_RUN_IFINDEX, *LINK_A_MACS, carrier=True))
+        gw.write_link(link_id, LinkState(TEST_RUN_IFINDEX, *LINK_A_MACS, carrier=True, local=local, target=target))
 
     def keep_fresh() -> None:
         now = time.monotonic_ns()
@@ -114,20 +119,31 @@ def gateway_cases() -> tuple[object, dict[str, Case]]:
         return bytes(Ether(src=TRADER["dst"], dst=TRADER["src"]) / IP(src=TRADER_ADDR, dst=EXCHANGE_ADDR, ttl=255)
                      / UDP(sport=40000, dport=dport) / (b"x" * 32))
 
-    def probe(echo_type: int) -> bytes:
+    def probe(echo_type: int, signed: bool = False) -> bytes:
         icmp = bytearray(layout.probe_template(0, PROBE_IDENT))
         icmp[0] = echo_type
         p = layout.Probe.from_buffer(icmp, layout.ICMP_ECHO_HEADER)
-        p.tx_ns, p.seq = time.monotonic_ns() - 50_000, 1
+        p.tx_ns, p.seq, p.key_id = time.monotonic_ns() - 50_000, 1, key.id
+        p.mac = probe_mac(key.key, local, target, 0, key.id, p.seq, p.tx_ns) if signed else 0x5EED
         msg = ICMP(bytes(icmp))
         del msg.chksum
-        return bytes(Ether() / IP(src=LINKS["A"].target, dst=LINKS["A"].gw_addr) / ICMP(bytes(msg)))
+        src, dst = (local, target) if echo_type == 8 else (target, local)
+        return bytes(Ether() / IP(src=str(src), dst=str(dst)) / ICMP(bytes(msg)))
 
-    steered, unsteered, reply, request = udp(9000), udp(9300), probe(0), probe(8)
+    bad_checksum = bytearray(udp(9000))
+    bad_checksum[24] ^= 0xFF
+    steered, unsteered, request, forged = udp(9000), udp(9300), probe(8), probe(0)
+    # A signed reply verifies in full each call (the repeats are then replays,
+    # refused only after the MAC), so this is the cost of verifying one.
+    def signed_reply(_i: int) -> bytes:
+        return probe(0, signed=True)
     return gw, {
         "steer_redirect": Case("tc", gw.steer.fd, lambda i: steered, VERDICTS["redirect_tc"], prepare=keep_fresh),
         "steer_no_rule": Case("tc", gw.steer.fd, lambda i: unsteered, VERDICTS["ok_tc"], prepare=keep_fresh),
-        "heartbeat_reply": Case("tc", gw.hb_ingress.fd, lambda i: reply, VERDICTS["shot_tc"]),
+        "steer_bad_checksum": Case("tc", gw.steer.fd, lambda i: bytes(bad_checksum), VERDICTS["ok_tc"],
+                                   prepare=keep_fresh),
+        "heartbeat_reply": Case("tc", gw.hb_ingress.fd, signed_reply, VERDICTS["shot_tc"]),
+        "heartbeat_forged": Case("tc", gw.hb_ingress.fd, lambda i: forged, VERDICTS["shot_tc"]),
         "heartbeat_stamp": Case("tc", gw.hb_egress.fd, lambda i: request, VERDICTS["ok_tc"]),
     }
 

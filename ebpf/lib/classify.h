@@ -7,7 +7,19 @@
 #include <linux/udp.h>
 #include "lib/maps.h"
 
-/* Class id, or -1 when no rule matches. */
+#define TP_PORTS_LEN 4 /* source and destination port: first in both TCP and UDP */
+
+/* Whether a TCP or UDP packet's ports lie inside the IP packet (and the
+ * frame): only then may a rule match on them. Other protocols have none. */
+static __always_inline int tp_ports_inside(struct iphdr *ip, void *end)
+{
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
+		return 1;
+	return bpf_ntohs(ip->tot_len) >= sizeof(*ip) + TP_PORTS_LEN &&
+	       (void *)ip + sizeof(*ip) + TP_PORTS_LEN <= end;
+}
+
+/* Class id, or -1 when no rule matches. The caller checked tp_ports_inside(). */
 static __always_inline int tp_classify(struct iphdr *ip, void *end)
 {
 	struct tp_lpm_key key = { .prefixlen = 32, .addr = ip->daddr };
@@ -18,10 +30,10 @@ static __always_inline int tp_classify(struct iphdr *ip, void *end)
 		return -1;
 	if (ip->protocol == IPPROTO_UDP || ip->protocol == IPPROTO_TCP) {
 		/* dest port is at the same offset in TCP and UDP */
-		struct udphdr *l4 = (void *)(ip + 1);
-		if ((void *)(l4 + 1) > end)
+		__be16 *ports = (void *)(ip + 1);
+		if ((void *)(ports + 2) > end)
 			return -1;
-		dport = bpf_ntohs(l4->dest);
+		dport = bpf_ntohs(ports[1]);
 	}
 	#pragma unroll
 	for (int i = 0; i < TP_RULES_PER_PREFIX; i++) {

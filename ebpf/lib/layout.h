@@ -33,7 +33,9 @@
 #define TP_ARB_SESSION      3           /* a new MoldUDP64 session began; first = its first sequence */
 
 #define TP_PROBE_MAGIC      0x54505042u /* "BPPT" in memory: a twinpath probe */
-#define TP_PROBE_VERSION    1
+#define TP_PROBE_VERSION    2           /* 2: key_id + SipHash-2-4 mac */
+#define TP_KEY_SLOTS        2           /* tp_keys: slot 0 signs, every slot verifies */
+#define TP_REPLAY_WINDOW    64          /* replies accepted up to this many sequences late */
 
 /* tp_arb_gstats[line * TP_ARB_STAT_MAX + stat], per CPU: packets the
  * arbitration program passed to the stack without touching them. */
@@ -50,6 +52,7 @@ enum tp_arb_stat {
 /* tp_links[link].flags, written by the daemon. */
 #define TP_LINK_CARRIER     (1u << 0)   /* netlink reports carrier */
 #define TP_LINK_NEXTHOP     (1u << 1)   /* next-hop MAC resolved */
+#define TP_LINK_TTL_SECURITY (1u << 2)  /* GTSM (RFC 5082): heartbeat replies must arrive with TTL 255 */
 
 /* tp_event.cause */
 #define TP_CAUSE_HEARTBEAT  1           /* no heartbeat reply for the dead interval */
@@ -64,13 +67,21 @@ enum tp_arb_stat {
 enum tp_stat {
 	TP_STAT_NOT_IPV4 = 0,       /* steer: passed to the stack (ARP, IPv6, ...) */
 	TP_STAT_NO_RULE,            /* steer: no rule matched; kernel routing */
-	TP_STAT_UNPARSED,           /* steer: IP options, fragment or truncated; kernel routing */
+	TP_STAT_UNPARSED,           /* steer: IP options, fragment, or ports past the IP packet; kernel routing */
+	TP_STAT_MALFORMED,          /* steer: an IPv4 header ip_rcv() rejects (version, length, checksum);
+	                             * passed to the stack, which drops and counts it */
 	TP_STAT_TTL_EXPIRED,        /* steer: TTL <= 1; the stack sends time-exceeded */
 	TP_STAT_NO_NEXTHOP,         /* steer: link without a resolved next hop; kernel routing */
 	TP_STAT_ALL_STALE,          /* steer: current link stale and no fresh standby; stayed */
-	TP_STAT_PROBE_STAMPED,      /* heartbeat egress: probes stamped */
-	TP_STAT_REPLY_OK,           /* heartbeat ingress: replies accounted */
-	TP_STAT_REPLY_BAD,          /* heartbeat ingress: our magic, wrong link/stamp; dropped */
+	TP_STAT_PROBE_STAMPED,      /* heartbeat egress: probes stamped and signed */
+	TP_STAT_PROBE_FOREIGN,      /* heartbeat egress: probe-shaped, but not from its link's device and
+	                             * addresses; left unsigned, so no reply to it can be accepted */
+	TP_STAT_REPLY_OK,           /* heartbeat ingress: replies accepted */
+	TP_STAT_REPLY_BAD,          /* heartbeat ingress: ours by magic, but wrong header, length, checksum,
+	                             * link, interface, addresses or TTL; dropped */
+	TP_STAT_REPLY_FORGED,       /* heartbeat ingress: unknown key or MAC mismatch; dropped */
+	TP_STAT_REPLY_REPLAYED,     /* heartbeat ingress: valid MAC, but sent outside the dead interval or
+	                             * a sequence already seen or older than the window; dropped */
 	TP_STAT_MAX,
 };
 
@@ -80,7 +91,8 @@ struct tp_link {
 	__u32 flags;                /* TP_LINK_* */
 	__u8  src_mac[6];           /* the link's own MAC */
 	__u8  dst_mac[6];           /* its next hop's MAC */
-	__u32 _pad;
+	__u32 local;                /* the link's own IPv4 address, network order: probes leave from it */
+	__u32 target;               /* its heartbeat target, network order: replies come from it */
 };
 
 /* tp_health[link]: written by the heartbeat programs, read by steer and the daemon. */
@@ -91,7 +103,18 @@ struct tp_health {
 	__u64 rtt_last_ns;
 	__u64 replies;
 	__u64 probes;               /* probes stamped on egress */
-	__u64 last_seq;
+	__u64 seq_top;              /* highest probe sequence accepted back */
+	__u64 seq_seen;             /* bit i: seq_top - i was accepted (anti-replay window) */
+};
+
+/* tp_keys[slot]: heartbeat MAC keys, written by the daemon. Slot 0 signs new
+ * probes; a reply verifies under whichever slot's id its probe names, so a
+ * key rotation loses no reply in flight. id 0: empty slot. */
+struct tp_key {
+	__u64 k0;                   /* key bytes 0..7, little-endian (SipHash's k0) */
+	__u64 k1;                   /* key bytes 8..15 */
+	__u32 id;                   /* 1..255, carried in the probe */
+	__u32 _pad;
 };
 
 /* tp_classes[class]: the class's links in preference order. */
@@ -141,15 +164,21 @@ struct tp_event {
 };
 
 /* ICMP echo payload of a heartbeat probe. Native byte order: this host writes
- * it and this host reads the echo. tx_ns is stamped by the egress program,
- * never by user space, so sender jitter stays out of the RTT. */
+ * it and this host reads the echo. tx_ns, key_id and mac are written by the
+ * egress program, never by user space, so sender jitter stays out of the RTT
+ * and the key never leaves the kernel's maps. mac = SipHash-2-4 under the
+ * key named by key_id over the 32 bytes local, target (network order),
+ * link:u16, key_id:u8, version:u8, 4 zero bytes, seq:u64, tx_ns:u64 (see
+ * lib/siphash.h); a far end that only echoes cannot forge or refresh it. */
 struct tp_probe {
 	__u32 magic;
 	__u16 version;
 	__u16 link;
-	__u64 seq;
-	__u64 tx_ns;
-	__u8  auth[16];             /* room for a keyed MAC */
+	__u64 seq;                  /* the sender's, increasing */
+	__u64 tx_ns;                /* CLOCK_MONOTONIC at egress */
+	__u8  key_id;
+	__u8  _pad[7];
+	__u64 mac;
 };
 
 /* fault_cfg[0] and fault_stats[0] (per CPU) of the lab's fault injector. */

@@ -33,6 +33,11 @@ def now_ns() -> int:
 
 MAC = {"A.src": "02:00:00:00:0a:01", "A.nh": "02:00:00:00:0a:02",
        "B.src": "02:00:00:00:0b:01", "B.nh": "02:00:00:00:0b:02"}
+# Each link's own address and heartbeat target.
+ADDR = {"A.local": "198.18.10.1", "A.target": "198.18.10.2",
+        "B.local": "198.18.11.1", "B.target": "198.18.11.2"}
+# Heartbeat keys of the fixtures: (id, 16 bytes); the first signs.
+FIXTURE_KEYS = [(7, bytes(range(16))), (9, bytes(range(100, 116)))]
 # BPF_PROG_TEST_RUN runs skb programs on the loopback device, so a link whose
 # ifindex is 1 is "the interface this packet arrived on".
 TEST_RUN_IFINDEX = 1
@@ -51,21 +56,26 @@ class FixtureGateway:
                                                            ev.cause, ev.silence_ns)))
 
     def reset(self):
+        from appliance.keys import HeartbeatKey
         gw = self.gw
         for name in ("tp_health", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
             gw.bpf[name].clear()
         gw.write_policy()
+        gw.write_keys([HeartbeatKey(i, k) for i, k in FIXTURE_KEYS])
         for link_id, name in enumerate("AB"):
             self.set_link(link_id, carrier=True, nexthop=True)
             self.set_fresh(link_id, age_ns=0)
         gw.poll(0)
         self.events.clear()
 
-    def set_link(self, link_id, carrier=True, nexthop=True, ifindex=TEST_RUN_IFINDEX):
+    def set_link(self, link_id, carrier=True, nexthop=True, ifindex=TEST_RUN_IFINDEX, ttl_security=False):
+        import ipaddress
         name = "AB"[link_id]
         self.gw.write_link(link_id, self._LinkState(
             ifindex=ifindex, src_mac=MAC[f"{name}.src"],
-            dst_mac=MAC[f"{name}.nh"] if nexthop else None, carrier=carrier))
+            dst_mac=MAC[f"{name}.nh"] if nexthop else None, carrier=carrier,
+            local=ipaddress.IPv4Address(ADDR[f"{name}.local"]),
+            target=ipaddress.IPv4Address(ADDR[f"{name}.target"]), ttl_security=ttl_security))
 
     def set_fresh(self, link_id, age_ns, fresh_for_ns=10**9):
         import ctypes

@@ -146,3 +146,46 @@ def test_failback_only_after_holddown(lab, workdir, daemon):
     result, arrivals = stream(lab, workdir, 9000, 0.3)
     assert result["lost"] == 0
     assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hA")}
+
+
+def _restart_during_stream(lab, workdir, old, seconds=3.0):
+    """Kills `old` (its programs keep forwarding) and starts a new daemon on
+    the same config while an order stream runs; returns (analysis,
+    arrivals, the new daemon's events)."""
+    old.signal(signal.SIGKILL)
+    old.proc.wait(timeout=5)
+    config = topology.write_config(lab, interval_us=INTERVAL_US, multiplier=MULTIPLIER, holddown_ms=300)
+    new = scenario.DaemonProcess(lab, config, workdir / "daemon-restarted.jsonl")
+    try:
+        def wait_ready():
+            new.wait_for("ready", 30)
+        result, arrivals = stream(lab, workdir, 9000, seconds, during=wait_ready)
+        return result, arrivals, new.events()
+    finally:
+        new.stop()
+
+
+def test_restart_hands_over_without_moving_traffic(lab, workdir, daemon):
+    """The new daemon's programs take over while orders flow: no order lost
+    or sent over B (the old steer program used to keep reading its own maps
+    while the new heartbeat programs took the replies, and moved orders to
+    B and back)."""
+    result, arrivals, events = _restart_during_stream(lab, workdir, daemon)
+    assert [e for e in events if e.get("event") == "failover"] == []
+    assert result["lost"] == 0 and result["duplicated"] == 0, result
+    assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hA")}
+
+
+def test_restart_keeps_a_failed_over_class_where_it_is(lab, workdir, daemon):
+    """After a failover to B, a restarted daemon adopts the data path's
+    state instead of sending orders back to the dead preferred link."""
+    faults.inject(lab, "blackhole", "A")
+    try:
+        stream(lab, workdir, 9000, 0.3)               # traffic makes the data path switch
+        assert [(e["from"], e["to"]) for e in failovers(daemon, "heartbeat")] == [("A", "B")]
+        result, arrivals, events = _restart_during_stream(lab, workdir, daemon)
+    finally:
+        faults.clear(lab, "blackhole", "A")
+    assert [e["active"] for e in events if e.get("event") == "adopted"] == [{"orders": "B", "marketdata": "B"}]
+    assert result["lost"] == 0 and result["duplicated"] == 0, result
+    assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hB")}

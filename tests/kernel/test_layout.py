@@ -10,7 +10,7 @@ from appliance import layout
 from appliance.bpfsource import EBPF_DIR, assemble
 
 PYTHON_VIEW = {
-    "tp_link": layout.Link, "tp_health": layout.Health, "tp_class": layout.Class,
+    "tp_link": layout.Link, "tp_health": layout.Health, "tp_key": layout.Key, "tp_class": layout.Class,
     "tp_lpm_key": layout.LpmKey, "tp_rule": layout.Rule, "tp_prefix_rules": layout.PrefixRules,
     "tp_counters": layout.Counters, "tp_event": layout.Event, "tp_probe": layout.Probe,
     "tp_fault_config": layout.FaultConfig, "tp_fault_counters": layout.FaultCounters,

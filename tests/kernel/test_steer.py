@@ -72,6 +72,62 @@ def test_truncated_packets_pass_untouched(gateway, cut):
     assert (verdict, out) == (TC_ACT_OK, raw)
 
 
+def _rewrite(pkt, offset: int, value: bytes, fix_checksum: bool = True) -> bytes:
+    """The frame with bytes at IP-header offset replaced (checksum recomputed
+    over the new header unless told not to)."""
+    raw = bytearray(bytes(pkt))
+    raw[14 + offset:14 + offset + len(value)] = value
+    if fix_checksum:
+        ihl = (raw[14] & 0x0F) * 4
+        raw[24:26] = b"\0\0"
+        header = bytes(raw[14:14 + ihl])
+        s = sum(int.from_bytes(header[i:i + 2], "big") for i in range(0, len(header), 2))
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        raw[24:26] = (~s & 0xFFFF).to_bytes(2, "big")
+    return bytes(raw)
+
+
+MALFORMED = {
+    # what ip_rcv() drops; steering used to forward every one of these
+    "bad_header_checksum": lambda p: _rewrite(p, 10, b"\x12\x34", fix_checksum=False),
+    "total_length_past_the_frame": lambda p: _rewrite(p, 2, (len(p) - 14 + 1).to_bytes(2, "big")),
+    "total_length_shorter_than_header": lambda p: _rewrite(p, 2, (19).to_bytes(2, "big")),
+    "version_6_in_an_ipv4_frame": lambda p: _rewrite(p, 0, b"\x65"),
+    "header_length_below_5": lambda p: _rewrite(p, 0, b"\x44"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_headers_the_kernel_rejects_pass_to_the_stack_untouched(gateway, name):
+    """Passed, not dropped: the stack then drops and counts them exactly as
+    it would without twinpath; steering never forwards what it would not."""
+    raw = MALFORMED[name](packet())
+    verdict, out = gateway.run(gateway.gw.steer, raw)
+    assert (verdict, out) == (TC_ACT_OK, raw)
+    stats = gateway.gw.global_stats()
+    assert stats["malformed"] == 1
+    assert gateway.gw.counters(ORDERS, A)["redirects"] == 0
+
+
+def test_ports_past_the_ip_packet_are_never_matched(gateway):
+    """A UDP packet whose IP total length ends before its ports: the bytes
+    after it are Ethernet padding, not ports."""
+    raw = _rewrite(packet(), 2, (20 + 2).to_bytes(2, "big"))
+    verdict, out = gateway.run(gateway.gw.steer, raw)
+    assert (verdict, out) == (TC_ACT_OK, raw)
+    assert gateway.gw.global_stats()["unparsed"] == 1
+
+
+def test_ethernet_padding_after_the_ip_packet_is_forwarded_untouched(gateway):
+    pkt = packet()
+    raw = bytes(pkt) + b"\xAA" * 6
+    verdict, out = gateway.run(gateway.gw.steer, raw)
+    assert verdict == TC_ACT_REDIRECT
+    assert out[-6:] == b"\xAA" * 6
+    assert_forwarded(out[:-6], pkt, "A")
+
+
 def test_stale_link_with_fresh_standby_switches_at_once(gateway):
     gateway.set_fresh(A, age_ns=1_000_000_000)   # 1 s silent > 300 ms dead interval
     pkt = packet()
