@@ -15,6 +15,8 @@ Sections, in order:
   latency   ping-pong latency (from the intended send time) and lossless packet rate,
             fast path vs kernel forwarding, alternating
   control   daemon CPU % at 1 ms and 200 us with 2 and 8 links
+  security  attacks from carrier A's wire: spoofed heartbeat replies during a blackhole, a forged
+            MoldUDP64 session on line A (appliance.lab.attacks); room for the fuzz figures
 
 The machine is shared: read ratios of figures measured side by side in one
 run, with their percentiles, not single absolute numbers.
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from appliance.lab import topology
 
-SECTIONS = ("fastpath", "failover", "stress", "latency", "control")
+SECTIONS = ("fastpath", "failover", "stress", "latency", "control", "security")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 
@@ -46,14 +48,17 @@ class Plan:
     pps_steps: tuple[int, ...]
     pps_step_s: float
     control_s: float
+    security_spoof_trials: int   # spoofed-heartbeats runs
+    security_forge_trials: int   # forged-session runs
 
 
 # pps steps: fine where the lab's one-core sender tops out (25-45k packets/s on the 2-core VM).
 FULL = Plan(fastpath_rounds=200, trials=200, stress_s=120, latency_blocks=6, latency_block_s=5, latency_rate=10_000,
             pps_steps=(10_000, 20_000, 25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 60_000, 80_000),
-            pps_step_s=2.0, control_s=10)
+            pps_step_s=2.0, control_s=10, security_spoof_trials=20, security_forge_trials=5)
 QUICK = Plan(fastpath_rounds=30, trials=8, stress_s=15, latency_blocks=2, latency_block_s=2, latency_rate=10_000,
-             pps_steps=(10_000, 20_000, 30_000, 40_000, 50_000), pps_step_s=1.0, control_s=3)
+             pps_steps=(10_000, 20_000, 30_000, 40_000, 50_000), pps_step_s=1.0, control_s=3,
+             security_spoof_trials=3, security_forge_trials=1)
 
 
 def failover_blocks(plan: Plan):
@@ -82,6 +87,9 @@ def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path) -> dict:
     if name == "control":
         from bench import control
         return control.run(lab, work, plan.control_s)
+    if name == "security":
+        from bench import security
+        return security.run(lab, work, plan)
     raise ValueError(name)
 
 

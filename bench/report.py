@@ -82,6 +82,9 @@ def summarise(raw: dict) -> dict:
         out["throughput"] = lat["throughput"]
     if "control" in s:
         out["control"] = s["control"]
+    if "security" in s:
+        from bench import security
+        out["security"] = security.summarise(s["security"])
     out["config"] = raw["config"]
     return out
 
@@ -274,6 +277,9 @@ def markdown(r: dict, plots: list[str]) -> str:
         lines += [f"| {s} | {v} | {c['heartbeat_sender'][s]['late_periods']} | "
                   f"{c['heartbeat_sender'][s]['max_late_us']} |" for s, v in c["cpu_percent"].items()]
         lines.append("")
+    if "security" in r:
+        from bench import security
+        lines += security.report_lines(r["security"])
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + ["", "## Daemon config (1 ms x 3 blocks)", "",
                                                                   "```toml", r["config"].rstrip(), "```", ""]
     return "\n".join(lines)
@@ -314,6 +320,9 @@ def headline(r: dict) -> str:
         out.append(f"steer: {s['ns']} ns/packet, {s['ratio']}x an empty TC program")
     if "control" in r:
         out.append("daemon CPU: " + ", ".join(f"{k} {v}%" for k, v in r["control"]["cpu_percent"].items()))
+    if "security" in r:
+        from bench import security
+        out.append(security.headline(r["security"]))
     return "\n".join(out)
 
 

@@ -5,6 +5,10 @@ gateway; the fault is injected on link A's carrier; the daemon's failover
 event and the stream's arrivals at exch (with the interface each packet came
 in on) give detect_us and failover_us. Every time here is CLOCK_MONOTONIC, the
 one clock the kernel, the daemon and the traffic tools share.
+
+The attack scenarios (appliance.lab.attacks) run here too: spoofed-heartbeats
+is blackhole, measured the same way, with an attacker on link A's wire;
+forged-session is a market-data feed with a forged packet on line A.
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ import numpy as np
 from appliance.lab import faults, topology
 from appliance.lab.traffic import analyze_stream
 
-SCENARIOS = ("carrier-down", "blackhole")
+SCENARIOS = ("carrier-down", "blackhole")   # faults on link A
+ATTACK_SCENARIOS = ("spoofed-heartbeats", "forged-session")  # appliance.lab.attacks
+ALL_SCENARIOS = SCENARIOS + ATTACK_SCENARIOS
 ORDERS_PORT = 9000
 FAULT_LINK, STANDBY_LINK = "A", "B"
 STANDBY_EXCH_DEV = "hB"   # exch's handoff from carrier B
@@ -155,9 +161,15 @@ def stop_stream(receiver: Tool, sender: Tool) -> tuple[dict, dict]:
 def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, before_s: float = 1.0,
         after_s: float = 2.0, interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000) -> dict:
     """Runs scenario `name` on `lab` (a fresh lab if None, torn down after)
-    and returns the measurement object."""
-    if name not in SCENARIOS:
-        raise ScenarioError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    and returns the measurement object. forged-session takes none of the
+    order stream's parameters."""
+    from appliance.lab import attacks
+    if name not in ALL_SCENARIOS:
+        raise ScenarioError(f"unknown scenario {name!r}; choose from {', '.join(ALL_SCENARIOS)}")
+    if name == "forged-session":
+        return attacks.run_forged_session(lab)
+    spoofed = name == "spoofed-heartbeats"
+    fault = "blackhole" if spoofed else name
     with ExitStack() as cleanup:
         if lab is None:
             lab = topology.up()
@@ -166,18 +178,28 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
         workdir.mkdir(parents=True, exist_ok=True)
         config = topology.write_config(lab, interval_us=interval_us, multiplier=multiplier,
                                        holddown_ms=holddown_ms)
-        daemon = DaemonProcess(lab, config, workdir / "daemon.jsonl")
+        daemon = DaemonProcess(lab, config, workdir / "daemon.jsonl",
+                               stats_interval_s=attacks.SPOOF_STATS_INTERVAL_S if spoofed else 1.0)
         cleanup.callback(daemon.stop)
         daemon.wait_for("ready", 30)
+        attacker = None
+        if spoofed:  # ready (and capturing) before the stream starts
+            attacker = attacks.HeartbeatSpoofer(lab, config, FAULT_LINK, max_s=before_s + after_s + 30)
+            cleanup.callback(attacker.stop)
 
         receiver, sender = udp_stream(lab, workdir, rate_pps, before_s + after_s)
         cleanup.callback(receiver.stop)
         cleanup.callback(sender.stop)
-        time.sleep(before_s)
-        fault_ns = faults.inject(lab, name, FAULT_LINK)
-        cleanup.callback(faults.clear, lab, name, FAULT_LINK)
+        if attacker:
+            time.sleep(max(0.0, before_s - attacks.ATTACK_LEAD_S))
+            attacker.go()
+        else:
+            time.sleep(before_s)
+        fault_ns = faults.inject(lab, fault, FAULT_LINK)
+        cleanup.callback(faults.clear, lab, fault, FAULT_LINK)
         sent = sender.result(timeout_s=after_s + 15)
         receiver.result(timeout_s=20)
+        attack = attacker.finish(daemon, fault_ns, lambda: faults.clear(lab, fault, FAULT_LINK)) if attacker else {}
         arrivals = np.load(workdir / f"arrivals-{ORDERS_PORT}.npy")
         # issued, not sent: a failed send still used up its sequence number
         stream = analyze_stream(arrivals, sent["issued"], fault_ns, lab.ifindex("exch", STANDBY_EXCH_DEV))
@@ -186,7 +208,7 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
                          and e["class"] == "orders" and e["cause"] != "failback"
                          and e["mono_ns"] >= fault_ns), None)
         first_standby = stream["first_standby_ns"]
-        return {
+        result = {
             "scenario": name,
             "failed_over": failover is not None,
             "from_link": failover["from"] if failover else None,
@@ -200,14 +222,38 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
             "interval_us": interval_us, "multiplier": multiplier, "rate_pps": rate_pps,
             "lab": lab.name,
             "daemon_failovers": [e for e in daemon.events() if e.get("event") == "failover"],
+            **attack,
         }
+        if spoofed:
+            result["contract_failures"] = attacks.contract_failures(result)
+        return result
+
+
+def contract_holds(result: dict) -> bool:
+    """What `twinpath lab scenario` exits 0 for (appliance.lab.attacks.contract_failures)."""
+    from appliance.lab import attacks
+    return not attacks.contract_failures(result)
 
 
 def summary(result: dict) -> str:
     """The human-readable account `make demo` prints."""
     r = result
+    if r["scenario"] == "forged-session":
+        from appliance.lab import attacks
+        failures = attacks.contract_failures(r)
+        return "\n".join([
+            f"scenario forged-session: one forged MoldUDP64 packet (session {attacks.FORGED_SESSION}, seq "
+            f"{r['forged_seq']}) on line A once it carried seq {r['forged_after_seq']}",
+            f"  feed: sent {r['sent']}, delivered {r['delivered']}, delivered twice {r['delivered_twice']}, "
+            f"out of order {r['out_of_order']}, gaps expected {len(r['gaps_expected'])} / reported "
+            f"{len(r['gaps_reported'])}; forged packets at the trader {r['forged_delivered']}",
+            "  contract holds" if not failures else "  CONTRACT BROKEN: " + "; ".join(failures)])
     lines = [f"scenario {r['scenario']}: link {FAULT_LINK} fails at t=0 "
              f"(heartbeat {r['interval_us']} us x {r['multiplier']}, stream {r['rate_pps']} packets/s)"]
+    if r["scenario"] == "spoofed-heartbeats":
+        lines.append(f"  attacker on carrier {FAULT_LINK}'s wire: {r['spoofed_by_kind']['forged']} forged + "
+                     f"{r['spoofed_by_kind']['replayed']} replayed heartbeat replies; accepted while "
+                     f"black-holed: {r['spoofed_accepted']}")
     if r["failed_over"]:
         lines += [f"  data path moved class 'orders' {r['from_link']} -> {r['to_link']} "
                   f"(cause: {r['cause']}) after {r['detect_us']} us",
@@ -216,4 +262,6 @@ def summary(result: dict) -> str:
         lines.append("  NO FAILOVER happened")
     lines.append(f"  stream: sent {r['sent']}, received {r['received']}, lost {r['lost']}, "
                  f"duplicated {r['duplicated']}, reordered {r['reordered']}")
+    if r.get("contract_failures"):
+        lines.append("  CONTRACT BROKEN: " + "; ".join(r["contract_failures"]))
     return "\n".join(lines)
