@@ -10,7 +10,9 @@ contract broke. The first tests of each check the attack itself happened.
 """
 import json
 import random
+import signal
 import socket
+import time
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
@@ -115,3 +117,40 @@ def test_forged_session_costs_the_genuine_feed_nothing(forged):
     assert (r["delivered"], r["delivered_twice"]) == (r["sent"], 0), json.dumps(r)
     assert r["out_of_order"] == 0 and r["corrupt"] == 0
     assert r["gaps_reported"] == r["gaps_expected"] == []
+
+
+# ---------------------------------------------------------------- no failback onto a dead link
+
+def test_spoofed_replies_never_fail_traffic_back_onto_a_dead_link(lab):
+    """Orders already on B after A died: forged and replayed replies on A for
+    five hold-downs must not make the daemon fail back onto A (it used to,
+    after one hold-down, and lost every order after)."""
+    from appliance.lab import faults, topology
+    from tests.kernel.test_failover import failovers, stream
+
+    workdir = lab.dir / "spoofed-no-failback"
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = topology.write_config(lab, interval_us=INTERVAL_US, multiplier=MULTIPLIER, holddown_ms=300)
+    daemon = scenario.DaemonProcess(lab, config, workdir / "daemon.jsonl")
+    spoofer = None
+    try:
+        daemon.wait_for("ready", 30)
+        spoofer = attacks.HeartbeatSpoofer(lab, config)
+        time.sleep(attacks.CAPTURE_S)                 # genuine replies to replay
+        faults.inject(lab, "blackhole", "A")
+        try:
+            stream(lab, workdir, 9000, 0.3)            # traffic makes the data path switch
+            spoofer.go()
+            result, arrivals = stream(lab, workdir, 9000, 1.5)
+        finally:
+            faults.clear(lab, "blackhole", "A")
+        spoofer.tool.proc.send_signal(signal.SIGTERM)
+        sent = spoofer.tool.result(timeout_s=15)
+    finally:
+        if spoofer:
+            spoofer.stop()
+        daemon.stop()
+    assert sent["sent"] >= 5_000
+    assert [(e["from"], e["to"], e["cause"]) for e in failovers(daemon)] == [("A", "B", "heartbeat")]
+    assert result["lost"] == 0, result
+    assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hB")}
