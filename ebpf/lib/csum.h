@@ -10,6 +10,16 @@ static __always_inline __u16 tp_csum_fold(__u32 s)
 	return (__u16)s;
 }
 
+/* A sum of 32-bit words folded to 16 bits: 0xffff when the words carry a
+ * valid Internet checksum (RFC 1071; byte order does not matter for that). */
+static __always_inline __u16 tp_csum_fold64(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)((s & 0xffff) + (s >> 16));
+}
+
 /* HC' = ~(~HC + ~m + m') for one 16-bit word m -> m'. */
 static __always_inline void tp_csum_replace2(__u16 *check, __u16 old, __u16 new)
 {

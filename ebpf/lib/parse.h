@@ -18,6 +18,7 @@
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/in.h>
+#include "lib/csum.h"
 
 #define TP_IP_FRAG_MASK     0x3fff  /* MF + fragment offset (host order after htons) */
 
@@ -27,8 +28,7 @@ enum tp_ip_verdict {
 	TP_IP_MALFORMED,            /* IPv4 the kernel would drop */
 };
 
-/* One's complement sum over the header's ihl 32-bit words is 0xffff for a
- * valid checksum (RFC 1071; byte order does not matter for the test). */
+/* Whether the header's ihl 32-bit words carry a valid checksum. */
 static __always_inline int tp_ip_csum_ok(struct iphdr *ip, void *end)
 {
 	__u32 *w = (void *)ip;
@@ -42,11 +42,7 @@ static __always_inline int tp_ip_csum_ok(struct iphdr *ip, void *end)
 			return 0;
 		s += w[i];
 	}
-	s = (s & 0xffffffff) + (s >> 32);
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	return s == 0xffff;
+	return tp_csum_fold64(s) == 0xffff;
 }
 
 /* Validates the IPv4 header of a frame of frame_len bytes (skb->len for TC,

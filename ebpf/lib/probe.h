@@ -65,11 +65,7 @@ static __always_inline int tp_probe_icmp_csum_ok(struct tp_probe_pkt *p, void *e
 	#pragma unroll
 	for (int i = 0; i < (sizeof(struct icmphdr) + sizeof(struct tp_probe)) / 4; i++)
 		s += w[i];
-	s = (s & 0xffffffff) + (s >> 32);
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	return s == 0xffff;
+	return tp_csum_fold64(s) == 0xffff;
 }
 
 /* The probe's MAC under `key`, over what a reply must prove: which of our
