@@ -21,6 +21,7 @@ from appliance.netlink import attach_xdp, detach_xdp
 
 ARB_SOURCES = ["arbitrate.c"]
 LINE_PROGRAMS = ("tp_arb_line_a", "tp_arb_line_b")  # line A = 0, line B = 1
+CLEAR_PROGRAM = "tp_arb_clear"  # tp_arb_progs[2]: the rare paths' claim clearing (ebpf/lib/feed_maps.h)
 
 
 def compile_arbiter(hb_dedup_ns: int) -> BPF:
@@ -59,6 +60,12 @@ class Arbiter:
     def __init__(self, hb_dedup_ns: int):
         self.bpf = compile_arbiter(hb_dedup_ns)
         self.lines = [self.bpf.load_func(name, BPF.XDP) for name in LINE_PROGRAMS]
+        self.clear = self.bpf.load_func(CLEAR_PROGRAM, BPF.XDP)
+        # Tail-call targets: a session switch, a believed far-ahead sequence
+        # or a claim sweep runs tp_arb_clear and the packet again on its line.
+        progs = self.bpf["tp_arb_progs"]
+        for i, fn in enumerate([*self.lines, self.clear]):
+            progs[ctypes.c_int(i)] = ctypes.c_int(fn.fd)
         self._attached: list[int] = []
 
     # -- maps -------------------------------------------------------------
@@ -96,6 +103,12 @@ class Arbiter:
                         hist[i] += n
         return total
 
+    def line_counters(self, feed_id: int, line: int, names) -> dict[str, int]:
+        """The named scalar counters of one line, summed over CPUs: cheaper
+        than line_stats() (no histograms), for frequent reads."""
+        per_cpu = self.bpf["tp_line_stats"][ctypes.c_uint32(feed_id * layout.ARB_LINES + line)]
+        return {name: sum(getattr(c, name) for c in per_cpu) for name in names}
+
     def global_stats(self) -> dict[str, dict[str, int]]:
         t = self.bpf["tp_arb_gstats"]
         n = len(layout.ARB_STATS)
@@ -103,7 +116,8 @@ class Arbiter:
                 for line in range(layout.ARB_LINES)}
 
     def open_events(self, callback) -> None:
-        """callback(layout.ArbEvent) per gap, fill and session start; poll() delivers."""
+        """callback(layout.ArbEvent) per gap, fill, session, session candidate,
+        far-ahead or far-behind run and resync (layout.ARB_EVENTS); poll() delivers."""
         def _raw(_ctx, data, _size):
             callback(layout.ArbEvent.from_buffer_copy(ctypes.cast(data, ctypes.POINTER(layout.ArbEvent)).contents))
         self.bpf["tp_arb_events"].open_ring_buffer(_raw)

@@ -1,7 +1,8 @@
 """Pure arbitration bookkeeping: what the data path's gap, fill and session
 events mean once the grace window has passed, whether a line is healthy,
-and the per-feed summary. Functions of (state, events, clock), no I/O, so a
-recorded event trace replays to the same decisions."""
+whether the feed still delivers, and the per-feed summary. Functions of
+(state, events, clock), no I/O, so a recorded event trace replays to the
+same decisions."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -139,7 +140,8 @@ def line_summary(now: layout.LineStats, before: layout.LineStats, peer_now: layo
         "lag_p50_us": telemetry.histogram_percentile_us(lag, 0.5),
         "lag_p99_us": telemetry.histogram_percentile_us(lag, 0.99),
         "fills": delta("fills"), "overlap": delta("overlap"), "malformed": delta("malformed"),
-        "stale": delta("stale"), "events_lost": delta("events_lost"),
+        "stale": delta("stale"), "unconfirmed": delta("unconfirmed"), "far_ahead": delta("far_ahead"),
+        "events_lost": delta("events_lost"),
         "silence_ms": round(max(now_ns - sample.last_ns, 0) / 1e6, 1) if sample.last_ns else None,
         "behind": max(peer.next_seq - sample.next_seq, 0),
     }
@@ -147,3 +149,87 @@ def line_summary(now: layout.LineStats, before: layout.LineStats, peer_now: layo
         out["owd_p50_us"] = telemetry.histogram_percentile_us(owd, 0.5)
         out["owd_p99_us"] = telemetry.histogram_percentile_us(owd, 0.99)
     return out
+
+
+def session_text(raw: bytes) -> str:
+    """A MoldUDP64 session's 10 bytes as the name the exchange gave it
+    (space padding stripped; bytes that are not printable ASCII escaped)."""
+    return "".join(chr(c) if 0x20 <= c < 0x7F else f"\\x{c:02x}" for c in raw).rstrip(" ")
+
+
+# What tells whether a feed delivers: cumulative per-line counters of
+# tp_line_stats (layout.LineStats).
+DELIVERY_COUNTERS = ("packets", "heartbeats", "won", "lost", "stale", "unconfirmed", "far_ahead", "malformed")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One line's DELIVERY_COUNTERS at a moment (or their change over a window)."""
+    packets: int = 0          # well-formed packets, any kind
+    heartbeats: int = 0       # of which heartbeats and ends of session
+    won: int = 0              # data packets forwarded
+    lost: int = 0             # data packets dropped: the other line had delivered all they carried
+    stale: int = 0            # dropped: too old, or raced a session switch
+    unconfirmed: int = 0      # dropped: of a session not (yet) believed
+    far_ahead: int = 0        # dropped: far beyond next_seq, not (yet) believed
+    malformed: int = 0        # dropped: not a well-formed feed packet
+
+    @classmethod
+    def of(cls, stats) -> "Delivery":
+        return cls(**{name: int(getattr(stats, name)) for name in DELIVERY_COUNTERS})
+
+    def __sub__(self, other: "Delivery") -> "Delivery":
+        return Delivery(**{name: getattr(self, name) - getattr(other, name) for name in DELIVERY_COUNTERS})
+
+    @property
+    def data(self) -> int:
+        return self.packets - self.heartbeats
+
+    @property
+    def refused(self) -> int:
+        """Data packets neither delivered nor a copy of something delivered
+        (dropped as stale, unconfirmed or far ahead), plus malformed packets."""
+        return self.data - self.won - self.lost + self.malformed
+
+    def report(self) -> dict:
+        return {"data": self.data, "won": self.won, "lost": self.lost, "stale": self.stale,
+                "unconfirmed": self.unconfirmed, "far_ahead": self.far_ahead, "malformed": self.malformed}
+
+
+@dataclass
+class StallWatch:
+    """feed-stalled / feed-resumed, whatever the cause. The counters are
+    judged per window (arbitration.silence_ms): a window in which the feed's
+    lines carried data that was refused (Delivery.refused > 0, both lines
+    together) and nothing was delivered (won = 0 on both) makes the feed
+    stalled; the first window that delivers something again resumes it. A
+    window with no data at all changes nothing (a quiet feed is not a stall;
+    line-health covers a silent line). Copies of sequences already delivered
+    (lost) are not refusals: the other line delivered them."""
+    window_ns: int
+    stalled: bool = False
+    start_ns: int | None = None
+    start: tuple[Delivery, ...] | None = None
+
+    def due(self, now_ns: int) -> bool:
+        return self.start_ns is None or now_ns - self.start_ns >= self.window_ns
+
+    def update(self, lines: list[Delivery], now_ns: int) -> tuple[str, dict] | None:
+        """(event, fields) when the feed stalls or resumes; call when due()."""
+        if self.start is None or len(self.start) != len(lines):
+            self.start, self.start_ns = tuple(lines), now_ns
+            return None
+        if now_ns - self.start_ns < self.window_ns:
+            return None
+        delta = [now - before for now, before in zip(lines, self.start)]
+        window_ms = round((now_ns - self.start_ns) / 1e6, 1)
+        self.start, self.start_ns = tuple(lines), now_ns
+        won, refused = sum(d.won for d in delta), sum(d.refused for d in delta)
+        if not self.stalled and won == 0 and refused > 0:
+            self.stalled = True
+        elif self.stalled and won > 0:
+            self.stalled = False
+        else:
+            return None
+        return ("feed-stalled" if self.stalled else "feed-resumed",
+                {"window_ms": window_ms, "lines": {"AB"[i]: d.report() for i, d in enumerate(delta)}})

@@ -1,6 +1,7 @@
 """The daemon's view of arbitration: turns the data path's events and
-counters into JSON log lines (gap, fill, session, gap-settled, line-health,
-feed-summary) using the pure rules in appliance.feeds."""
+counters into JSON log lines (gap, fill, session, session-candidate,
+far-ahead, far-behind, resync, gap-filled/gap-lost, line-health, feed-stalled /
+feed-resumed, feed-summary) using the pure rules in appliance.feeds."""
 from __future__ import annotations
 
 from appliance import feeds, layout
@@ -18,6 +19,7 @@ class FeedWatch:
         arb = cfg.arbitration
         self.books = [feeds.GapBook(int(arb.grace_ms * 1e6)) for _ in cfg.feeds]
         self.health = [feeds.LineHealth(int(arb.silence_ms * 1e6), arb.behind_seqs) for _ in cfg.feeds]
+        self.stalls = [feeds.StallWatch(int(arb.silence_ms * 1e6)) for _ in cfg.feeds]
         self.totals = [{"gaps": 0, "filled": 0, "lost_seqs": 0} for _ in cfg.feeds]
         self._before = self._stats()
 
@@ -26,7 +28,12 @@ class FeedWatch:
 
     def _samples(self, feed_id: int) -> list[feeds.LineSample]:
         st = self.arb.state(feed_id)
-        return [feeds.LineSample(st.line_last_ns[line], st.line_next_seq[line]) for line in range(layout.ARB_LINES)]
+        return [feeds.LineSample(st.line_last_ns[line], layout.arb_seq(st.line_next_seq[line]))
+                for line in range(layout.ARB_LINES)]
+
+    def _delivery(self, feed_id: int) -> list[feeds.Delivery]:
+        return [feeds.Delivery(**self.arb.line_counters(feed_id, line, feeds.DELIVERY_COUNTERS))
+                for line in range(layout.ARB_LINES)]
 
     def on_event(self, ev: layout.ArbEvent) -> None:
         kind = layout.ARB_EVENTS.get(ev.kind, str(ev.kind))
@@ -39,7 +46,13 @@ class FeedWatch:
             book.fill(ev.first, ev.last, ev.ts_ns)
         elif kind == "session":
             self._log_settled(ev.feed, book.settle(ev.ts_ns, everything=True))
-        self.log.emit(kind, mono_ns=ev.ts_ns, feed=name, line=LINE_NAMES[ev.line], first=ev.first, last=ev.last)
+        extra = {}
+        if kind in ("session", "session-candidate"):
+            extra["session"] = feeds.session_text(layout.session_name(ev.session))
+        if kind == "session-candidate":  # what it would replace (read now: may have moved on)
+            extra["current"] = feeds.session_text(layout.session_name(self.arb.state(ev.feed).session))
+        self.log.emit(kind, mono_ns=ev.ts_ns, feed=name, line=LINE_NAMES[ev.line], first=ev.first, last=ev.last,
+                      **extra)
 
     def _log_settled(self, feed_id: int, settled: list[feeds.Settled]) -> None:
         totals = self.totals[feed_id]
@@ -58,6 +71,10 @@ class FeedWatch:
                 self.log.emit("line-health", feed=feed.name, line=LINE_NAMES[line], status=new, was=old,
                               silence_ms=round(max(now_ns - me.last_ns, 0) / 1e6, 1) if me.last_ns else None,
                               behind=max(peer.next_seq - me.next_seq, 0))
+            stall = self.stalls[feed_id]
+            if stall.due(now_ns) and (change := stall.update(self._delivery(feed_id), now_ns)):
+                event, fields = change
+                self.log.emit(event, feed=feed.name, **fields)
 
     def summary(self, now_ns: int) -> None:
         """One feed-summary line per feed for the interval since the last."""

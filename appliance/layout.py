@@ -52,7 +52,25 @@ ARB_SLOTS = C["TP_ARB_SLOTS"]
 ARB_STAMPS = C["TP_ARB_STAMPS"]
 ARB_MAX_MSGS = C["TP_ARB_MAX_MSGS"]
 FEED_PROTOCOLS = {"moldudp64": C["TP_PROTO_MOLDUDP64"], "mdp3": C["TP_PROTO_MDP3"]}
-ARB_EVENTS = {C["TP_ARB_GAP"]: "gap", C["TP_ARB_FILL"]: "fill", C["TP_ARB_SESSION"]: "session"}
+ARB_EVENTS = {C["TP_ARB_GAP"]: "gap", C["TP_ARB_FILL"]: "fill", C["TP_ARB_SESSION"]: "session",
+              C["TP_ARB_CANDIDATE"]: "session-candidate", C["TP_ARB_FAR_AHEAD"]: "far-ahead",
+              C["TP_ARB_RESYNC"]: "resync", C["TP_ARB_FAR_BEHIND"]: "far-behind"}
+ARB_CONFIRM = C["TP_ARB_CONFIRM"]
+ARB_FAR = C["TP_ARB_FAR"]
+ARB_BEHIND = C["TP_ARB_BEHIND"]
+ARB_SEQ_MASK = (1 << C["TP_ARB_SEQ_BITS"]) - 1
+
+
+def arb_seq(word: int) -> int:
+    """The sequence in a per-session word of tp_feed_state (next_seq,
+    line_next_seq, ...), without its generation tag."""
+    return word & ARB_SEQ_MASK
+
+
+def session_name(words) -> bytes:
+    """The 10 session bytes held as two words (tp_feed_state.session,
+    tp_arb_event.session)."""
+    return int(words[0]).to_bytes(8, "little") + (int(words[1]) & 0xFFFF).to_bytes(2, "little")
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -118,8 +136,11 @@ class Feed(ctypes.Structure):
 
 
 class FeedState(ctypes.Structure):
-    _fields_ = [("next_seq", u64), ("session", u64), ("prev_session", u64),
-                ("hb_last_ns", u64), ("line_last_ns", u64 * ARB_LINES), ("line_next_seq", u64 * ARB_LINES)]
+    _fields_ = [("gen", u64), ("session", u64 * 2), ("cand_meta", u64), ("far_count", u32 * ARB_LINES),
+                ("_pad0", u64 * 3),
+                ("next_seq", u64), ("line_last_ns", u64 * ARB_LINES), ("line_next_seq", u64 * ARB_LINES),
+                ("hb_last", u64), ("end_seq", u64), ("swept_seq", u64),
+                ("cand", u64 * 2), ("far_seq", u64 * ARB_LINES), ("_pad1", u64 * 4)]
 
 
 class FeedClaims(ctypes.Structure):
@@ -133,11 +154,13 @@ class ArbConfig(ctypes.Structure):
 class LineStats(ctypes.Structure):
     _fields_ = [(name, u64) for name in (
         "packets", "won", "lost", "overlap", "fills", "heartbeats", "heartbeats_forwarded", "stale",
-        "malformed", "events_lost")] + [("lag_hist", u64 * HIST_BUCKETS), ("owd_hist", u64 * HIST_BUCKETS)]
+        "malformed", "events_lost", "unconfirmed", "far_ahead")] + [
+        ("lag_hist", u64 * HIST_BUCKETS), ("owd_hist", u64 * HIST_BUCKETS)]
 
 
 class ArbEvent(ctypes.Structure):
-    _fields_ = [("ts_ns", u64), ("first", u64), ("last", u64), ("feed", u32), ("line", u16), ("kind", u16)]
+    _fields_ = [("ts_ns", u64), ("first", u64), ("last", u64), ("feed", u32), ("line", u16), ("kind", u16),
+                ("session", u64 * 2)]
 
 
 # Map name -> (key type, value type) as declared in ebpf/lib/maps.h.

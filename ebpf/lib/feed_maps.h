@@ -12,6 +12,29 @@ BPF_PERCPU_ARRAY(tp_line_stats, struct tp_line_stats, TP_ARB_FEEDS * TP_ARB_LINE
 BPF_PERCPU_ARRAY(tp_arb_gstats, __u64, TP_ARB_LINES * TP_ARB_STAT_MAX);
 BPF_RINGBUF_OUTPUT(tp_arb_events, 16);
 
+/* The rare paths (a session switch, a believed far-ahead sequence, a claim
+ * sweep) leave the line program by tail call: tp_arb_progs[line] runs a
+ * packet again from the start, tp_arb_progs[TP_ARB_CLEAR_PROG] empties claim
+ * words. The 1024-word loop thus lives in a program of its own and the
+ * verifier walks the line program's claim path once. Filled by the loader. */
+#define TP_ARB_CLEAR_PROG   2
+BPF_PROG_ARRAY(tp_arb_progs, 3);
+
+/* tp_arb_job[0], per CPU: what the line program hands to tp_arb_clear,
+ * written and read within one packet. Only these programs ever read it, so
+ * it has no Python view (it is not in layout.h). */
+struct tp_arb_job {
+	__u64 gtag;                 /* the generation to keep */
+	__u64 floor_block;          /* sweep: words of older blocks are emptied too */
+	__u32 feed;
+	__u32 line;
+	__u32 clear;                /* TP_CLEAR_*: 0 none, 1 other generations, 2 and blocks below floor_block */
+	__u32 rerun;                /* run the packet again (tp_arb_progs[line]) instead of returning */
+	__s32 verdict;              /* else: the verdict to return */
+	__u32 _pad;
+};
+BPF_PERCPU_ARRAY(tp_arb_job, struct tp_arb_job, 1);
+
 static __always_inline void tp_arb_count(__u32 line, __u32 stat)
 {
 	__u32 idx = line * TP_ARB_STAT_MAX + stat;
@@ -20,13 +43,20 @@ static __always_inline void tp_arb_count(__u32 line, __u32 stat)
 		*c += 1;
 }
 
+/* s0, s1: a session's 10 bytes (SESSION, CANDIDATE), else 0. */
+static __always_inline void tp_arb_event_s(struct tp_line_stats *ls, __u64 now, __u32 feed, __u32 line,
+					   __u32 kind, __u64 first, __u64 last, __u64 s0, __u64 s1)
+{
+	struct tp_arb_event ev = {.ts_ns = now, .first = first, .last = last,
+				  .feed = feed, .line = line, .kind = kind, .session = {s0, s1}};
+	if (tp_arb_events.ringbuf_output(&ev, sizeof(ev), 0))
+		ls->events_lost += 1;
+}
+
 static __always_inline void tp_arb_event(struct tp_line_stats *ls, __u64 now, __u32 feed, __u32 line,
 					 __u32 kind, __u64 first, __u64 last)
 {
-	struct tp_arb_event ev = {.ts_ns = now, .first = first, .last = last,
-				  .feed = feed, .line = line, .kind = kind};
-	if (tp_arb_events.ringbuf_output(&ev, sizeof(ev), 0))
-		ls->events_lost += 1;
+	tp_arb_event_s(ls, now, feed, line, kind, first, last, 0, 0);
 }
 
 #endif

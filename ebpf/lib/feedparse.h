@@ -15,26 +15,24 @@
 #error "feedparse.h assumes a little-endian BPF target"
 #endif
 
-enum tp_feed_kind { TP_FEED_MALFORMED = 0, TP_FEED_DATA, TP_FEED_HEARTBEAT };
+enum tp_feed_kind { TP_FEED_MALFORMED = 0, TP_FEED_DATA, TP_FEED_HEARTBEAT, TP_FEED_END };
+
+#define TP_SEQ_LIMIT        (1ULL << TP_ARB_SEQ_BITS) /* every sequence a packet names is below this */
 
 struct tp_feed_packet {
-	__u64 session;              /* 0 for MDP3 */
-	__u64 seq;                  /* first sequence; for heartbeats the next one */
-	__u64 count;                /* sequences carried; 0 for heartbeats */
+	__u64 session[2];           /* the session's 10 bytes, as tp_feed_state.session; 0 for MDP3 */
+	__u64 seq;                  /* first sequence; for heartbeats and ends the next one */
+	__u64 count;                /* sequences carried; 0 for heartbeats and ends */
 	__u64 sending_time;         /* MDP3 SendingTime, ns since the epoch; 0 for MoldUDP64 */
 };
 
-#define TP_GEN_MASK         0xffULL     /* low bits of tp_feed_state.session */
-
-/* The 10-byte session as one word: equal sessions give equal keys, a key is
- * never 0 (0: MDP3, or no session yet) and leaves the generation bits free. */
-static __always_inline __u64 tp_mold_session(const __u8 *p)
+/* The session is compared in full: all 10 bytes, as two words. */
+static __always_inline void tp_mold_session(const __u8 *p, struct tp_feed_packet *out)
 {
-	__u64 head;
 	__u16 tail;
-	__builtin_memcpy(&head, p, 8);
+	__builtin_memcpy(&out->session[0], p, 8);
 	__builtin_memcpy(&tail, p + 8, 2);
-	return ((head ^ ((__u64)tail * 0x9e3779b97f4a7c15ULL)) & ~TP_GEN_MASK) | (TP_GEN_MASK + 1);
+	out->session[1] = tail;
 }
 
 /* MoldUDP64: every message block must lie inside the payload, so a truncated
@@ -50,12 +48,15 @@ static __always_inline int tp_parse_mold(__u8 *p, void *end, __u32 len, struct t
 		return TP_FEED_MALFORMED;
 	__builtin_memcpy(&seq_be, p + 10, 8);
 	__builtin_memcpy(&count_be, p + 18, 2);
-	out->session = tp_mold_session(p);
+	tp_mold_session(p, out);
 	out->seq = __builtin_bswap64(seq_be);
 	count = bpf_ntohs(count_be);
-	if (count == TP_MOLD_HEARTBEAT || count == TP_MOLD_END)
-		return TP_FEED_HEARTBEAT;
-	if (count > TP_ARB_MAX_MSGS || out->seq == 0 || out->seq + count < out->seq)
+	if (count == TP_MOLD_HEARTBEAT || count == TP_MOLD_END) {
+		if (out->seq >= TP_SEQ_LIMIT)
+			return TP_FEED_MALFORMED;
+		return count == TP_MOLD_END ? TP_FEED_END : TP_FEED_HEARTBEAT;
+	}
+	if (count > TP_ARB_MAX_MSGS || out->seq == 0 || out->seq >= TP_SEQ_LIMIT - count)
 		return TP_FEED_MALFORMED;
 	for (__u32 i = 0; i < TP_ARB_MAX_MSGS; i++) {
 		__u8 *block = p + off;

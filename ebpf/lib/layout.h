@@ -22,6 +22,21 @@
 #define TP_ARB_SLOTS        1024        /* claim words per feed, 32 sequences each */
 #define TP_ARB_STAMPS       4096        /* first-copy arrival stamps per feed */
 #define TP_ARB_MAX_MSGS     128         /* most MoldUDP64 message blocks a packet may carry */
+/* Evidence and plausibility bounds (the rules: ebpf/arbitrate.c's comment). */
+#define TP_ARB_SEQ_BITS     56          /* sequences are below 2^56; per-session words carry an 8-bit generation tag above */
+#define TP_ARB_CONFIRM      16          /* this many unconfirmed packets in a row are believed from one line */
+#define TP_ARB_FAR          32768       /* a sequence more than this beyond next_seq is far ahead */
+#define TP_ARB_BEHIND       16777216    /* 2^24: a sequence more than this below next_seq is far behind (stale) */
+#define TP_ARB_SWEEP        33554432    /* 2^25: next_seq moves this far between claim sweeps */
+#define TP_ARB_NEWGEN       67108864    /* 2^26: a resync this far voids all claims (new generation) */
+
+/* tp_feed_state.cand_meta: the evidence for a session other than the current one. */
+#define TP_CAND_COUNT       0xff        /* unconfirmed packets since the last of the current session, saturating */
+#define TP_CAND_LINES_SHIFT 8           /* 2 bits: lines that showed the candidate since their last current packet */
+#define TP_CAND_ENDED_SHIFT 10          /* 2 bits: lines that showed the current session's end of session since */
+#define TP_CAND_TOLD_SHIFT  12          /* 2 bits: lines whose sight of this candidate was reported (an event) */
+#define TP_CAND_LOCK        0x8000      /* a CPU is writing the candidate's name */
+#define TP_CAND_VERSION_SHIFT 32        /* bumped with each new candidate name */
 
 /* tp_feed.proto */
 #define TP_PROTO_MOLDUDP64  1
@@ -30,7 +45,11 @@
 /* tp_arb_event.kind */
 #define TP_ARB_GAP          1           /* [first, last]: neither line has delivered these yet */
 #define TP_ARB_FILL         2           /* [first, last]: a late packet delivered (part of) a gap */
-#define TP_ARB_SESSION      3           /* a new MoldUDP64 session began; first = its first sequence */
+#define TP_ARB_SESSION      3           /* the feed switched to a MoldUDP64 session; first = the packet's sequence */
+#define TP_ARB_CANDIDATE    4           /* a packet of another session (new name, or a line's first sight); first = its sequence */
+#define TP_ARB_FAR_AHEAD    5           /* a line began a run of far-ahead packets; first = its sequence, last = next_seq */
+#define TP_ARB_RESYNC       6           /* a far sequence was believed; first = next_seq before, last = the sequence */
+#define TP_ARB_FAR_BEHIND   7           /* a line began a run of far-behind packets; first = its sequence, last = next_seq */
 
 #define TP_PROBE_MAGIC      0x54505042u /* "BPPT" in memory: a twinpath probe */
 #define TP_PROBE_VERSION    2           /* 2: key_id + SipHash-2-4 mac */
@@ -213,19 +232,32 @@ struct tp_feed {
  * CPU; split so that the daemon's frequent reads of the first stay small.
  * Fields that decide delivery change only by compare-and-exchange. A sequence
  * is delivered by the packet that sets its bit in `claims`; each word there is
- * gen:8 | block:24 | bits:32 for sequences block*32 .. block*32+31, so a slot
+ * gtag:8 | block:24 | bits:32 for sequences block*32 .. block*32+31, so a slot
  * still holding an older block (or generation) is recycled in the same CAS.
- * `session` holds the session key and the claim generation in one word, so a
- * session change moves both in one CAS and every CPU claims with the
- * generation of the session it checked.
- * next_seq says where gaps are: below it, an unclaimed sequence is missing. */
+ *
+ * `gen` is a seqlock over the session: even while stable, odd while one CPU
+ * switches (name, next_seq and the per-session words below); it only grows,
+ * by 2 per switch, and 0 means no session yet. A packet's generation tag
+ * (gtag) is (gen >> 1) & 0xff. Every per-session sequence word (next_seq,
+ * line_next_seq, end_seq, swept_seq, far_seq) holds gtag << 56 | sequence, so
+ * a CPU still working under the previous generation never moves it.
+ * next_seq says where gaps are: below it, an unclaimed sequence is missing.
+ * Grouped by cache line: read on every packet, written as the feed moves, rare. */
 struct tp_feed_state {
-	__u64 next_seq;             /* one past the highest sequence delivered or announced; 0: none yet */
-	__u64 session;              /* MoldUDP64 session key | claim generation (low 8 bits) */
-	__u64 prev_session;         /* its key: stragglers of the previous session are dropped */
-	__u64 hb_last_ns;           /* when a heartbeat was last forwarded */
+	__u64 gen;                  /* session seqlock and claim generation; 0: no session yet */
+	__u64 session[2];           /* the session's 10 bytes: bytes 0-7 and 8-9, little-endian words; MDP3: 0 */
+	__u64 cand_meta;            /* evidence for another session: TP_CAND_* */
+	__u32 far_count[TP_ARB_LINES];     /* consecutive consistent far-ahead packets per line */
+	__u64 _pad0[3];
+	__u64 next_seq;             /* gtag | one past the highest sequence delivered or announced; 0: no baseline yet */
 	__u64 line_last_ns[TP_ARB_LINES];  /* last packet of this feed per line */
-	__u64 line_next_seq[TP_ARB_LINES]; /* one past the highest sequence each line carried */
+	__u64 line_next_seq[TP_ARB_LINES]; /* gtag | one past the highest sequence each line carried in range */
+	__u64 hb_last;              /* last forwarded heartbeat: (next & (2^28 - 1)) << 36 | (ns >> 12) & (2^36 - 1) */
+	__u64 end_seq;              /* gtag | 1 + the next sequence of the last forwarded end of session */
+	__u64 swept_seq;            /* gtag | next_seq at the last claim sweep */
+	__u64 cand[2];              /* the candidate session's 10 bytes, valid while cand_meta is unlocked */
+	__u64 far_seq[TP_ARB_LINES];       /* gtag | each line's last far-ahead sequence */
+	__u64 _pad1[4];
 };
 
 struct tp_feed_claims {
@@ -250,9 +282,11 @@ struct tp_line_stats {
 	__u64 fills;                /* won with sequences from below next_seq (a gap) */
 	__u64 heartbeats;           /* heartbeats and end-of-session packets */
 	__u64 heartbeats_forwarded;
-	__u64 stale;                /* older than the claim window or of the previous session */
+	__u64 stale;                /* dropped: older than the claim window, or raced a session switch */
 	__u64 malformed;            /* feed payload truncated or inconsistent; dropped */
 	__u64 events_lost;          /* ring buffer full */
+	__u64 unconfirmed;          /* dropped: of a session other than the current one, not (yet) believed */
+	__u64 far_ahead;            /* dropped: far beyond next_seq, not (yet) believed */
 	__u64 lag_hist[TP_HIST_BUCKETS];   /* per duplicate: how long after the peer's copy it came */
 	__u64 owd_hist[TP_HIST_BUCKETS];   /* MDP3: one-way latency from SendingTime */
 };
@@ -265,6 +299,7 @@ struct tp_arb_event {
 	__u32 feed;
 	__u16 line;                 /* the line whose packet revealed it */
 	__u16 kind;                 /* TP_ARB_* */
+	__u64 session[2];           /* SESSION, CANDIDATE: that session's 10 bytes, as tp_feed_state.session */
 };
 
 /* ---- Lab only: exch's kernel-speed UDP reflector / sink (ebpf/reflect.c) ---- */
