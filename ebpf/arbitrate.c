@@ -12,8 +12,11 @@
  * are in lib/layout.h; "counted X" means tp_line_stats.X += 1 for the
  * packet's line; l is the packet's line, o the other one).
  *
- *  0. Not IPv4/UDP, fragments, truncated headers, not a configured feed, no
- *     receiver MAC yet, TTL <= 1: XDP_PASS, counted in tp_arb_gstats.
+ *  0. Not IPv4 (not_ipv4), an IPv4 header lib/parse.h rejects (bad
+ *     checksum, lengths, version: truncated), IP options (ip_options), not
+ *     UDP (not_feed), fragments, a UDP header cut short (truncated), not a
+ *     configured feed, no receiver MAC yet, TTL <= 1: XDP_PASS untouched,
+ *     counted in tp_arb_gstats, in that order.
  *     Malformed feed payload (feedparse.h, including a data packet with
  *     seq + count >= 2^56 and a heartbeat or end announcing >= 2^56):
  *     XDP_DROP, counted malformed. Otherwise counted packets, and heartbeats
@@ -91,6 +94,7 @@
 #include <linux/udp.h>
 #include <linux/in.h>
 #include "lib/feed_maps.h"
+#include "lib/parse.h"
 #include "lib/feedparse.h"
 #include "lib/claim.h"
 #include "lib/csum.h"
@@ -481,24 +485,36 @@ static __always_inline int tp_arbitrate(struct xdp_md *ctx, const __u32 line)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct tp_arb_ctx a = {.eth = data, .ip = data + sizeof(struct ethhdr), .line = line};
-	struct iphdr *ip = a.ip;
+	struct tp_arb_ctx a = {.eth = data, .line = line};
+	struct iphdr *ip;
 
-	if ((void *)(ip + 1) > end || a.eth->h_proto != bpf_htons(ETH_P_IP)) {
+	switch (tp_ipv4(data, end, end - data, &ip)) {
+	case TP_IP_OK:
+		break;
+	case TP_IP_NOT_IPV4:
 		tp_arb_count(line, TP_ARB_STAT_NOT_IPV4);
 		return XDP_PASS;
+	case TP_IP_OPTIONS:
+		tp_arb_count(line, TP_ARB_STAT_IP_OPTIONS);
+		return XDP_PASS;
+	default:
+		/* Never claim a sequence with a header the trader's kernel would
+		 * drop: the genuine copies would be dropped here as duplicates. */
+		tp_arb_count(line, TP_ARB_STAT_TRUNCATED);
+		return XDP_PASS;
 	}
+	a.ip = ip;
 	if (ip->protocol != IPPROTO_UDP) {
 		tp_arb_count(line, TP_ARB_STAT_NOT_FEED);
 		return XDP_PASS;
 	}
-	if (ip->frag_off & bpf_htons(0x3fff)) {
+	if (tp_ip_fragment(ip)) {
 		tp_arb_count(line, TP_ARB_STAT_FRAGMENT);
 		return XDP_PASS;
 	}
-	__u32 ihl = ip->ihl * 4;
-	struct udphdr *udp = (void *)ip + ihl;
-	if (ihl < sizeof(*ip) || (void *)(udp + 1) > end) {
+	__u32 ihl = sizeof(*ip);
+	struct udphdr *udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > end) {
 		tp_arb_count(line, TP_ARB_STAT_TRUNCATED);
 		return XDP_PASS;
 	}

@@ -24,11 +24,14 @@ int tp_steer(struct __sk_buff *skb)
 	case TP_IP_NOT_IPV4:
 		tp_count(TP_STAT_NOT_IPV4);
 		return TC_ACT_OK;
+	case TP_IP_OPTIONS:
+		tp_count(TP_STAT_UNPARSED);
+		return TC_ACT_OK;
 	default:
 		tp_count(TP_STAT_MALFORMED);
 		return TC_ACT_OK;
 	}
-	if (!tp_ip_plain(ip) || !tp_ports_inside(ip, end)) {
+	if (tp_ip_fragment(ip) || !tp_ports_inside(ip, end)) {
 		tp_count(TP_STAT_UNPARSED);
 		return TC_ACT_OK;
 	}

@@ -62,7 +62,9 @@ enum tp_arb_stat {
 	TP_ARB_STAT_NOT_IPV4 = 0,   /* ARP, IPv6, ... */
 	TP_ARB_STAT_NOT_FEED,       /* IPv4 but not a configured feed: orders, heartbeats, ... */
 	TP_ARB_STAT_FRAGMENT,       /* an IP fragment: ports unknown or payload split */
-	TP_ARB_STAT_TRUNCATED,      /* IP or UDP header cut short or inconsistent */
+	TP_ARB_STAT_IP_OPTIONS,     /* IPv4 with options: never fast-pathed (lib/parse.h) */
+	TP_ARB_STAT_TRUNCATED,      /* an IP header ip_rcv() rejects (lengths, checksum, version) or a UDP
+	                             * header cut short: the stack drops it */
 	TP_ARB_STAT_TTL_EXPIRED,    /* a feed packet with TTL <= 1: the stack answers it */
 	TP_ARB_STAT_NO_OUTPUT,      /* a feed packet whose receiver's MAC is not known yet */
 	TP_ARB_STAT_MAX,

@@ -50,7 +50,7 @@ static __always_inline int tp_probe_well_formed(void *data, void *end, __u32 fra
 {
 	struct iphdr *ip;
 
-	return tp_ipv4(data, end, frame_len, &ip) == TP_IP_OK && tp_ip_plain(ip) &&
+	return tp_ipv4(data, end, frame_len, &ip) == TP_IP_OK && !tp_ip_fragment(ip) &&
 	       bpf_ntohs(ip->tot_len) == TP_PROBE_IP_LEN && p->probe->version == TP_PROBE_VERSION;
 }
 

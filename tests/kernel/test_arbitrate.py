@@ -204,11 +204,38 @@ def test_feed_without_receiver_mac_passes_to_kernel_routing(arbiter):
     assert arbiter.arb.global_stats()["A"]["no_output"] == 1
 
 
-def test_ip_options_are_parsed(arbiter):
+def test_ip_options_pass_to_the_stack_and_claim_nothing(arbiter):
+    """The one rule of lib/parse.h: options are never fast-pathed."""
     from scapy.layers.inet import IPOption_NOP
     with_options = frame(feedproto.mold_packet(SESSION, 1, [b"x"]), options=[IPOption_NOP()] * 4)
     assert Ether(with_options)[IP].ihl == 6
-    assert verdicts(arbiter, ("A", with_options), ("B", mold(1, 1))) == [XDP_REDIRECT, XDP_DROP]
+    verdict, out = arbiter.run("A", with_options)
+    assert verdict == XDP_PASS and out[:len(with_options)] == with_options
+    assert arbiter.arb.global_stats()["A"]["ip_options"] == 1
+    assert arbiter.run("B", mold(1, 1))[0] == XDP_REDIRECT
+
+
+def _with_ip_bytes(raw: bytes, offset: int, value: bytes) -> bytes:
+    out = bytearray(raw)
+    out[14 + offset:14 + offset + len(value)] = value
+    return bytes(out)
+
+
+@pytest.mark.parametrize("how", ["bad_checksum", "total_length_past_the_frame", "version_5"])
+def test_a_header_the_trader_would_drop_claims_nothing(arbiter, how):
+    """A forged copy that the trader's kernel would drop used to win the
+    race and make the genuine copies duplicates: the sequence was lost."""
+    genuine = mold(1, 1)
+    if how == "bad_checksum":
+        forged = _with_ip_bytes(genuine, 10, b"\xde\xad")
+    elif how == "total_length_past_the_frame":
+        forged = _with_ip_bytes(genuine, 2, (len(genuine) - 14 + 40).to_bytes(2, "big"))
+    else:
+        forged = _with_ip_bytes(genuine, 0, b"\x55")
+    verdict, out = arbiter.run("A", forged)
+    assert verdict == XDP_PASS and out[:len(forged)] == forged
+    assert arbiter.arb.global_stats()["A"]["truncated"] == 1
+    assert verdicts(arbiter, ("A", genuine), ("B", genuine)) == [XDP_REDIRECT, XDP_DROP]
 
 
 def test_claim_window_recycles_and_too_old_is_stale(arbiter):
