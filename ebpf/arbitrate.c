@@ -78,9 +78,10 @@
  *     announcement never sets the baseline). An end of session is forwarded
  *     once per (session, N): a copy with the same N as the last forwarded
  *     end is dropped. A heartbeat is dropped as a copy if a heartbeat was
- *     forwarded less than TP_HB_DEDUP_NS ago (kept in 4096-ns units)
- *     announcing N or more (compared on the low 28 bits, serially);
- *     otherwise forwarded. Ends and heartbeats never deduplicate each other.
+ *     forwarded less than TP_HB_DEDUP_NS ago (kept in 4096-ns units),
+ *     whatever either announces (each line names the next sequence it will
+ *     carry, so the copies of one heartbeat differ after a loss); otherwise
+ *     forwarded. Ends and heartbeats never deduplicate each other.
  *     Forwarded ones count heartbeats_forwarded.
  *  Races: every per-session word carries the generation tag, so a CPU that
  *  read the generation before a switch moves nothing of the new one; a data
@@ -104,11 +105,12 @@
 #error "TP_HB_DEDUP_NS (a heartbeat this soon after a forwarded one is its copy) must be defined by the loader"
 #endif
 
-/* tp_feed_state.hb_last: the last forwarded heartbeat's announced sequence
- * (low 28 bits, compared serially) and its time in 4096-ns units (36 bits). */
-#define TP_HB_SEQ_BITS      28
+/* tp_feed_state.hb_last: when the last heartbeat was forwarded, in 4096-ns
+ * units (36 bits, compared modulo 2^36: 78 hours), with a flag so that 0
+ * means none since the session began. */
 #define TP_HB_TIME_SHIFT    12
 #define TP_HB_TIME_MASK     ((1ULL << 36) - 1)
+#define TP_HB_FORWARDED     (1ULL << 63)
 
 #define TP_CAND_VERSION     (1ULL << TP_CAND_VERSION_SHIFT)
 
@@ -332,13 +334,15 @@ static __always_inline int tp_announce(struct tp_arb_ctx *a, int end, __u64 next
 		    __sync_val_compare_and_swap(&st->end_seq, cur, want) != cur)
 			return XDP_DROP;
 	} else {
+		/* One heartbeat per dedup window, whatever it announces: each
+		 * line names the next sequence *it* will carry, so after a loss
+		 * the two copies of one heartbeat can differ. The arbiter's own
+		 * gap accounting above has seen both. */
 		__u64 hb = *(volatile __u64 *)&st->hb_last;
 		__u64 t = (a->now >> TP_HB_TIME_SHIFT) & TP_HB_TIME_MASK;
-		__u64 seq = next & ((1ULL << TP_HB_SEQ_BITS) - 1);
-		if (hb && ((t - hb) & TP_HB_TIME_MASK) < (TP_HB_DEDUP_NS >> TP_HB_TIME_SHIFT) &&
-		    (__s32)((__u32)(seq - (hb >> 36)) << (32 - TP_HB_SEQ_BITS)) <= 0)
+		if (hb && ((t - hb) & TP_HB_TIME_MASK) < (TP_HB_DEDUP_NS >> TP_HB_TIME_SHIFT))
 			return XDP_DROP;
-		if (__sync_val_compare_and_swap(&st->hb_last, hb, seq << 36 | t) != hb)
+		if (__sync_val_compare_and_swap(&st->hb_last, hb, t | TP_HB_FORWARDED) != hb)
 			return XDP_DROP;
 	}
 	a->ls->heartbeats_forwarded += 1;

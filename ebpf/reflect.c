@@ -25,10 +25,9 @@ int reflect(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	int is_ipv4;
-	struct iphdr *ip = tp_plain_ipv4(data, end, &is_ipv4);
+	struct iphdr *ip;
 
-	if (!ip || ip->protocol != IPPROTO_UDP)
+	if (tp_ipv4(data, end, skb->len, &ip) != TP_IP_OK || tp_ip_fragment(ip) || ip->protocol != IPPROTO_UDP)
 		return TC_ACT_OK;
 	struct udphdr *udp = (void *)(ip + 1);
 	if ((void *)(udp + 1) > end)

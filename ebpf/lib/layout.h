@@ -254,7 +254,7 @@ struct tp_feed_state {
 	__u64 next_seq;             /* gtag | one past the highest sequence delivered or announced; 0: no baseline yet */
 	__u64 line_last_ns[TP_ARB_LINES];  /* last packet of this feed per line */
 	__u64 line_next_seq[TP_ARB_LINES]; /* gtag | one past the highest sequence each line carried in range */
-	__u64 hb_last;              /* last forwarded heartbeat: (next & (2^28 - 1)) << 36 | (ns >> 12) & (2^36 - 1) */
+	__u64 hb_last;              /* last forwarded heartbeat: 1 << 63 | (ns >> 12) & (2^36 - 1); 0: none */
 	__u64 end_seq;              /* gtag | 1 + the next sequence of the last forwarded end of session */
 	__u64 swept_seq;            /* gtag | next_seq at the last claim sweep */
 	__u64 cand[2];              /* the candidate session's 10 bytes, valid while cand_meta is unlocked */
