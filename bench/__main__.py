@@ -50,15 +50,17 @@ class Plan:
     control_s: float
     security_spoof_trials: int   # spoofed-heartbeats runs
     security_forge_trials: int   # forged-session runs
+    fuzz_frames: int             # fuzzed frames in all, spread over the product programs
 
 
 # pps steps: fine where the lab's one-core sender tops out (25-45k packets/s on the 2-core VM).
 FULL = Plan(fastpath_rounds=200, trials=200, stress_s=120, latency_blocks=6, latency_block_s=5, latency_rate=10_000,
             pps_steps=(10_000, 20_000, 25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 60_000, 80_000),
-            pps_step_s=2.0, control_s=10, security_spoof_trials=20, security_forge_trials=5)
+            pps_step_s=2.0, control_s=10, security_spoof_trials=20, security_forge_trials=5,
+            fuzz_frames=10_000_000)
 QUICK = Plan(fastpath_rounds=30, trials=8, stress_s=15, latency_blocks=2, latency_block_s=2, latency_rate=10_000,
              pps_steps=(10_000, 20_000, 30_000, 40_000, 50_000), pps_step_s=1.0, control_s=3,
-             security_spoof_trials=3, security_forge_trials=1)
+             security_spoof_trials=3, security_forge_trials=1, fuzz_frames=500_000)
 
 
 def failover_blocks(plan: Plan):

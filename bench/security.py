@@ -6,8 +6,9 @@ for) the fuzz figures.
   did it fail over, what it lost, how many spoofed replies were accepted.
 - forged-session: a MoldUDP64 feed with one forged packet of another session
   on line A. Per trial: sent, delivered, delivered twice.
-- fuzz: run_fuzz() / summarise_fuzz() / report_lines_fuzz() below are the
-  place for the `security.fuzz.*` figures; they return nothing until then.
+- fuzz (bench/fuzz.py): random and mutated frames through every product
+  program against pure-Python references; `security.fuzz.frames`,
+  `.mismatches` (must be 0) and `.frames_per_s` (run_fuzz() below).
 
 results.json gets `security`: spoofed_replies_accepted (the sum over every
 spoofed-heartbeats trial; must be 0), spoofed_sent (the sum), per-scenario
@@ -128,21 +129,57 @@ def headline(s: dict) -> str:
 
 
 # ---------------------------------------------------------------- fuzz: security.fuzz.*
-# The fuzz figures go here: run_fuzz() measures (in the section's lab, after
-# the attack scenarios; its raw output is kept in raw.json), summarise_fuzz()
-# turns that into results.json's security.fuzz.* keys (pure: --render reruns
-# it), report_lines_fuzz() into REPORT.md lines under the security section.
-# Plan sizes: add fields to bench.__main__.Plan next to security_*_trials.
+# bench/fuzz.py pushes random and mutated frames through every product
+# program (BPF_PROG_TEST_RUN on programs compiled for it; the lab is not
+# used) and checks each verdict, output and counter against the program's
+# pure-Python reference (appliance/lab/fuzz.py, fuzzref.py), plan.fuzz_frames
+# in all (10^7 in the full run). Workers: one per core, at most 2.
 
 def run_fuzz(lab: topology.Lab, work: Path, plan) -> dict:
-    """The fuzz section's raw output; {} until it is added."""
-    return {}
+    """bench.fuzz.run()'s output, also saved in work/fuzz.json."""
+    import os
+    import time
+    from bench import fuzz
+    workers = min(2, os.cpu_count() or 1)
+    seed = time.time_ns() % 1_000_000_007     # recorded: a mismatch names it, and replays from it
+    try:
+        out = fuzz.run(plan.fuzz_frames, seed, workers=workers)
+    except Exception:  # the attack trials' figures must survive a broken fuzz run
+        out = {"error": traceback.format_exc(), "seed": seed}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "fuzz.json").write_text(json.dumps(out, indent=1))
+    return out
 
 
 def summarise_fuzz(raw: dict) -> dict:
-    """results.json's security.fuzz from run_fuzz()'s output."""
-    return dict(raw)
+    """results.json's security.fuzz: frames, mismatches (must be 0), frames_per_s
+    (wall clock, all workers), and per program."""
+    if not raw or "error" in raw:
+        return dict(raw)
+    return {
+        "frames": raw["frames"], "mismatches": raw["mismatches"], "frames_per_s": raw["frames_per_s"],
+        "seconds": raw["seconds"], "seed": raw["seed"], "workers": raw["workers"],
+        "per_program": {p: {"frames": d["frames"], "mismatches": d["mismatches"], "frames_per_s": d["frames_per_s"],
+                            "ambiguous": d["ambiguous"]}
+                        for p, d in raw["per_program"].items()},
+        "mismatch_samples": raw["samples"][:3],
+    }
 
 
 def report_lines_fuzz(fuzz: dict) -> list[str]:
-    return []
+    if not fuzz:
+        return []
+    if "error" in fuzz:
+        return ["### Fuzz", "", f"The fuzz run failed (seed {fuzz.get('seed')}):", "", "```",
+                fuzz["error"].rstrip(), "```", ""]
+    lines = ["### Fuzz (BPF_PROG_TEST_RUN against pure-Python references)", "",
+             f"{fuzz['frames']:,} random and mutated frames, seed {fuzz['seed']}, {fuzz['workers']} worker(s), "
+             f"{fuzz['seconds']} s: **{fuzz['mismatches']} mismatches**, {fuzz['frames_per_s']:,.0f} frames/s in all. "
+             "Verdict, output bytes and counters are checked per frame (arbitration: also events and feed "
+             "state), every counter, claim word and health entry at the end.", "",
+             "| program | frames | mismatches | frames/s (one process) |", "|---|---|---|---|"]
+    lines += [f"| {p} | {d['frames']:,} | {d['mismatches']} | {d['frames_per_s']:,.0f} |"
+              for p, d in fuzz["per_program"].items()]
+    for s in fuzz.get("mismatch_samples", []):
+        lines.append(f"- mismatch: `{s['replay']}` expected {s['expected']}, got {s['got']}")
+    return lines + [""]
