@@ -204,10 +204,9 @@ class Daemon:
                        threading.Thread(target=self._watch_netlink, args=(monitor, stop),
                                         name="netlink", daemon=True)]
             try:
-                # Steering first, then heartbeats, then probes: from the moment
-                # the new steer program is in place it reads only the new maps,
-                # so no program reads state the other no longer writes.
-                self.gw.attach(ipr)
+                # Heartbeats and probes first; steering once the links have
+                # answered (the main loop's readiness), see Gateway.attach_steer.
+                self.gw.attach_heartbeats(ipr)
                 for t in threads:
                     t.start()
                 if self.arbiter:
@@ -219,7 +218,7 @@ class Daemon:
                                               "receiver_mac": self.feed_macs[i]}
                                      for i, f in enumerate(cfg.feeds)})
                 self._resolve_missing_nexthops(ipr)
-                self._main_loop(stop, sender, feedwatch)
+                self._main_loop(stop, sender, feedwatch, lambda: self.gw.attach_steer(ipr))
             finally:
                 if self.arbiter:
                     self.arbiter.detach(ipr)
@@ -259,7 +258,8 @@ class Daemon:
             if mac:
                 self._apply(i, netlink.NeighbourChange(self.links[i].ifindex, link.gateway, mac))
 
-    def _main_loop(self, stop: threading.Event, sender: Sender, feedwatch: FeedWatch | None) -> None:
+    def _main_loop(self, stop: threading.Event, sender: Sender, feedwatch: FeedWatch | None,
+                   on_ready) -> None:
         ready_deadline = time.monotonic() + READY_TIMEOUT_S
         ready = False
         next_health = time.monotonic() + self.stats_interval_s
@@ -281,12 +281,11 @@ class Daemon:
                     next_feed_summary = now + FEED_SUMMARY_S
             if not ready:
                 now_ns = time.monotonic_ns()
-                health = self.gw.health()
-                # fresh on a reply of its own, not on the presumption attach() starts with
-                fresh = [h.replies > 0 and policy.fresh_for_ns(o, now_ns, self.cfg.heartbeat.dead_ns) >= 0
-                         for o, h in zip(self._observe(health), health)]
+                fresh = [policy.fresh_for_ns(o, now_ns, self.cfg.heartbeat.dead_ns) >= 0
+                         for o in self._observe(self.gw.health())]
                 if all(fresh) or now > ready_deadline:
                     ready = True
+                    on_ready()
                     self.log.emit("ready", fresh={n: f for n, f in zip(self.link_names, fresh)})
             if now >= next_health:
                 hists = self._report_health(sender, hists)

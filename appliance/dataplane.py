@@ -10,7 +10,6 @@ import ctypes
 import ipaddress
 import os
 import socket
-import time
 from dataclasses import dataclass
 
 from bcc import BPF
@@ -182,22 +181,20 @@ class Gateway:
         self.bpf.ring_buffer_poll(timeout_ms)
 
     # -- attachment -------------------------------------------------------
-    def attach(self, ipr: IPRoute) -> None:
-        """Steering on the ingress, then heartbeat programs on every link.
-
-        Every link starts as if it had just answered: the reflex then moves a
-        class only after a whole dead interval of unanswered probes, never
-        because one link's first reply happened to beat another's. Steering
-        goes first so that, on a restart, no old steer program is left
-        reading maps that the new heartbeat programs no longer update."""
-        now = time.monotonic_ns()
-        health = self.bpf["tp_health"]
-        for i in range(len(self.cfg.links)):
-            health[ctypes.c_uint32(i)] = layout.Health(last_reply_ns=now, fresh_since_ns=now)
-        self._attach_one(ipr, self.cfg.steer.ingress, TC_INGRESS, self.steer)
+    def attach_heartbeats(self, ipr: IPRoute) -> None:
+        """Heartbeat programs on every link: the first half of a start."""
         for link in self.cfg.links:
             self._attach_one(ipr, link.dev, TC_EGRESS, self.hb_egress)
             self._attach_one(ipr, link.dev, TC_INGRESS, self.hb_ingress)
+
+    def attach_steer(self, ipr: IPRoute) -> None:
+        """Steering on the ingress, once every link has answered (or the
+        daemon stopped waiting): the reflex then starts from real replies,
+        never moving a class because one link's first reply beat another's.
+        Until then a previous daemon's steer program, if any, keeps
+        forwarding on its last state (its links all age together, so it
+        switches nothing), or traffic takes kernel routing."""
+        self._attach_one(ipr, self.cfg.steer.ingress, TC_INGRESS, self.steer)
 
     def _attach_one(self, ipr: IPRoute, dev: str, parent: str, fn) -> None:
         self._attached.append((attach_bpf(ipr, dev, parent, fn, FILTER_PRIO), parent))
