@@ -586,23 +586,7 @@ def test_lines_racing_on_two_cpus_deliver_each_sequence_exactly_once(arbiter):
     """Both lines carry 1..N, run in lockstep on different CPUs: each
     sequence is forwarded by exactly one of them. (With the claim's CAS
     replaced by a plain store, this fails: both copies go through.)"""
-    cpus = sorted(os.sched_getaffinity(0))[:2]
-    if len(cpus) < 2:
-        pytest.fail("needs two CPUs to race the lines")
-    n, period_ns = 20_000, 25_000
-    packets = [mold(s, 1) for s in range(1, n + 1)]
-    ctx = multiprocessing.get_context("fork")  # children inherit the program fds
-    start_ns = time.monotonic_ns() + 300_000_000
-    procs, pipes = [], []
-    for line, cpu in zip("AB", cpus):
-        parent, child = ctx.Pipe(duplex=False)
-        fd = arbiter.arb.lines["AB".index(line)].fd
-        procs.append(ctx.Process(target=_run_line_on_cpu, args=(fd, cpu, packets, start_ns, period_ns, child)))
-        pipes.append(parent)
-    for p in procs:
-        p.start()
-    a, b = (pipe.recv_bytes() for pipe in pipes)
-    for p in procs:
-        p.join(timeout=30)
+    n = 20_000
+    a, b = _race(arbiter, [mold(s, 1) for s in range(1, n + 1)])
     assert all({x, y} == {XDP_REDIRECT, XDP_DROP} for x, y in zip(a, b))
     assert arbiter.stats("A").won + arbiter.stats("B").won == n
