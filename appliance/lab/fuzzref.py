@@ -89,12 +89,9 @@ def csum_fill(buf: bytearray, off: int, length: int, check_off: int) -> None:
 # -- the shared IPv4 validation (lib/parse.h) ---------------------------------
 IP_OK, IP_NOT_IPV4, IP_MALFORMED, IP_OPTIONS = 0, 1, 2, 3
 
-# The one rule for IP options (lib/parse.h since commit 7e42466): a header
-# with options is never fast-pathed, and its checksum is not checked (the
-# stack does that); only version and lengths are. The brief's original
-# wording checked the checksum over ihl * 4 bytes first (so options with a
-# bad checksum counted as malformed, not unparsed). False restores that.
-OPTIONS_UNCHECKED = True
+# The one rule for IP options (lib/parse.h): a header with options is never
+# fast-pathed, and its checksum is not checked (the stack does that); only
+# version and lengths are.
 
 
 def ipv4_status(f, n: int) -> int:
@@ -110,11 +107,9 @@ def ipv4_status(f, n: int) -> int:
     tot = (f[16] << 8) | f[17]
     if vihl >> 4 != 4 or ihl4 < 20 or tot < ihl4 or tot > n - ETH_HLEN:
         return IP_MALFORMED
-    if ihl4 != 20 and OPTIONS_UNCHECKED:
+    if ihl4 != 20:
         return IP_OPTIONS
-    if not csum_ok(f, IP_OFF, ihl4):
-        return IP_MALFORMED
-    return IP_OPTIONS if ihl4 != 20 else IP_OK
+    return IP_OK if csum_ok(f, IP_OFF, 20) else IP_MALFORMED
 
 
 def is_fragment(f) -> bool:
