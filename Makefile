@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/twinpath lab scenario blackhole
+	.venv/bin/python -m lab scenario blackhole
 
 test: setup
 	.venv/bin/python -m pytest -q tests
@@ -19,4 +19,4 @@ bench-quick: setup
 
 # Removes every lab namespace and pin this checkout's runs may have left.
 clean-lab: setup
-	.venv/bin/twinpath lab down --all
+	.venv/bin/python -m lab down --all

@@ -19,12 +19,14 @@ from typing import TextIO
 
 from pyroute2 import IPRoute
 
-from appliance import layout, netlink, policy, telemetry
-from appliance.arbitration import Arbiter, multicast_mac
-from appliance.config import Config
-from appliance.dataplane import PROBE_IDENT, Gateway, LinkState, open_probe_socket
-from appliance.feedwatch import FeedWatch
-from appliance.keys import HeartbeatKey
+from appliance import layout
+from appliance.core import policy, telemetry
+from appliance.core.config import Config
+from appliance.edge import netlink
+from appliance.edge.arbitration import Arbiter, multicast_mac
+from appliance.edge.dataplane import PROBE_IDENT, Gateway, LinkState, open_probe_socket
+from appliance.edge.feedwatch import FeedWatch
+from appliance.edge.keys import HeartbeatKey
 from fastpath.heartbeat import Sender
 
 TICK_S = 0.005
@@ -166,7 +168,7 @@ class Daemon:
         """One daemon per gateway (gatelock.GatewayBusy), and a config this
         host can run (preflight: ConfigError), both before anything is
         compiled or attached; the lock is held until run returns."""
-        from appliance import gatelock, preflight
+        from appliance.edge import gatelock, preflight
         with gatelock.GatewayLock():
             with IPRoute() as ipr:
                 keys = preflight.check(self.cfg, ipr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import re
 
-from appliance.bpfsource import EBPF_DIR
+from ebpf import EBPF_DIR
 
 _HEADER = (EBPF_DIR / "lib" / "layout.h").read_text()
 
@@ -208,7 +208,7 @@ def hist_bucket_bounds_us(bucket: int) -> tuple[float, float]:
     return float(low), float("inf") if bucket == HIST_BUCKETS - 1 else float(low + width)
 
 
-# -- lab only: ebpf/reflect.c, exch's kernel reflector / sink -----------------
+# -- lab only: lab/ebpf/reflect.c, exch's kernel reflector / sink -----------------
 REFLECT_PORTS = C["TP_REFLECT_PORTS"]
 REFLECT_ACTIONS = {"pass": C["TP_REFLECT_PASS"], "reflect": C["TP_REFLECT_REFLECT"],
                    "sink": C["TP_REFLECT_SINK"]}
@@ -218,7 +218,7 @@ class ReflectPort(ctypes.Structure):
     _fields_ = [("action", u16), ("reply_port", u16)]  # reply_port: host order
 
 
-# Map name -> (key, value) in ebpf/reflect.c; both keyed by UDP destination port, host order.
+# Map name -> (key, value) in lab/ebpf/reflect.c; both keyed by UDP destination port, host order.
 REFLECT_MAPS = {
     "reflect_cfg": (u32, ReflectPort),
     "reflect_stats": (u32, u64),

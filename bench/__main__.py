@@ -16,7 +16,7 @@ Sections, in order:
             fast path vs kernel forwarding, alternating
   control   daemon CPU % at 1 ms and 200 us with 2 and 8 links
   security  attacks from carrier A's wire: spoofed heartbeat replies during a blackhole, a forged
-            MoldUDP64 session on line A (appliance.lab.attacks); room for the fuzz figures
+            MoldUDP64 session on line A (lab.attacks); room for the fuzz figures
 
 The machine is shared: read ratios of figures measured side by side in one
 run, with their percentiles, not single absolute numbers.
@@ -31,7 +31,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.lab import topology
+from lab import topology
 
 SECTIONS = ("fastpath", "failover", "stress", "latency", "control", "security")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -74,8 +74,8 @@ def failover_blocks(plan: Plan):
 def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path) -> dict:
     work = out / name
     if name == "fastpath":
-        from appliance.lab import progbench
-        return progbench.run(rounds=plan.fastpath_rounds)
+        from bench import progcost
+        return progcost.run(rounds=plan.fastpath_rounds)
     if name == "failover":
         from bench.failover import run_block
         return {f"{b.scenario}/{b.setting}": run_block(lab, work / f"{b.scenario}-{b.setting}", b, seed=i)

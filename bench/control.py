@@ -8,9 +8,9 @@ import os
 import time
 from pathlib import Path
 
-from appliance.lab import topology
-from appliance.lab.scenario import DaemonProcess
 from bench import analysis
+from lab import topology
+from lab.scenario import DaemonProcess
 
 SETTINGS = [(interval_us, links) for links in (2, 8) for interval_us in (1000, 200)]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.lab import faults, topology
-from appliance.lab.scenario import DaemonProcess, ScenarioError, Tool, stop_stream, udp_stream
 from bench import analysis
+from lab import faults, topology
+from lab.scenario import DaemonProcess, ScenarioError, Tool, stop_stream, udp_stream
 
 STREAM_PORTS = {"twinpath": 9000, "kernel": 9300}  # steered by the orders rule / matched by no rule
 TCP_PORT = 9001
@@ -73,7 +73,7 @@ def run_block(lab: topology.Lab, work: Path, block: Block, rate_pps: int = 10_00
         daemon.wait_for("ready", 60)
         bfd = None
         if block.bfd:
-            from appliance.lab.bfd import Bfdd
+            from lab.bfd import Bfdd
             # Under the lab's run directory: bfdd runs as user frr and must be able to read its config.
             bfd = stack.enter_context(Bfdd(lab, lab.dir / f"bfd-{work.name}", links=("A", "B"),
                                            interval_ms=10, multiplier=3))

@@ -2,7 +2,7 @@
 
 run(frames_total, seed) pushes frames_total random and mutated frames,
 spread evenly over every product program, through BPF_PROG_TEST_RUN, each
-checked against its pure-Python reference (appliance/lab/fuzz.py), and
+checked against its pure-Python reference (lab/fuzz.py), and
 returns
 
     {"frames": N, "mismatches": M, "frames_per_s": R, "seconds": S, "seed": seed,
@@ -25,7 +25,7 @@ import multiprocessing
 import sys
 import time
 
-from appliance.lab import fuzz
+from lab import fuzz
 
 DEFAULT_FRAMES_PER_PROGRAM = 100_000     # the CLI's default (make bench sizes come from bench.__main__.Plan)
 MAX_SAMPLES = 10

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from appliance import layout
-from appliance.lab import reflect, topology
-from appliance.lab.scenario import DaemonProcess, Tool
 from bench.analysis import PER_MILLE, nearest_rank
+from lab import reflect, topology
+from lab.scenario import DaemonProcess, Tool
 
 MODES = ("fastpath", "kernel")
 PORTS = {"fastpath": 9050, "kernel": 9300}          # destination at the exchange

@@ -1,7 +1,7 @@
 """The security section: attacks from carrier A's wire, repeated, and (room
 for) the fuzz figures.
 
-- spoofed-heartbeats (appliance.lab.attacks): blackhole on link A while
+- spoofed-heartbeats (lab.attacks): blackhole on link A while
   forged and replayed heartbeat replies arrive on it at 5,000/s. Per trial:
   did it fail over, what it lost, how many spoofed replies were accepted.
 - forged-session: a MoldUDP64 feed with one forged packet of another session
@@ -21,8 +21,8 @@ import json
 import traceback
 from pathlib import Path
 
-from appliance.lab import attacks, scenario, topology
 from bench.analysis import percentiles
+from lab import attacks, scenario, topology
 
 SPOOF_SETTING = {"rate_pps": 10_000, "interval_us": 1000, "multiplier": 3}  # scenario.run's defaults
 
@@ -132,13 +132,14 @@ def headline(s: dict) -> str:
 # bench/fuzz.py pushes random and mutated frames through every product
 # program (BPF_PROG_TEST_RUN on programs compiled for it; the lab is not
 # used) and checks each verdict, output and counter against the program's
-# pure-Python reference (appliance/lab/fuzz.py, fuzzref.py), plan.fuzz_frames
+# pure-Python reference (lab/fuzz.py, fuzzref.py), plan.fuzz_frames
 # in all (10^7 in the full run). Workers: one per core, at most 2.
 
 def run_fuzz(lab: topology.Lab, work: Path, plan) -> dict:
     """bench.fuzz.run()'s output, also saved in work/fuzz.json."""
     import os
     import time
+
     from bench import fuzz
     workers = min(2, os.cpu_count() or 1)
     seed = time.time_ns() % 1_000_000_007     # recorded: a mismatch names it, and replays from it

@@ -11,9 +11,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from appliance.lab import topology
-from appliance.lab.bfd import Bfdd
-from appliance.lab.scenario import DaemonProcess, stop_stream, udp_stream
+from lab import topology
+from lab.bfd import Bfdd
+from lab.scenario import DaemonProcess, stop_stream, udp_stream
 
 PORTS = {"orders": 9000, "marketdata": 9100}
 INTERVAL_US, MULTIPLIER = 1000, 3

@@ -64,12 +64,28 @@ if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 
-# Reinstall the package (and rebuild the Cython extensions) only when its
-# build inputs changed since the last install.
+# The product into .venv (and its Cython extension rebuilt) only when its
+# build inputs changed since the last install; the lab's and bench's
+# requirements likewise.
 stamp=.venv/.twinpath-installed
-if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py fastpath -newer "$stamp" -name '*.py*' -o -newer "$stamp" -name '*.toml' | head -n1)" ]; then
-  say "installing twinpath into .venv (compiles fastpath/ Cython extensions)"
+if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py requirements-lab.txt fastpath -newer "$stamp" \( -name '*.py*' -o -name '*.toml' -o -name '*.txt' \) | head -n1)" ]; then
+  say "installing twinpath into .venv (compiles fastpath/ Cython), and the lab's requirements-lab.txt"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test,bench]'
+  .venv/bin/python -m pip install -q -r requirements-lab.txt
+  .venv/bin/python -m pip install -q -e .
   touch "$stamp"
+fi
+
+# lab/ and bench/ are not part of the product wheel; they run from this
+# checkout, importable from .venv anywhere (also inside `ip netns exec`).
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ "$(cat "$site/twinpath-checkout.pth" 2>/dev/null)" != "$PWD" ]; then
+  say "putting this checkout's lab/ and bench/ on .venv's path ($site/twinpath-checkout.pth)"
+  printf '%s\n' "$PWD" >"$site/twinpath-checkout.pth"
+fi
+
+# The lab's traffic pacer (Cython), built in place.
+if [ -z "$(ls lab/pacer.*.so 2>/dev/null)" ] || [ -n "$(find lab/pacer.pyx fastpath/_ctime.pxd -newer "$(ls lab/pacer.*.so | head -n1)")" ]; then
+  say "compiling the lab's traffic pacer (lab/pacer.pyx)"
+  .venv/bin/cythonize -q -i -3 lab/pacer.pyx >/dev/null
 fi

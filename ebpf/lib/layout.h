@@ -79,7 +79,7 @@ enum tp_arb_stat {
 #define TP_CAUSE_HEARTBEAT  1           /* no heartbeat reply for the dead interval */
 #define TP_CAUSE_CARRIER    2           /* carrier lost (reported by the daemon) */
 
-/* tp_fault_config.mode: the lab's carrier-side fault injector (ebpf/fault.c). */
+/* tp_fault_config.mode: the lab's carrier-side fault injector (lab/ebpf/fault.c). */
 #define TP_FAULT_PASS       0
 #define TP_FAULT_BLACKHOLE  1           /* drop everything, both directions */
 #define TP_FAULT_LOSS       2           /* drop when bpf_get_prandom_u32() < loss_threshold */
@@ -304,7 +304,7 @@ struct tp_arb_event {
 	__u64 session[2];           /* SESSION, CANDIDATE: that session's 10 bytes, as tp_feed_state.session */
 };
 
-/* ---- Lab only: exch's kernel-speed UDP reflector / sink (ebpf/reflect.c) ---- */
+/* ---- Lab only: exch's kernel-speed UDP reflector / sink (lab/ebpf/reflect.c) ---- */
 
 #define TP_REFLECT_PORTS    64          /* configured destination ports per handoff */
 

@@ -4,10 +4,8 @@ import time
 
 import pytest
 
-from appliance import config
-from appliance.lab.topology import render_config
-
-
+from appliance.core import config
+from lab.topology import render_config
 
 # Fixture timers: 100 ms x 3 (dead after 300 ms). The test's own overhead
 # between writing a map and running a program reaches milliseconds on a
@@ -23,7 +21,7 @@ def fixture_config() -> config.Config:
 @pytest.fixture(scope="session")
 def compiled_gateway(fixture_config):
     """One compilation for every packet-fixture test (BCC takes ~0.5 s)."""
-    from appliance.dataplane import Gateway
+    from appliance.edge.dataplane import Gateway
     return Gateway(fixture_config)
 
 
@@ -48,7 +46,7 @@ class FixtureGateway:
     the reflex events it emitted."""
 
     def __init__(self, gateway):
-        from appliance.dataplane import LinkState
+        from appliance.edge.dataplane import LinkState
         self.gw = gateway
         self.events = []
         self._LinkState = LinkState
@@ -56,7 +54,7 @@ class FixtureGateway:
                                                            ev.cause, ev.silence_ns)))
 
     def reset(self):
-        from appliance.keys import HeartbeatKey
+        from appliance.edge.keys import HeartbeatKey
         gw = self.gw
         for name in ("tp_health", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
             gw.bpf[name].clear()
@@ -79,6 +77,7 @@ class FixtureGateway:
 
     def set_fresh(self, link_id, age_ns, fresh_for_ns=10**9):
         import ctypes
+
         from appliance import layout
         now = now_ns()
         last = now - age_ns if age_ns is not None else 0
@@ -86,7 +85,7 @@ class FixtureGateway:
             last_reply_ns=last, fresh_since_ns=max(last - fresh_for_ns, 0) if last else 0)
 
     def run(self, prog, packet: bytes):
-        from appliance.bpfsys import prog_test_run
+        from appliance.edge.bpfsys import prog_test_run
         verdict, out, _ = prog_test_run(prog.fd, packet)
         self.gw.poll(0)
         return verdict, out
@@ -107,7 +106,7 @@ def gateway(compiled_gateway):
 @pytest.fixture(scope="module")
 def lab():
     """A lab of the test module's own, torn down whatever happens."""
-    from appliance.lab import topology
+    from lab import topology
     lab = topology.up()
     try:
         yield lab
@@ -126,7 +125,7 @@ XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
 
 @pytest.fixture(scope="session")
 def compiled_arbiter():
-    from appliance.arbitration import Arbiter
+    from appliance.edge.arbitration import Arbiter
     return Arbiter(HB_DEDUP_NS)
 
 
@@ -154,7 +153,7 @@ class FixtureArbiter:
         self.events.clear()
 
     def run(self, line: str, frame: bytes):
-        from appliance.bpfsys import prog_test_run
+        from appliance.edge.bpfsys import prog_test_run
         verdict, out, _ = prog_test_run(self.arb.lines["AB".index(line)].fd, frame)
         self.arb.poll(0)
         return verdict, out

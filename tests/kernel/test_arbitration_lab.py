@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from appliance.lab import faults, feedrun, topology
-from appliance.lab.feedplan import FeedPlan
-from appliance.lab.scenario import DaemonProcess
+from lab import faults, feedrun, topology
+from lab.feedplan import FeedPlan
+from lab.scenario import DaemonProcess
 
 pytestmark = pytest.mark.kernel
 

@@ -1,4 +1,4 @@
-"""Attacks from carrier A's wire, end to end in the lab (appliance.lab.attacks).
+"""Attacks from carrier A's wire, end to end in the lab (lab.attacks).
 
 spoofed-heartbeats: link A black-holed while forged and replayed heartbeat
 replies keep arriving on it; the link must still fail over, within a
@@ -18,9 +18,9 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 
-from appliance import feedproto, layout
-from appliance.dataplane import PROBE_IDENT
-from appliance.lab import attack, attacks, scenario
+from appliance import layout
+from appliance.edge.dataplane import PROBE_IDENT
+from lab import attack, attacks, feedproto, scenario
 
 RATE, INTERVAL_US, MULTIPLIER = 10_000, 1000, 3
 # The attack runs at 5,000/s from before the fault until after it is cleared,
@@ -125,7 +125,7 @@ def test_spoofed_replies_never_fail_traffic_back_onto_a_dead_link(lab):
     """Orders already on B after A died: forged and replayed replies on A for
     five hold-downs must not make the daemon fail back onto A (it used to,
     after one hold-down, and lost every order after)."""
-    from appliance.lab import faults, topology
+    from lab import faults, topology
     from tests.kernel.test_failover import failovers, stream
 
     workdir = lab.dir / "spoofed-no-failback"

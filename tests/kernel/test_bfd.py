@@ -14,9 +14,9 @@ import subprocess
 
 import pytest
 
-from appliance.lab import faults
-from appliance.lab.bfd import FRR_RUN_DIR, FRR_TMP_DIR, Bfdd
-from appliance.lab.topology import LINKS
+from lab import faults
+from lab.bfd import FRR_RUN_DIR, FRR_TMP_DIR, Bfdd
+from lab.topology import LINKS
 
 pytestmark = pytest.mark.kernel
 

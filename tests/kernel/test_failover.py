@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from appliance.lab import faults, scenario, topology
-from appliance.lab.traffic import analyze_stream
+from lab import faults, scenario, topology
+from lab.traffic import analyze_stream
 
 RATE = 10_000
 INTERVAL_US, MULTIPLIER = 1000, 3

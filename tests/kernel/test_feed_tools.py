@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from appliance.lab import faults, feedrun, topology
-from appliance.lab.feedrun import MARKETDATA
-from appliance.lab.feedplan import FeedPlan, LineFaults, expected
-from appliance.lab.marketdata import load_received
-from appliance.lab.scenario import Tool
+from lab import faults, feedrun, topology
+from lab.feedplan import FeedPlan, LineFaults, expected
+from lab.feedrun import MARKETDATA
+from lab.marketdata import load_received
+from lab.scenario import Tool
 
 pytestmark = pytest.mark.kernel
 

@@ -1,12 +1,12 @@
-"""Differential fuzzing of every product program (appliance/lab/fuzz.py):
+"""Differential fuzzing of every product program (lab/fuzz.py):
 at least 100,000 random and mutated frames per program through
 BPF_PROG_TEST_RUN, each verdict, output and counter against the program's
-pure-Python reference (appliance/lab/fuzzref.py), then every map counter
+pure-Python reference (lab/fuzzref.py), then every map counter
 against the reference's totals.
 
 TP_FUZZ_SEED and TP_FUZZ_FRAMES override the seed and the frames per
 program. A failure prints, per mismatch, the seed, the frame's index, its hex,
-its mutations and expected vs got; `python -m appliance.lab.fuzz --program P
+its mutations and expected vs got; `python -m lab.fuzz --program P
 --seed S --stop-at INDEX` replays the run up to it.
 """
 import json
@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from appliance.lab import fuzz, fuzzref
+from lab import fuzz, fuzzref
 
 SEED = int(os.environ.get("TP_FUZZ_SEED", "20261201"))
 FRAMES = int(os.environ.get("TP_FUZZ_FRAMES", "100000"))

@@ -9,8 +9,8 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
 from appliance import layout
-from appliance.dataplane import PROBE_IDENT
-from appliance.lab.siphash import probe_mac
+from appliance.edge.dataplane import PROBE_IDENT
+from lab.siphash import probe_mac
 from tests.kernel.conftest import ADDR, FIXTURE_KEYS, now_ns
 
 TC_ACT_OK, TC_ACT_SHOT = 0, 2

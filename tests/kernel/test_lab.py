@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.lab import faults, topology
-from appliance.lab.topology import EXCHANGE_ADDR, LINKS
+from lab import faults, topology
+from lab.topology import EXCHANGE_ADDR, LINKS
 
 pytestmark = pytest.mark.kernel
 

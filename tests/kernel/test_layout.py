@@ -7,7 +7,7 @@ import pytest
 from bcc import BPF
 
 from appliance import layout
-from appliance.bpfsource import EBPF_DIR, assemble
+from appliance.edge.bpfsource import EBPF_DIR, assemble
 
 PYTHON_VIEW = {
     "tp_link": layout.Link, "tp_health": layout.Health, "tp_key": layout.Key, "tp_class": layout.Class,

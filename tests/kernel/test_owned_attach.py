@@ -7,8 +7,8 @@ import subprocess
 import pytest
 from pyroute2 import IPRoute
 
-from appliance import bpfsys, netlink
-from appliance.dataplane import FILTER_PRIO
+from appliance.edge import bpfsys, netlink
+from appliance.edge.dataplane import FILTER_PRIO
 
 pytestmark = pytest.mark.kernel
 

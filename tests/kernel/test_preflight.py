@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from appliance import preflight
-from appliance.config import ConfigError, parse
-from appliance.gatelock import GatewayLock
-from appliance.lab.topology import render_config
+from appliance.core.config import ConfigError, parse
+from appliance.edge import preflight
+from appliance.edge.gatelock import GatewayLock
+from lab.topology import render_config
 
 pytestmark = pytest.mark.kernel
 
@@ -44,7 +44,7 @@ def gwns():
             ip(ns, "link", "set", f"{dev}-p", "up")
         lock = Path(subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, "-c",
-             "from appliance.gatelock import lock_path; print(lock_path())"],
+             "from appliance.edge.gatelock import lock_path; print(lock_path())"],
             check=True, capture_output=True, text=True, cwd=REPO, timeout=30).stdout.strip())
         yield ns, lock
     finally:

@@ -1,4 +1,4 @@
-"""The lab's kernel reflector / sink (ebpf/reflect.c): packet fixtures through
+"""The lab's kernel reflector / sink (lab/ebpf/reflect.c): packet fixtures through
 BPF_PROG_TEST_RUN, then ping-pong and sink runs through a lab with the daemon."""
 import subprocess
 
@@ -7,11 +7,12 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from appliance import bpfsys, layout
-from appliance.bpfsource import assemble
-from appliance.lab import reflect, topology
-from appliance.lab.scenario import DaemonProcess
+from appliance import layout
+from appliance.edge import bpfsys
+from appliance.edge.bpfsource import assemble
 from bench.latency import MODES, PORTS, RAW_KEY, latency, max_pps
+from lab import labbpf, reflect, topology
+from lab.scenario import DaemonProcess
 from tests.kernel.test_layout import assert_map_matches
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
@@ -28,7 +29,7 @@ class Reflector:
 
     def __init__(self):
         from bcc import BPF
-        self.bpf = BPF(text=assemble(["reflect.c"]).encode())
+        self.bpf = BPF(text=assemble(["reflect.c"], roots=labbpf.BPF_ROOTS).encode())
         self.prog = self.bpf.load_func(b"reflect", BPF.SCHED_CLS)
 
     def reset(self):

@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from appliance.lab.scenario import Tool as LabTool, traffic_argv
-from appliance.lab.traffic import analyze_stream
+from lab.scenario import Tool as LabTool
+from lab.scenario import traffic_argv
+from lab.traffic import analyze_stream
 
 ADDR_A, ADDR_B = "198.18.200.1", "198.18.200.2"
 

@@ -4,8 +4,8 @@ FRR 8.4.4's bfdd in the lab (gw's log, TZ=UTC, `log timestamp precision 6`,
 
 import pytest
 
-from appliance.lab.bfd import Bfdd, parse_state_changes, render_config
-from appliance.lab.topology import LINKS, Lab
+from lab.bfd import Bfdd, parse_state_changes, render_config
+from lab.topology import LINKS, Lab
 
 GW_LOG = """\
 2026/11/21 12:35:35.027627 BFD: [PSB4R-8T1TJ] session-new: mhop:no peer:198.18.10.2 local:198.18.10.1 vrf:default

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from appliance import classify
-from appliance.config import parse
+from appliance.core import classify
+from appliance.core.config import parse
 
 HEAD = """
 [steer]

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from appliance.config import ConfigError, load, parse
+from appliance.core.config import ConfigError, load, parse
 
 BASE = """
 [steer]
@@ -93,7 +93,7 @@ port = 26400
 
 
 def test_lab_config_has_two_arbitrated_feeds():
-    from appliance.lab.topology import render_config
+    from lab.topology import render_config
     cfg = parse(render_config(feeds=True))
     assert [(f.name, f.protocol, f.port) for f in cfg.feeds] == [("itch", "moldudp64", 26400),
                                                                   ("mdp3", "mdp3", 26401)]
@@ -109,7 +109,7 @@ def test_lab_config_has_two_arbitrated_feeds():
     (FEEDS + '[arbitration]\nlines = ["A", "C"]\n', "arbitration.lines: must name two different links"),
 ])
 def test_bad_feed_config_is_refused_by_name(extra, message):
-    from appliance.lab.topology import render_config
+    from lab.topology import render_config
     base = render_config()
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse(base + extra)

@@ -5,9 +5,20 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from appliance import feedproto
-from appliance.lab.feedplan import (DATA, END, HEARTBEAT, RECORD_DTYPE, FeedPlan, LineFaults, build, check,
-                                    expected, packet_bytes, read_packet)
+from lab import feedproto
+from lab.feedplan import (
+    DATA,
+    END,
+    HEARTBEAT,
+    RECORD_DTYPE,
+    FeedPlan,
+    LineFaults,
+    build,
+    check,
+    expected,
+    packet_bytes,
+    read_packet,
+)
 
 SOURCES = {"A": "198.18.30.1", "B": "198.18.30.2"}
 SRC = {0: 0xC6121E01, 1: 0xC6121E02}  # SOURCES as integers, by line index

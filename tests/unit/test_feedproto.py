@@ -1,8 +1,18 @@
 """MoldUDP64 and MDP 3.0 codecs against hand-written bytes (no root)."""
 import pytest
 
-from appliance.feedproto import (Mdp3Message, MoldPacket, is_lab_message, lab_message, mdp3_packet,
-                                 mold_end_of_session, mold_heartbeat, mold_packet, parse_mdp3, parse_mold)
+from lab.feedproto import (
+    Mdp3Message,
+    MoldPacket,
+    is_lab_message,
+    lab_message,
+    mdp3_packet,
+    mold_end_of_session,
+    mold_heartbeat,
+    mold_packet,
+    parse_mdp3,
+    parse_mold,
+)
 
 MOLD_DATA = (
     b"NASDAQ1   "                          # session, space-padded to 10

@@ -1,8 +1,9 @@
 """The pure arbitration bookkeeping: gap grace windows, line health, summaries."""
 import pytest
 
-from appliance import feeds, layout
-from appliance.feeds import GapBook, LineHealth, LineSample, line_status, subtract
+from appliance import layout
+from appliance.core import feeds
+from appliance.core.feeds import GapBook, LineHealth, LineSample, line_status, subtract
 
 MS = 1_000_000
 

@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from appliance import gatelock
-from appliance.gatelock import GatewayBusy, GatewayLock
+from appliance.edge import gatelock
+from appliance.edge.gatelock import GatewayBusy, GatewayLock
 
 HOLDER = r"""
 import sys, time
-from appliance.gatelock import GatewayLock
+from appliance.edge.gatelock import GatewayLock
 GatewayLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(60)

@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from appliance import keys
-from appliance.config import ConfigError, parse
-from appliance.keys import HeartbeatKey, keys_for, load_keys, parse_keys, random_keys
+from appliance.core.config import ConfigError, parse
+from appliance.edge import keys
+from appliance.edge.keys import HeartbeatKey, keys_for, load_keys, parse_keys, random_keys
 from tests.unit.test_config import BASE
 
 K1 = "00112233445566778899aabbccddeeff"

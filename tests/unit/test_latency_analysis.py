@@ -4,9 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from appliance.lab.traffic import ARRIVAL_DTYPE, NO_SENT_NS
-from bench.latency import (MODES, block_latencies, block_order, highest_passing, judge_step, ratio,
-                           summarize)
+from bench.latency import MODES, block_latencies, block_order, highest_passing, judge_step, ratio, summarize
+from lab.traffic import ARRIVAL_DTYPE, NO_SENT_NS
 
 T0 = 5_000_000_000  # the block's start: every intended send time is after it
 

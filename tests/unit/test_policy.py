@@ -1,5 +1,5 @@
 """Failback as a pure function: replayable, no root."""
-from appliance.policy import LinkObservation, failbacks, fresh_for_ns
+from appliance.core.policy import LinkObservation, failbacks, fresh_for_ns
 
 MS = 1_000_000
 DEAD, HOLD = 3 * MS, 1000 * MS

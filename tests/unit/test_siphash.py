@@ -1,7 +1,7 @@
-"""SipHash-2-4 (appliance/lab/siphash.py) against the reference vectors, and
-the fuzz harness's pure parts (appliance/lab/fuzz.py, fuzzref.py): frame
+"""SipHash-2-4 (lab/siphash.py) against the reference vectors, and
+the fuzz harness's pure parts (lab/fuzz.py, fuzzref.py): frame
 builders and checksums against scapy, the fast classifier against
-appliance.classify.lookup, the references on hand-made frames, and
+appliance.core.classify.lookup, the references on hand-made frames, and
 repeatable generation. No kernel: the kernel comparison is
 tests/kernel/test_fuzz.py."""
 import ipaddress
@@ -13,10 +13,12 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
-from appliance import config, layout
-from appliance.classify import compile_rules, lookup
-from appliance.lab import fuzz, fuzzref as ref
-from appliance.lab.siphash import key_words, siphash24, siphash24_32, siphash24_words
+from appliance import layout
+from appliance.core import config
+from appliance.core.classify import compile_rules, lookup
+from lab import fuzz
+from lab import fuzzref as ref
+from lab.siphash import key_words, siphash24, siphash24_32, siphash24_words
 
 # SipHash-2-4, key 00..0f, message 00..(n-1): the paper's vectors.h, n = 0..15,
 # as the little-endian bytes of the output.

@@ -1,7 +1,7 @@
 import pytest
 
 from appliance import layout
-from appliance.telemetry import histogram_percentile_us
+from appliance.core.telemetry import histogram_percentile_us
 
 
 def bucket_of(us: int) -> int:

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from appliance.lab.traffic import ARRIVAL_DTYPE, MAX_LOST_RANGES, RecordStream, analyze_stream
+from lab.traffic import ARRIVAL_DTYPE, MAX_LOST_RANGES, RecordStream, analyze_stream
 
 PRIMARY, STANDBY = 2, 3
 

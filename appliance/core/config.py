@@ -1,0 +1,368 @@
+"""Daemon configuration: a TOML file validated into typed objects.
+
+Every error names the file, the offending key (e.g. `rules.2.ports`) and the
+reason, so an operator can fix the file without reading code; a bad file never
+reaches the data path. Types are strict: TOML already has integers, floats,
+booleans and strings, so `interval_us = "1000"` or `1000.0` is a mistake to
+report, not to guess at. Settings that depend on this host (devices, its
+addresses, the key file) are checked by appliance.edge.preflight before the daemon
+attaches anything.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from appliance import layout
+from appliance.core.classify import compile_rules
+
+# The feed protocols arbitration parses (layout.FEED_PROTOCOLS).
+FeedProtocol = Literal["moldudp64", "mdp3"]
+PORTS_RE = re.compile(r"[0-9]{1,5}(-[0-9]{1,5})?")   # matched whole (fullmatch), ASCII digits only
+# Floats accept TOML integers (grace_ms = 20) but never strings or booleans.
+StrictFloat = Annotated[float, Strict()]
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+_RESERVED = ipaddress.IPv4Network("240.0.0.0/4")
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Problems(ValueError):
+    """Cross-reference problems found by a model validator, each with the
+    key path it concerns (relative to the model's own location)."""
+
+    def __init__(self, items: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{where}: {msg}" for where, msg in items))
+        self.items = items
+
+
+def _describe(value) -> str:
+    """A TOML-ish rendering of a value and its type, for error messages."""
+    kind = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+    shown = str(value).lower() if isinstance(value, bool) else repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{shown} ({kind})"
+
+
+def unusable_unicast(addr: ipaddress.IPv4Address) -> str | None:
+    """Why `addr` cannot be a heartbeat target or next hop, or None if it can."""
+    if addr == _LIMITED_BROADCAST:
+        return f"{addr} is the limited broadcast address: it is never one host, no reply can be attributed"
+    if addr.is_unspecified:
+        return f"{addr} is unspecified: no reply can come from it"
+    if addr in _THIS_NETWORK:
+        return f"{addr} is in 0.0.0.0/8 ('this network', RFC 1122): a source only, never a destination"
+    if addr.is_loopback:
+        return f"{addr} is loopback (127.0.0.0/8): it never leaves this host"
+    if addr.is_multicast:
+        return f"{addr} is multicast: a heartbeat target or next hop must be one unicast host"
+    if addr.is_link_local:
+        return f"{addr} is link-local (169.254.0.0/16): use the address the carrier assigned to the link"
+    if addr in _RESERVED:
+        return f"{addr} is reserved (240.0.0.0/4): no host can use it"
+    return None
+
+
+def _ipv4(value) -> ipaddress.IPv4Address:
+    if not isinstance(value, str):
+        raise ValueError(f'must be a string like "198.18.10.2", got {_describe(value)}')
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f'{value!r} is not an IPv4 address (dotted quad like "198.18.10.2")') from None
+
+
+def _unicast(value) -> ipaddress.IPv4Address:
+    addr = _ipv4(value)
+    reason = unusable_unicast(addr)
+    if reason:
+        raise ValueError(reason)
+    return addr
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Heartbeat(_Strict):
+    interval_us: StrictInt = Field(1000, ge=100, le=1_000_000, description="probe period per link")
+    multiplier: StrictInt = Field(3, ge=2, le=255, description="missed periods that make a link stale")
+    holddown_ms: StrictInt = Field(1000, ge=0, le=3_600_000,
+                                   description="preferred link must be fresh this long before failback")
+    key_file: StrictStr | None = Field(None, description="heartbeat SipHash keys (appliance.edge.keys); "
+                                                         "absent: a random key per run")
+
+    @field_validator("key_file")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v or "\0" in v or not v.startswith("/"):
+            raise ValueError(f"must be an absolute path, got {v!r}")
+        return v
+
+    @property
+    def dead_ns(self) -> int:
+        return self.interval_us * self.multiplier * 1000
+
+
+class Steer(_Strict):
+    ingress: StrictStr = Field(min_length=1, max_length=15, description="trader-facing interface")
+
+
+class LinkConfig(_Strict):
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    dev: StrictStr = Field(min_length=1, max_length=15)
+    target: ipaddress.IPv4Address = Field(description="heartbeat target, by default the far end")
+    nexthop: ipaddress.IPv4Address | None = Field(None, description="L2 next hop; defaults to target")
+    ttl_security: StrictBool = Field(False, description="GTSM (RFC 5082): heartbeat replies must arrive "
+                                                        "with TTL 255; only for a directly connected target")
+
+    @field_validator("target", "nexthop", mode="before")
+    @classmethod
+    def _usable(cls, v):
+        return _unicast(v)
+
+    @field_validator("ttl_security")
+    @classmethod
+    def _directly_connected(cls, v: bool, info: ValidationInfo) -> bool:
+        target, nexthop = info.data.get("target"), info.data.get("nexthop")
+        if v and nexthop is not None and target is not None and nexthop != target:
+            raise ValueError(f"needs a directly connected target, but target {target} is reached via "
+                             f"nexthop {nexthop}: its replies arrive with TTL below 255")
+        return v
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return self.nexthop or self.target
+
+
+class ClassConfig(_Strict):
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$")
+    links: list[StrictStr] = Field(min_length=1, max_length=layout.MAX_LINKS,
+                                   description="links in preference order; the first is preferred")
+
+    @field_validator("links")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("a link appears twice")
+        return v
+
+
+class RuleConfig(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    class_name: StrictStr = Field(alias="class")
+    dst: ipaddress.IPv4Network
+    proto: Literal["any", "icmp", "tcp", "udp"] = "any"
+    ports: int | str | None = Field(None, description='destination port N or range "LO-HI"')
+
+    @field_validator("dst", mode="before")
+    @classmethod
+    def _strict_prefix(cls, v):
+        if not isinstance(v, str):
+            raise ValueError(f'must be a string like "198.19.0.0/24", got {_describe(v)}')
+        try:
+            return ipaddress.IPv4Network(v, strict=True)
+        except ValueError as e:
+            raise ValueError(f"not an IPv4 prefix: {e}") from None
+
+    @field_validator("ports", mode="plain")
+    @classmethod
+    def _ports(cls, v, info: ValidationInfo):
+        if info.data.get("proto") == "icmp":
+            raise ValueError("ports make no sense for icmp")
+        if isinstance(v, int) and not isinstance(v, bool):
+            if not 0 <= v <= 65535:
+                raise ValueError(f"port {v} is not within 0-65535")
+            return v
+        if not isinstance(v, str):
+            raise ValueError(f'must be a port number or a string "LO-HI", got {_describe(v)}')
+        if not PORTS_RE.fullmatch(v):
+            raise ValueError(f'must be "N" or "LO-HI" in decimal digits (no sign, space or _), got {v!r}')
+        lo, _, hi = v.partition("-")
+        if not 0 <= int(lo) <= int(hi or lo) <= 65535:
+            raise ValueError(f"port range {v!r} is not within 0-65535 with lo <= hi")
+        return v
+
+    @property
+    def port_range(self) -> tuple[int, int]:
+        if self.ports is None:
+            return 0, 65535
+        lo, _, hi = str(self.ports).partition("-")
+        return int(lo), int(hi or lo)
+
+
+class Arbitration(_Strict):
+    lines: list[StrictStr] = Field(["A", "B"], min_length=2, max_length=2,
+                                   description="links carrying line A and line B of every feed")
+    grace_ms: StrictFloat = Field(20.0, gt=0, le=10_000,
+                                  description="a gap the other line fills within this long counts as filled")
+    silence_ms: StrictFloat = Field(50.0, gt=0, le=60_000,
+                                    description="a line this quiet while its peer flows is reported silent")
+    behind_seqs: StrictInt = Field(1000, ge=1, description="a line this many sequences behind its peer is reported")
+    heartbeat_dedup_ms: StrictFloat = Field(50.0, gt=0, le=10_000,
+                                            description="a heartbeat this soon after a forwarded one is its copy")
+
+
+class FeedConfig(_Strict):
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$")
+    protocol: FeedProtocol
+    dst: ipaddress.IPv4Address = Field(description="destination address or multicast group")
+    port: StrictInt = Field(ge=1, le=65535)
+
+    @field_validator("dst", mode="before")
+    @classmethod
+    def _address(cls, v):
+        return _ipv4(v)
+
+
+def _duplicates(values: list, first_path) -> list[tuple[str, str]]:
+    """(path of each repeat, what it repeats) for values seen before."""
+    seen: dict = {}
+    found = []
+    for i, v in enumerate(values):
+        if v in seen:
+            found.append((first_path(i), v, first_path(seen[v])))
+        else:
+            seen[v] = i
+    return found
+
+
+class Config(_Strict):
+    heartbeat: Heartbeat = Heartbeat()
+    steer: Steer
+    links: list[LinkConfig] = Field(min_length=1, max_length=layout.MAX_LINKS)
+    classes: list[ClassConfig] = Field(min_length=1, max_length=layout.MAX_CLASSES)
+    rules: list[RuleConfig] = Field(default_factory=list)
+    arbitration: Arbitration = Arbitration()
+    feeds: list[FeedConfig] = Field(default_factory=list, max_length=layout.ARB_FEEDS)
+    _source: str = PrivateAttr("<config>")
+
+    @property
+    def source(self) -> str:
+        """The file this configuration came from, for error messages."""
+        return self._source
+
+    @model_validator(mode="after")
+    def _references(self):
+        problems: list[tuple[str, str]] = []
+        for field, kind, values in (("name", "link name", [l.name for l in self.links]),
+                                    ("dev", "link dev", [l.dev for l in self.links])):
+            for where, v, first in _duplicates(values, lambda i, f=field: f"links.{i}.{f}"):
+                problems.append((where, f"duplicate {kind} {v!r} (also {first})"))
+        for where, v, first in _duplicates([c.name for c in self.classes], lambda i: f"classes.{i}.name"):
+            problems.append((where, f"duplicate class name {v!r} (also {first})"))
+        for i, l in enumerate(self.links):
+            if l.dev == self.steer.ingress:
+                problems.append(("steer.ingress", f"{l.dev!r} is also a link (links.{i}.dev)"))
+        links = list(dict.fromkeys(l.name for l in self.links))
+        for ci, c in enumerate(self.classes):
+            for li, n in enumerate(c.links):
+                if n not in links:
+                    problems.append((f"classes.{ci}.links.{li}",
+                                     f"unknown link {n!r}; links are {', '.join(links)}"))
+        classes = list(dict.fromkeys(c.name for c in self.classes))
+        for i, r in enumerate(self.rules):
+            if r.class_name not in classes:
+                problems.append((f"rules.{i}.class",
+                                 f"unknown class {r.class_name!r}; classes are {', '.join(classes)}"))
+        if self.feeds:
+            lines = self.arbitration.lines
+            if any(n not in links for n in lines) or lines[0] == lines[1]:
+                problems.append(("arbitration.lines",
+                                 f"must name two different links (of {', '.join(links)}), got {lines}"))
+            for where, v, first in _duplicates([f.name for f in self.feeds], lambda i: f"feeds.{i}.name"):
+                problems.append((where, f"duplicate feed name(s): {v} (also {first})"))
+            for where, v, first in _duplicates([f"{f.dst}:{f.port}" for f in self.feeds], lambda i: f"feeds.{i}"):
+                problems.append((where, f"duplicate feed destination(s): {v} (also {first})"))
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    def link_index(self, name: str) -> int:
+        return [l.name for l in self.links].index(name)
+
+    def class_index(self, name: str) -> int:
+        return [c.name for c in self.classes].index(name)
+
+
+_PLAIN_MESSAGES = {
+    "int_type": "must be an integer (TOML integer: no quotes, no decimal point)",
+    "float_type": "must be a number (no quotes)",
+    "string_type": "must be a string (in quotes)",
+    "bool_type": "must be true or false (no quotes)",
+    "list_type": "must be an array",
+    "model_type": "must be a table",
+    "extra_forbidden": "unknown key (not part of the configuration format)",
+    "missing": "required key is missing",
+}
+
+
+def _error_lines(e: ValidationError) -> list[str]:
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _Problems):
+            lines += [f"  {'.'.join(p for p in (where, sub) if p)}: {msg}" for sub, msg in cause.items]
+            continue
+        msg = _PLAIN_MESSAGES.get(err["type"]) or err["msg"].removeprefix("Value error, ")
+        if err["type"].endswith("_type") or err["type"] == "literal_error":
+            msg += f", got {_describe(err['input'])}"
+        lines.append(f"  {where or '(top level)'}: {msg}")
+    return lines
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError("\n".join([f"{source}: invalid configuration:", *_error_lines(e)])) from None
+    try:
+        compile_rules(cfg)
+    except ValueError as e:
+        raise ConfigError(f"{source}: rules: {e}") from None
+    cfg._source = source
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): TOML files are UTF-8") from None
+    return parse(text, str(path))

@@ -1,0 +1,136 @@
+"""The edge to the arbitration program (ebpf/arbitrate.c): compiling it,
+attaching it to both lines (XDP, pyroute2), writing feeds, reading counters
+and events. Decisions about what the numbers mean live in appliance.core.feeds.
+
+XDP programs stay attached when the daemon dies, and keep arbitrating on the
+state they have: fail static. A feed whose receiver MAC is unknown passes to
+kernel routing (both copies reach the trader, whose handler skips repeats).
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import time
+
+from bcc import BPF
+from pyroute2 import IPRoute
+
+from appliance import layout
+from appliance.edge.bpfsource import assemble
+from appliance.edge.netlink import attach_xdp, detach_xdp
+
+ARB_SOURCES = ["arbitrate.c"]
+LINE_PROGRAMS = ("tp_arb_line_a", "tp_arb_line_b")  # line A = 0, line B = 1
+CLEAR_PROGRAM = "tp_arb_clear"  # tp_arb_progs[2]: the rare paths' claim clearing (ebpf/lib/feed_maps.h)
+
+
+def compile_arbiter(hb_dedup_ns: int) -> BPF:
+    """The dedup window is a compile-time constant, like the gateway's timers:
+    no per-packet config lookup."""
+    return BPF(text=assemble(ARB_SOURCES, {"TP_HB_DEDUP_NS": f"{int(hb_dedup_ns)}ULL"}).encode())
+
+
+def multicast_mac(group: ipaddress.IPv4Address) -> str:
+    """RFC 1112: 01:00:5e + the group's low 23 bits."""
+    low = int(group) & 0x7FFFFF
+    return "01:00:5e:%02x:%02x:%02x" % (low >> 16, (low >> 8) & 0xFF, low & 0xFF)
+
+
+def mono_to_real_ns() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC, from the tightest of a few paired
+    reads, so the data path can age MDP3 SendingTime with its one clock read."""
+    best = None
+    for _ in range(5):
+        m0 = time.monotonic_ns()
+        r = time.time_ns()
+        m1 = time.monotonic_ns()
+        if best is None or m1 - m0 < best[0]:
+            best = (m1 - m0, r - (m0 + m1) // 2)
+    return best[1]
+
+
+def _macs(src: str, dst: str | None):
+    raw = lambda mac: (ctypes.c_uint8 * 6)(*bytes.fromhex((mac or "00" * 6).replace(":", "")))
+    return raw(src), raw(dst)
+
+
+class Arbiter:
+    """The loaded arbitration program and its maps."""
+
+    def __init__(self, hb_dedup_ns: int):
+        self.bpf = compile_arbiter(hb_dedup_ns)
+        self.lines = [self.bpf.load_func(name, BPF.XDP) for name in LINE_PROGRAMS]
+        self.clear = self.bpf.load_func(CLEAR_PROGRAM, BPF.XDP)
+        # Tail-call targets: a session switch, a believed far-ahead sequence
+        # or a claim sweep runs tp_arb_clear and the packet again on its line.
+        progs = self.bpf["tp_arb_progs"]
+        for i, fn in enumerate([*self.lines, self.clear]):
+            progs[ctypes.c_int(i)] = ctypes.c_int(fn.fd)
+        self._attached: list[int] = []
+
+    # -- maps -------------------------------------------------------------
+    @staticmethod
+    def feed_key(addr: ipaddress.IPv4Address, port: int) -> layout.FeedKey:
+        return layout.FeedKey(addr=int.from_bytes(addr.packed, "little"),
+                              port=int.from_bytes(port.to_bytes(2, "big"), "little"))
+
+    def write_feed(self, feed_id: int, protocol: str, addr: ipaddress.IPv4Address, port: int,
+                   ifindex: int = 0, src_mac: str = "00:00:00:00:00:00", dst_mac: str | None = None) -> None:
+        """A feed and where its winners go; without dst_mac it passes to the stack."""
+        src, dst = _macs(src_mac, dst_mac)
+        self.bpf["tp_feeds"][self.feed_key(addr, port)] = layout.Feed(
+            id=feed_id, proto=layout.FEED_PROTOCOLS[protocol], ifindex=ifindex if dst_mac else 0,
+            src_mac=src, dst_mac=dst)
+
+    def sync_clock(self) -> None:
+        """Re-pairs CLOCK_REALTIME with CLOCK_MONOTONIC (NTP may step the first)."""
+        self.bpf["tp_arb_config"][ctypes.c_uint32(0)] = layout.ArbConfig(mono_to_real_ns=mono_to_real_ns())
+
+    def state(self, feed_id: int) -> layout.FeedState:
+        return layout.FeedState.from_buffer_copy(self.bpf["tp_feed_state"][ctypes.c_uint32(feed_id)])
+
+    def line_stats(self, feed_id: int, line: int) -> layout.LineStats:
+        """Summed over CPUs."""
+        total = layout.LineStats()
+        for per_cpu in self.bpf["tp_line_stats"][ctypes.c_uint32(feed_id * layout.ARB_LINES + line)]:
+            for name, _ in layout.LineStats._fields_:
+                mine = getattr(per_cpu, name)
+                if isinstance(mine, int):
+                    setattr(total, name, getattr(total, name) + mine)
+                else:
+                    hist = getattr(total, name)
+                    for i, n in enumerate(mine):
+                        hist[i] += n
+        return total
+
+    def line_counters(self, feed_id: int, line: int, names) -> dict[str, int]:
+        """The named scalar counters of one line, summed over CPUs: cheaper
+        than line_stats() (no histograms), for frequent reads."""
+        per_cpu = self.bpf["tp_line_stats"][ctypes.c_uint32(feed_id * layout.ARB_LINES + line)]
+        return {name: sum(getattr(c, name) for c in per_cpu) for name in names}
+
+    def global_stats(self) -> dict[str, dict[str, int]]:
+        t = self.bpf["tp_arb_gstats"]
+        n = len(layout.ARB_STATS)
+        return {"AB"[line]: {name: sum(t[ctypes.c_uint32(line * n + i)]) for i, name in enumerate(layout.ARB_STATS)}
+                for line in range(layout.ARB_LINES)}
+
+    def open_events(self, callback) -> None:
+        """callback(layout.ArbEvent) per gap, fill, session, session candidate,
+        far-ahead or far-behind run and resync (layout.ARB_EVENTS); poll() delivers."""
+        def _raw(_ctx, data, _size):
+            callback(layout.ArbEvent.from_buffer_copy(ctypes.cast(data, ctypes.POINTER(layout.ArbEvent)).contents))
+        self.bpf["tp_arb_events"].open_ring_buffer(_raw)
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    # -- attachment -------------------------------------------------------
+    def attach(self, ipr: IPRoute, line_devs: list[str]) -> None:
+        for prog, dev in zip(self.lines, line_devs):
+            self._attached.append(attach_xdp(ipr, dev, prog))
+
+    def detach(self, ipr: IPRoute) -> None:
+        for idx in reversed(self._attached):
+            detach_xdp(ipr, idx)
+        self._attached.clear()

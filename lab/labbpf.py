@@ -1,0 +1,49 @@
+"""The lab's own BPF programs (the fault injector, the exchange's reflector):
+TC filters whose maps are pinned under the lab's bpffs directory, so that any
+process (scenario runner, CLI, bench) can drive them after the loader exits."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from appliance.edge import bpfsys
+from appliance.edge.bpfsource import assemble
+from ebpf import EBPF_DIR
+from appliance.edge.netlink import attach_bpf
+from lab.topology import Lab, LabError
+
+FILTER_PRIO = 1
+# The lab's programs first; they share the product's parsers in ebpf/lib.
+BPF_ROOTS = (Path(__file__).parent / "ebpf", EBPF_DIR)
+
+
+def attach_pinned(lab: Lab, source: str, func: str, pins: dict[str, Path], role: str, dev: str,
+                  parents: tuple[str, ...]) -> None:
+    """Compile `source`, pin its maps (name -> path) and attach `func` to
+    dev's TC `parents` in role's namespace. One compile per call: each
+    attachment gets maps of its own (a BCC module owns one set)."""
+    from bcc import BPF  # BCC (and LLVM) only for loading, not for driving
+
+    lab.pin_dir.mkdir(parents=True, exist_ok=True)
+    with BPF(text=assemble([source], roots=BPF_ROOTS).encode()) as bpf:
+        prog = bpf.load_func(func.encode(), BPF.SCHED_CLS)
+        for name, path in pins.items():
+            bpfsys.obj_pin(bpf[name.encode()].map_fd, str(path))
+        with lab.iproute(role) as ipr:
+            for parent in parents:
+                attach_bpf(ipr, dev, parent, prog, FILTER_PRIO)
+
+
+@contextlib.contextmanager
+def pinned(path: Path, missing: str) -> Iterator[int]:
+    """An fd for a pinned map, closed on exit; LabError(missing) if there is none."""
+    try:
+        fd = bpfsys.obj_get(str(path))
+    except FileNotFoundError:
+        raise LabError(f"no map at {path}; {missing}") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)

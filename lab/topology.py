@@ -1,0 +1,623 @@
+"""A colo in five network namespaces, for running twinpath against real kernel paths.
+
+    trader ── int ── gw (twinpath) ── link A ── carA ── exch
+                                    └─ link B ── carB ──┘
+
+Namespaces are named f"{lab}-{role}", where a lab name is "tp" + 4 hex digits
+(e.g. "tp3f9a"), so several labs can coexist and leftovers are recognisable.
+Everything lives in 198.18.0.0/15 (RFC 2544 benchmarking space), plus the
+exchange destinations 198.19.0.0/24 with the order gateway at 198.19.0.10 on
+exch's loopback.
+
+gw routes the exchange prefix via A (metric 100) and B (metric 200); that is
+what plain kernel routing does with anything twinpath does not steer.
+
+Return-path symmetry in exch: an exchange answers on the handoff a request
+arrived on. nftables in exch stamps each connection with the handoff its
+packets last arrived on (prerouting: ct mark 1 for iif hA, 2 for iif hB), and a
+`type route` output chain copies the ct mark into the packet mark, which
+re-routes the reply: fwmark 1 -> table 101 (trader net via hA), fwmark 2 ->
+table 102 (trader net via hB). So once the gateway fails traffic over to B,
+exch's UDP replies, TCP ACKs and ICMP replies follow on B as well, instead of
+going back over the main table's route via A.
+
+Market data flows the other way, exch -> trader, on both lines at once: the
+publisher sends line A from FEED_SOURCES["A"] and line B from
+FEED_SOURCES["B"] (both on exch's loopback), and source rules (from A's
+address -> table 101, from B's -> table 102) put each line on its own
+handoff. gw forwards both to the trader by plain routing (rp_filter is 0, so
+the unrouted sources pass), unless twinpath arbitrates between them.
+
+Carriers answer heartbeats (ICMP echo to their gw-facing address) at up to
+5000/s per link, so their ICMP rate limits are lifted. The fault injector
+(faults.py) sits on each carrier's gw-facing veth, which keeps gw's own links
+up during a gray failure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute, netns
+
+ROLES = ("trader", "gw", "carA", "carB", "exch")
+LAB_NAME_RE = re.compile(r"^tp[0-9a-f]{4}$")
+NS_NAME_RE = re.compile(r"^(tp[0-9a-f]{4})-(trader|gw|carA|carB|exch)$")
+
+RUN_ROOT = Path("/run/twinpath/labs")
+BPFFS_ROOT = Path("/sys/fs/bpf/twinpath")
+FRR_RUN_ROOT = Path("/var/run/frr")
+
+TRADER_NET = "198.18.1.0/24"
+TRADER_ADDR = "198.18.1.1"
+TRADER_DEV = "int0"
+GW_INT_ADDR = "198.18.1.254"
+INGRESS_DEV = "int"
+EXCHANGE_NET = "198.19.0.0/24"
+EXCHANGE_ADDR = "198.19.0.10"
+# The market-data publisher's source address per line, on exch's loopback;
+# a /24 of its own, clear of every link and of the exchange prefix.
+FEED_SOURCES = {"A": "198.18.30.1", "B": "198.18.30.2"}
+FEED_DST = TRADER_ADDR
+FEED_PORTS = {"moldudp64": 26400, "mdp3": 26401}  # the lab config's two arbitrated feeds
+
+
+@dataclass(frozen=True)
+class Veth:
+    role: str
+    ifname: str
+    cidr: str
+    peer_role: str
+    peer_ifname: str
+    peer_cidr: str
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One carrier path between gw and exch."""
+
+    name: str  # "A": what the daemon config and the fault API call it
+    gw_dev: str  # gw's interface on this link
+    gw_addr: str
+    target: str  # carrier's gw-facing address: the heartbeat target
+    metric: int  # gw's kernel route metric towards the exchange
+    carrier: str  # carrier namespace role
+    carrier_dev: str  # carrier's gw-facing veth: where faults are injected
+    carrier_exch_addr: str  # carrier's address on the exchange handoff
+    handoff: str  # exch's interface towards this carrier
+    handoff_addr: str
+    fwmark: int  # exch's ct mark / fwmark for this handoff; routing table 100 + fwmark
+
+
+LINKS = {
+    "A": LinkSpec(
+        name="A", gw_dev="lnkA", gw_addr="198.18.10.1", target="198.18.10.2", metric=100,
+        carrier="carA", carrier_dev="gwA", carrier_exch_addr="198.18.20.1",
+        handoff="hA", handoff_addr="198.18.20.2", fwmark=1,
+    ),
+    "B": LinkSpec(
+        name="B", gw_dev="lnkB", gw_addr="198.18.11.1", target="198.18.11.2", metric=200,
+        carrier="carB", carrier_dev="gwB", carrier_exch_addr="198.18.21.1",
+        handoff="hB", handoff_addr="198.18.21.2", fwmark=2,
+    ),
+}
+
+VETHS = (
+    Veth("trader", TRADER_DEV, f"{TRADER_ADDR}/24", "gw", INGRESS_DEV, f"{GW_INT_ADDR}/24"),
+    *(
+        Veth("gw", link.gw_dev, f"{link.gw_addr}/30", link.carrier, link.carrier_dev, f"{link.target}/30")
+        for link in LINKS.values()
+    ),
+    *(
+        Veth(link.carrier, f"ex{link.name}", f"{link.carrier_exch_addr}/30",
+             "exch", link.handoff, f"{link.handoff_addr}/30")
+        for link in LINKS.values()
+    ),
+)
+
+# Heartbeat-only links gw <-> carA, added on demand (add_spare_links) so the
+# daemon can be measured at its full 8 links; no class uses them.
+SPARE_LINKS = {
+    name: Veth("gw", f"lnk{name}", f"198.18.{12 + i}.1/30", "carA", f"gw{name}", f"198.18.{12 + i}.2/30")
+    for i, name in enumerate("CDEFGH")
+}
+
+CARRIER_ROLES = tuple(link.carrier for link in LINKS.values())
+FORWARDING_ROLES = ("gw", *CARRIER_ROLES)
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+
+    def ns(self, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        return f"{self.name}-{role}"
+
+    @property
+    def dir(self) -> Path:
+        return RUN_ROOT / self.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "twinpath.toml"
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def pin_dir(self) -> Path:
+        return BPFFS_ROOT / self.name
+
+    @property
+    def _bpffs_stage(self) -> Path:
+        return self.dir / "bpffs"
+
+    def iproute(self, role: str) -> IPRoute:
+        # flags=0: pyroute2's default (O_CREAT) would silently create a missing namespace.
+        return IPRoute(netns=self.ns(role), flags=0)
+
+    def spawn(self, role: str, argv: list[str], **popen_kwargs) -> subprocess.Popen:
+        """Start argv inside the role's namespace, with /sys/fs/bpf still the host's bpffs."""
+        return subprocess.Popen(self._exec_argv(role, argv), **popen_kwargs)
+
+    def run(self, role: str, argv: list[str], timeout: float = 10.0, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        proc = self.spawn(role, argv, text=True, stdin=subprocess.PIPE if input is not None else None,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, argv, stdout, stderr)
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+    def ifindex(self, role: str, ifname: str) -> int:
+        with self.iproute(role) as ipr:
+            return _ifindex(ipr, ifname)
+
+    def _exec_argv(self, role: str, argv: list[str]) -> list[str]:
+        # `ip netns exec` remounts /sys for the namespace, which hides /sys/fs/bpf
+        # and every pin in it (the daemon's, the fault maps). So bind the host
+        # bpffs to a staging directory in a private mount namespace first, and
+        # bind it back over the fresh /sys/fs/bpf once inside. The staging mount
+        # is dropped again, so down() run from inside a lab can never recurse
+        # into the host bpffs through it.
+        outer = (
+            'stage=$1; ns=$2; shift 2; mount --bind /sys/fs/bpf "$stage" && '
+            "exec ip netns exec \"$ns\" sh -c "
+            "'mount --bind \"$0\" /sys/fs/bpf && umount \"$0\" && exec \"$@\"' \"$stage\" \"$@\""
+        )
+        return ["unshare", "--mount", "--propagation", "slave", "--",
+                "sh", "-c", outer, "twinpath-lab-exec", str(self._bpffs_stage), self.ns(role), *argv]
+
+
+def up(name: str | None = None) -> Lab:
+    """Build a lab, attach the fault injector, check trader reaches the exchange."""
+    from lab import faults  # faults imports this module's constants
+
+    lab = Lab(_check_name(name) if name else _fresh_name())
+    _claim(lab)
+    try:
+        _build(lab)
+        faults.attach(lab)
+        _wait_reachable(lab)
+        write_config(lab)
+        _write_state(lab)
+    except BaseException:
+        down(lab.name)
+        raise
+    return lab
+
+
+def down(name: str) -> None:
+    """Remove a lab and everything it left behind; a no-op for what is already gone."""
+    lab = Lab(_check_name(name))
+    namespaces = {lab.ns(role) for role in ROLES} & set(netns.listnetns())
+    _kill_processes(namespaces)
+    for ns in namespaces:
+        try:
+            netns.remove(ns)
+        except FileNotFoundError:
+            pass
+    _remove_tree(lab.pin_dir)
+    # A bfdd killed with its namespace (lab.bfd) leaves its FRR pathspace directory.
+    for frr_dir in FRR_RUN_ROOT.glob(f"{lab.name}-*"):
+        _remove_tree(frr_dir)
+    try:
+        # rmdir first: it refuses a mount point, so rmtree can't wander into a bpffs.
+        lab._bpffs_stage.rmdir()
+    except FileNotFoundError:
+        pass
+    _remove_tree(lab.dir)
+
+
+def down_all() -> list[str]:
+    """down() every lab that has a run directory, a namespace or pins; returns their names."""
+    names = sorted(_known_labs())
+    for name in names:
+        down(name)
+    return names
+
+
+def load(name: str) -> Lab:
+    lab = Lab(_check_name(name))
+    if not lab.state_path.exists():
+        raise LabError(f"no lab {name} (no {lab.state_path}); run `python -m lab up`")
+    return lab
+
+
+def status(name: str | None = None) -> dict:
+    """One lab's namespaces, interfaces and active faults; all known labs' if name is None."""
+    from lab import faults  # faults imports this module's constants
+
+    if name is None:
+        return {lab_name: status(lab_name) for lab_name in sorted(_known_labs())}
+    lab = Lab(_check_name(name))
+    present = set(netns.listnetns())
+    namespaces = {role: lab.ns(role) in present for role in ROLES}
+    interfaces = {}
+    for role in ROLES:
+        if namespaces[role]:
+            with lab.iproute(role) as ipr:
+                interfaces[role] = {
+                    link.get("IFLA_IFNAME"): {
+                        "admin_up": bool(link["flags"] & 1),
+                        "oper": link.get("IFLA_OPERSTATE"),
+                        "carrier": link.get("IFLA_CARRIER"),
+                    }
+                    for link in ipr.get_links()
+                }
+    injector_present = all(namespaces[role] for role in CARRIER_ROLES) and all(
+        faults.cfg_pin(lab, link).exists() for link in LINKS)
+    return {
+        "name": lab.name,
+        "namespaces": namespaces,
+        "interfaces": interfaces,
+        "faults": faults.active(lab) if injector_present else {},
+    }
+
+
+def write_config(lab: Lab, interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,
+                 feeds: bool = False, spare_links: int = 0) -> Path:
+    """Write the daemon config for this lab (atomically: a running daemon may re-read it)."""
+    _write_atomically(lab.config_path, render_config(interval_us, multiplier, holddown_ms, feeds, spare_links))
+    return lab.config_path
+
+
+def render_config(interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,
+                  feeds: bool = False, spare_links: int = 0) -> str:
+    """The daemon config for the lab topology (also the packet fixtures'
+    config); with `feeds`, XDP arbitration of the lab's two market-data feeds.
+    The failover tests run without: see the README's known limits.
+    `spare_links` adds that many of SPARE_LINKS (see add_spare_links)."""
+    link_a, link_b = LINKS["A"], LINKS["B"]
+    spares = "".join(f"""
+[[links]]
+name = "{name}"
+dev = "{veth.ifname}"
+target = "{veth.peer_cidr.split('/')[0]}"
+""" for name, veth in list(SPARE_LINKS.items())[:spare_links])
+    return f"""\
+[heartbeat]
+interval_us = {int(interval_us)}
+multiplier = {int(multiplier)}
+holddown_ms = {int(holddown_ms)}
+
+[steer]
+ingress = "{INGRESS_DEV}"
+
+[[links]]
+name = "{link_a.name}"
+dev = "{link_a.gw_dev}"
+target = "{link_a.target}"
+
+[[links]]
+name = "{link_b.name}"
+dev = "{link_b.gw_dev}"
+target = "{link_b.target}"
+{spares}
+[[classes]]
+name = "orders"
+links = ["A", "B"]
+
+[[classes]]
+name = "marketdata"
+links = ["B", "A"]
+
+[[rules]]
+class = "orders"
+dst = "{EXCHANGE_NET}"
+proto = "any"
+ports = "9000-9099"
+
+[[rules]]
+class = "marketdata"
+dst = "{EXCHANGE_NET}"
+proto = "udp"
+ports = "9100-9199"
+""" + (FEEDS_CONFIG if feeds else "")
+
+
+FEEDS_CONFIG = f"""
+[arbitration]
+lines = ["A", "B"]
+
+[[feeds]]
+name = "itch"
+protocol = "moldudp64"
+dst = "{FEED_DST}"
+port = {FEED_PORTS["moldudp64"]}
+
+[[feeds]]
+name = "mdp3"
+protocol = "mdp3"
+dst = "{FEED_DST}"
+port = {FEED_PORTS["mdp3"]}
+"""
+
+
+def _check_name(name: str) -> str:
+    if not LAB_NAME_RE.match(name):
+        raise LabError(f"invalid lab name {name!r}: expected 'tp' + 4 hex digits, e.g. tp3f9a")
+    return name
+
+
+def _fresh_name() -> str:
+    taken = _known_labs()
+    while (name := "tp" + secrets.token_hex(2)) in taken:
+        pass
+    return name
+
+
+def _known_labs() -> set[str]:
+    names = {m.group(1) for ns in netns.listnetns() if (m := NS_NAME_RE.match(ns))}
+    for root in (RUN_ROOT, BPFFS_ROOT):
+        if root.is_dir():
+            names.update(p.name for p in root.iterdir() if LAB_NAME_RE.match(p.name))
+    return names
+
+
+def _claim(lab: Lab) -> None:
+    """Take the lab name; mkdir is atomic, so two concurrent up()s cannot both own it."""
+    leftovers = {lab.ns(role) for role in ROLES} & set(netns.listnetns())
+    if leftovers or lab.pin_dir.exists():
+        raise LabError(f"lab {lab.name} already exists; run `python -m lab down {lab.name}`")
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    try:
+        lab.dir.mkdir()
+    except FileExistsError:
+        raise LabError(f"lab {lab.name} already exists; run `python -m lab down {lab.name}`") from None
+    lab._bpffs_stage.mkdir()
+
+
+def _build(lab: Lab) -> None:
+    handles: dict[str, IPRoute] = {}
+    try:
+        for role in ROLES:
+            handles[role] = IPRoute(netns=lab.ns(role), flags=os.O_CREAT | os.O_EXCL)
+        for veth in VETHS:
+            _add_veth(lab, handles, veth)
+        # Before any link comes up: interfaces then never see rp_filter or IPv6 traffic.
+        for role in ROLES:
+            _sysctl(lab, role, handles[role])
+        for veth in VETHS:
+            _configure_end(handles[veth.role], veth.ifname, veth.cidr)
+            _configure_end(handles[veth.peer_role], veth.peer_ifname, veth.peer_cidr)
+        for role in ROLES:
+            handles[role].link("set", index=_ifindex(handles[role], "lo"), state="up")
+        _add_exchange_service(handles["exch"])
+        _add_routes(handles)
+        _add_return_path(lab, handles["exch"])
+        _make_veths_behave_like_nics(lab)
+    finally:
+        for ipr in handles.values():
+            ipr.close()
+
+
+def add_spare_links(lab: Lab) -> None:
+    """Create SPARE_LINKS in a running lab (once; later calls do nothing)."""
+    with lab.iproute("gw") as gw, lab.iproute("carA") as car:
+        if gw.link_lookup(ifname=next(iter(SPARE_LINKS.values())).ifname):
+            return
+        handles = {"gw": gw, "carA": car}
+        for veth in SPARE_LINKS.values():
+            _add_veth(lab, handles, veth)
+            _configure_end(gw, veth.ifname, veth.cidr)
+            _configure_end(car, veth.peer_ifname, veth.peer_cidr)
+
+
+def _make_veths_behave_like_nics(lab: Lab) -> None:
+    """Two veth artefacts that a physical NIC does not have, undone so that
+    gw's XDP sees and sends what it would on real links:
+    - a veth accepts frames redirected by XDP only when its peer runs NAPI,
+      which GRO turns on: so the trader's int0 gets GRO;
+    - a veth sender leaves UDP checksums to "offload" (only a pseudo-header
+      sum on the packet), which XDP forwards as is: so exch's handoffs put
+      complete checksums on the wire, as an exchange's NIC does."""
+    _ethtool(lab, "trader", "int0", {"rx-gro": True})
+    for link in LINKS.values():
+        _ethtool(lab, "exch", link.handoff, {"tx-checksum-ip-generic": False})
+
+
+def _ethtool(lab: Lab, role: str, dev: str, features: dict[str, bool]) -> None:
+    # The ethtool ioctl works in the caller's namespace, so run it in there.
+    script = ("import sys, json\nfrom pyroute2.ethtool import Ethtool\ne = Ethtool()\n"
+              "f = e.get_features(sys.argv[1])\n"
+              "for name, on in json.loads(sys.argv[2]).items():\n    f.features[name].enable = on\n"
+              "e.set_features(sys.argv[1], f)\n")
+    _ns_exec(lab.ns(role), [sys.executable, "-c", script, dev, json.dumps(features)])
+
+
+def _add_veth(lab: Lab, handles: dict[str, IPRoute], veth: Veth) -> None:
+    # Creating the peer straight in its namespace avoids name clashes in the
+    # root namespace between concurrent labs (every lab uses the same ifnames).
+    peer_ns_fd = os.open(f"/run/netns/{lab.ns(veth.peer_role)}", os.O_RDONLY)
+    try:
+        handles[veth.role].link(
+            "add", ifname=veth.ifname, kind="veth",
+            peer={"ifname": veth.peer_ifname, "net_ns_fd": peer_ns_fd},
+        )
+    finally:
+        os.close(peer_ns_fd)
+
+
+def _sysctl(lab: Lab, role: str, ipr: IPRoute) -> None:
+    ifnames = [link.get("IFLA_IFNAME") for link in ipr.get_links()]
+    settings = {
+        "net.ipv6.conf.all.disable_ipv6": 1,
+        "net.ipv6.conf.default.disable_ipv6": 1,
+        **{f"net.ipv4.conf.{scope}.rp_filter": 0 for scope in ("all", "default", *ifnames)},
+    }
+    if role in FORWARDING_ROLES:
+        settings["net.ipv4.ip_forward"] = 1
+    if role in CARRIER_ROLES:
+        settings["net.ipv4.icmp_ratelimit"] = 0
+        settings["net.ipv4.icmp_msgs_per_sec"] = 100000
+    _ns_exec(lab.ns(role), ["sysctl", "-q", "-w", *(f"{key}={value}" for key, value in settings.items())])
+
+
+def _configure_end(ipr: IPRoute, ifname: str, cidr: str) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    index = _ifindex(ipr, ifname)
+    ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    ipr.link("set", index=index, state="up")
+
+
+def _add_exchange_service(exch: IPRoute) -> None:
+    for address in (EXCHANGE_ADDR, *FEED_SOURCES.values()):
+        exch.addr("add", index=_ifindex(exch, "lo"), address=address, prefixlen=32)
+
+
+def carrier_routes_via_gw(link: LinkSpec) -> list[dict]:
+    """The carrier's static routes through its gw-facing veth.
+
+    The kernel deletes these when that veth goes admin down (carrier-down), so
+    faults.clear() puts them back.
+    """
+    return [{"dst": TRADER_NET, "gateway": link.gw_addr}]
+
+
+def _add_routes(handles: dict[str, IPRoute]) -> None:
+    handles["trader"].route("add", dst="0.0.0.0/0", gateway=GW_INT_ADDR)
+    for link in LINKS.values():
+        handles["gw"].route("add", dst=EXCHANGE_NET, gateway=link.target, priority=link.metric)
+        carrier = handles[link.carrier]
+        for route in carrier_routes_via_gw(link):
+            carrier.route("add", **route)
+        carrier.route("add", dst=EXCHANGE_NET, gateway=link.handoff_addr)
+
+
+def _add_return_path(lab: Lab, exch: IPRoute) -> None:
+    main = LINKS["A"]
+    exch.route("add", dst=TRADER_NET, gateway=main.carrier_exch_addr, oif=_ifindex(exch, main.handoff))
+    for link in LINKS.values():
+        table = 100 + link.fwmark
+        exch.route("add", dst=TRADER_NET, gateway=link.carrier_exch_addr,
+                   oif=_ifindex(exch, link.handoff), table=table)
+        exch.rule("add", fwmark=link.fwmark, table=table, priority=1000 + link.fwmark)
+        # After the fwmark rules: a feed line leaves on its own handoff whatever the main table says.
+        exch.rule("add", src=FEED_SOURCES[link.name], src_len=32, table=table, priority=1100 + link.fwmark)
+    marks = "\n".join(f'        iifname "{link.handoff}" ct mark set {link.fwmark}' for link in LINKS.values())
+    ruleset = f"""\
+table ip twinpath_lab {{
+    chain handoff_mark {{
+        type filter hook prerouting priority mangle; policy accept;
+{marks}
+    }}
+    chain reply_route {{
+        type route hook output priority mangle; policy accept;
+        meta mark set ct mark
+    }}
+}}
+"""
+    _ns_exec(lab.ns("exch"), ["nft", "-f", "-"], input=ruleset)
+
+
+def _wait_reachable(lab: Lab, attempts: int = 3) -> None:
+    for _ in range(attempts):
+        ping = subprocess.run(["ip", "netns", "exec", lab.ns("trader"), "ping", "-c1", "-W1", "-q", EXCHANGE_ADDR],
+                              capture_output=True, text=True, timeout=5)
+        if ping.returncode == 0:
+            return
+    raise LabError(f"lab {lab.name}: trader cannot reach {EXCHANGE_ADDR} after {attempts} pings: {ping.stdout.strip()}")
+
+
+def _write_state(lab: Lab) -> None:
+    from lab import faults  # faults imports this module's constants
+
+    state = {
+        "name": lab.name,
+        "created_unix": time.time(),
+        "namespaces": {role: lab.ns(role) for role in ROLES},
+        "config": str(lab.config_path),
+        "fault_pins": {name: {"cfg": str(faults.cfg_pin(lab, name)), "stats": str(faults.stats_pin(lab, name))}
+                       for name in LINKS},
+    }
+    _write_atomically(lab.state_path, json.dumps(state, indent=2) + "\n")
+
+
+def _kill_processes(namespaces: set[str], grace_s: float = 2.0) -> None:
+    def remaining() -> list[int]:
+        return [pid for ns, pids in netns.ns_pids().items() if ns in namespaces for pid in pids]
+
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
+        pids = remaining()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        # Exited processes leave the namespace at once, even while still unreaped zombies.
+        deadline = time.monotonic() + wait_s
+        while remaining() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _ns_exec(ns: str, argv: list[str], input: str | None = None) -> None:
+    proc = subprocess.run(["ip", "netns", "exec", ns, *argv], input=input, capture_output=True, text=True, timeout=10)
+    if proc.returncode != 0:
+        raise LabError(f"{' '.join(argv[:2])} in {ns} failed ({proc.returncode}): {proc.stderr.strip()}")
+
+
+def _ifindex(ipr: IPRoute, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise LabError(f"no interface {ifname} in namespace {ipr.status.get('netns')}")
+    return found[0]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _remove_tree(path: Path) -> None:
+    def ignore_vanished(func, failed_path, exc_info):
+        if not issubclass(exc_info[0], FileNotFoundError):
+            raise exc_info[1]
+
+    shutil.rmtree(path, onerror=ignore_vanished)
