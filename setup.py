@@ -4,7 +4,9 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("fastpath.heartbeat", ["fastpath/heartbeat.pyx"])],
+        # Array sizes come from the one layout definition (TP_MAX_LINKS).
+        [Extension("fastpath.heartbeat", ["fastpath/heartbeat.pyx"],
+                   include_dirs=["ebpf/lib"], depends=["ebpf/lib/layout.h"])],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     ),
 )

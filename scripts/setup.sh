@@ -68,7 +68,8 @@ fi
 # build inputs changed since the last install; the lab's and bench's
 # requirements likewise.
 stamp=.venv/.twinpath-installed
-if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py requirements-lab.txt fastpath -newer "$stamp" \( -name '*.py*' -o -name '*.toml' -o -name '*.txt' \) | head -n1)" ]; then
+# (fastpath/ takes TP_MAX_LINKS from ebpf/lib/layout.h.)
+if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py requirements-lab.txt fastpath ebpf/lib/layout.h -newer "$stamp" \( -name '*.py*' -o -name '*.toml' -o -name '*.txt' -o -name '*.h' \) | head -n1)" ]; then
   say "installing twinpath into .venv (compiles fastpath/ Cython), and the lab's requirements-lab.txt"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-lab.txt
