@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -9,7 +10,8 @@ import threading
 
 def _load_config(path: str):
     """The config, or None after printing why it is unusable."""
-    from appliance.core.config import ConfigError, load
+    from appliance.core.config import ConfigError
+    from appliance.edge.configfile import load
     try:
         return load(path)
     except ConfigError as e:
@@ -31,7 +33,7 @@ def cmd_run(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        Daemon(cfg, JsonLog(), stats_interval_s=args.stats_interval).run(stop)
+        Daemon(cfg, JsonLog(), stats_interval_s=args.stats_interval, record=args.record).run(stop)
     except (ConfigError, GatewayBusy) as e:
         print(e, file=sys.stderr)
         return 2
@@ -55,6 +57,23 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_replay(args) -> int:
+    """The decisions of a recorded run, re-made by the core from its inputs:
+    the same JSON lines the daemon logged for them (without 'time')."""
+    from appliance.core.decision import replay
+    from appliance.edge.trace import TraceError, read
+    try:
+        for decision in replay(*read(args.trace)):
+            print(json.dumps(decision.record()))
+    except (OSError, TraceError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    except (TypeError, ValueError, KeyError, IndexError) as e:  # a well-formed line the core cannot take
+        print(f"{args.trace}: input the core refuses: {e!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twinpath", description=(
         "Failover appliance for colocation gateways: an eBPF fast path steers order and market-data "
@@ -65,11 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, metavar="FILE.toml")
     run.add_argument("--stats-interval", type=float, default=10.0, metavar="S",
                      help="seconds between 'health' log lines (default 10)")
+    run.add_argument("--record", metavar="FILE", help=(
+        "write every input the decision core consumes to FILE (JSON lines, ~220 MB/hour with two links "
+        "and a feed), "
+        "for `twinpath replay`"))
     run.set_defaults(func=cmd_run)
 
     chk = sub.add_parser("check-config", help="validate a config and show the compiled rules")
     chk.add_argument("config", metavar="FILE.toml")
     chk.set_defaults(func=cmd_check_config)
+
+    rep = sub.add_parser("replay", help="re-run the decision core on a trace from `run --record` and print its "
+                                        "decisions as the daemon logged them")
+    rep.add_argument("trace", metavar="FILE")
+    rep.set_defaults(func=cmd_replay)
     return p
 
 

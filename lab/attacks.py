@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.core.config import load as load_config
+from appliance.edge.configfile import load as load_config
 from lab import topology
 
 ATTACK_MODULE = "lab.attack"

@@ -90,11 +90,13 @@ class Tool:
 class DaemonProcess:
     """`twinpath run` inside gw, logging JSON lines to a file."""
 
-    def __init__(self, lab: topology.Lab, config: Path, log_path: Path, stats_interval_s: float = 1.0):
+    def __init__(self, lab: topology.Lab, config: Path, log_path: Path, stats_interval_s: float = 1.0,
+                 record: Path | None = None):
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = lab.spawn("gw", [sys.executable, "-m", "appliance.cli", "run", "--config", str(config),
-                                     "--stats-interval", str(stats_interval_s)],
+                                     "--stats-interval", str(stats_interval_s),
+                                     *(["--record", str(record)] if record else [])],
                               stdout=self._log, stderr=subprocess.STDOUT)
 
     def events(self) -> list[dict]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -354,15 +353,3 @@ def parse(text: str, source: str = "<config>") -> Config:
     cfg._source = source
     return cfg
 
-
-def load(path: str | Path) -> Config:
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): TOML files are UTF-8") from None
-    return parse(text, str(path))

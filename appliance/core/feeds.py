@@ -136,10 +136,10 @@ def line_summary(now: layout.LineStats, before: layout.LineStats, peer_now: layo
     owd = hist(now, before, "owd_hist")
     out = {
         "packets": delta("packets"), "won_pct": round(100 * delta("won") / decided, 1) if decided else None,
-        "lead_p50_us": telemetry.histogram_percentile_us(lead, 0.5),
-        "lead_p99_us": telemetry.histogram_percentile_us(lead, 0.99),
-        "lag_p50_us": telemetry.histogram_percentile_us(lag, 0.5),
-        "lag_p99_us": telemetry.histogram_percentile_us(lag, 0.99),
+        "lead_p50_us": telemetry.histogram_bound_us(lead, 0.5),
+        "lead_p99_us": telemetry.histogram_bound_us(lead, 0.99),
+        "lag_p50_us": telemetry.histogram_bound_us(lag, 0.5),
+        "lag_p99_us": telemetry.histogram_bound_us(lag, 0.99),
         "fills": delta("fills"), "overlap": delta("overlap"), "malformed": delta("malformed"),
         "stale": delta("stale"), "unconfirmed": delta("unconfirmed"), "far_ahead": delta("far_ahead"),
         "events_lost": delta("events_lost"),
@@ -147,8 +147,8 @@ def line_summary(now: layout.LineStats, before: layout.LineStats, peer_now: layo
         "behind": max(peer.next_seq - sample.next_seq, 0),
     }
     if sum(owd):
-        out["owd_p50_us"] = telemetry.histogram_percentile_us(owd, 0.5)
-        out["owd_p99_us"] = telemetry.histogram_percentile_us(owd, 0.99)
+        out["owd_p50_us"] = telemetry.histogram_bound_us(owd, 0.5)
+        out["owd_p99_us"] = telemetry.histogram_bound_us(owd, 0.99)
     return out
 
 
@@ -234,3 +234,87 @@ class StallWatch:
             return None
         return ("feed-stalled" if self.stalled else "feed-resumed",
                 {"window_ms": window_ms, "lines": {"AB"[i]: d.report() for i, d in enumerate(delta)}})
+
+
+@dataclass(frozen=True)
+class FeedParams:
+    names: list[str]
+    dsts: list[str]        # each feed's destination address (its receivers' IP)
+    grace_ns: int          # how long a gap may wait for the other line's copy
+    silence_ns: int
+    behind_seqs: int
+
+
+LINE_NAMES = ("A", "B")
+
+
+class FeedCore:
+    """Arbitration bookkeeping for every feed: the data path's events logged
+    as they come, gaps settled after their grace window, line health, stalls.
+    Handlers return (event, fields, effect) for appliance.core.decision."""
+
+    def __init__(self, p: FeedParams, receivers: list[str | None]):
+        self.p = p
+        self.receivers = list(receivers)
+        self.books = [GapBook(p.grace_ns) for _ in p.names]
+        self.health = [LineHealth(p.silence_ns, p.behind_seqs) for _ in p.names]
+        self.stalls = [StallWatch(p.silence_ns) for _ in p.names]
+        self.totals = [{"gaps": 0, "filled": 0, "lost_seqs": 0} for _ in p.names]
+
+    def receiver(self, ts_ns: int, ip: str, mac: str | None) -> list[tuple]:
+        """A receiver's MAC appeared or changed: its feeds' winners go
+        straight to it. One that disappears is kept (fail static)."""
+        out = []
+        for feed, dst in enumerate(self.p.dsts):
+            if dst == ip and mac and mac != self.receivers[feed]:
+                self.receivers[feed] = mac
+                out.append(("feed-receiver", {"feed": self.p.names[feed], "ip": ip, "mac": mac}, ("feed", feed, mac)))
+        return out
+
+    def _settled(self, feed: int, settled: list[Settled]) -> list[tuple]:
+        totals = self.totals[feed]
+        out = []
+        for s in settled:
+            totals["filled"] += s.filled
+            totals["lost_seqs"] += s.lost_count
+            out.append(("gap-filled" if s.filled else "gap-lost",
+                        {"feed": self.p.names[feed], "first": s.first, "last": s.last,
+                         "lost": [list(r) for r in s.lost]}, None))
+        return out
+
+    def event(self, ts_ns: int, feed: int, line: int, kind: str, first: int, last: int,
+              session: str | None = None, current: str | None = None) -> list[tuple]:
+        """One event of the data path (layout.ARB_EVENTS); `session` names the
+        session of a session or candidate event, `current` what a candidate
+        would replace."""
+        book = self.books[feed]
+        out = []
+        if kind == "gap":
+            book.gap(first, last, ts_ns)
+            self.totals[feed]["gaps"] += 1
+        elif kind == "fill":
+            book.fill(first, last, ts_ns)
+        elif kind == "session":  # the old session's sequences cannot come any more
+            out += self._settled(feed, book.settle(ts_ns, everything=True))
+        extra = {k: v for k, v in (("session", session), ("current", current)) if v is not None}
+        out.append((kind, {"feed": self.p.names[feed], "line": LINE_NAMES[line], "first": first, "last": last,
+                           **extra}, None))
+        return out
+
+    def lines(self, ts_ns: int, feed: int, samples: list[list[int]], delivery: list[dict[str, int]]) -> list[tuple]:
+        """A reading of one feed's lines: samples [last_ns, next_seq] and
+        DELIVERY_COUNTERS per line."""
+        name = self.p.names[feed]
+        out = self._settled(feed, self.books[feed].settle(ts_ns))
+        lines = [LineSample(*s) for s in samples]
+        for line, old, new in self.health[feed].update(lines, ts_ns):
+            me, peer = lines[line], lines[1 - line]
+            out.append(("line-health", {
+                "feed": name, "line": LINE_NAMES[line], "status": new, "was": old,
+                "silence_ms": round(max(ts_ns - me.last_ns, 0) / 1e6, 1) if me.last_ns else None,
+                "behind": max(peer.next_seq - me.next_seq, 0)}, None))
+        stall = self.stalls[feed]
+        if stall.due(ts_ns) and (change := stall.update([Delivery(**d) for d in delivery], ts_ns)):
+            event, fields = change
+            out.append((event, {"feed": name, **fields}, None))
+        return out

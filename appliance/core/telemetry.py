@@ -5,7 +5,7 @@ from __future__ import annotations
 from appliance import layout
 
 
-def histogram_percentile_us(counts: list[int], q: float) -> float | None:
+def histogram_bound_us(counts: list[int], q: float) -> float | None:
     """Upper bound (us) of the bucket holding the q-quantile, so the figure
     never understates; None without samples. The last bucket is open-ended:
     its lower bound is returned."""

@@ -2,7 +2,8 @@ import re
 
 import pytest
 
-from appliance.core.config import ConfigError, load, parse
+from appliance.core.config import ConfigError, parse
+from appliance.edge.configfile import load
 
 BASE = """
 [steer]

@@ -1,7 +1,7 @@
 import pytest
 
 from appliance import layout
-from appliance.core.telemetry import histogram_percentile_us
+from appliance.core.telemetry import histogram_bound_us
 
 
 def bucket_of(us: int) -> int:
@@ -28,6 +28,6 @@ def test_percentile_reports_bucket_upper_bound():
     counts = [0] * layout.HIST_BUCKETS
     counts[bucket_of(50)] = 98
     counts[bucket_of(900)] = 2
-    assert histogram_percentile_us(counts, 0.5) == layout.hist_bucket_bounds_us(bucket_of(50))[1]
-    assert histogram_percentile_us(counts, 0.99) == layout.hist_bucket_bounds_us(bucket_of(900))[1]
-    assert histogram_percentile_us([0] * layout.HIST_BUCKETS, 0.5) is None
+    assert histogram_bound_us(counts, 0.5) == layout.hist_bucket_bounds_us(bucket_of(50))[1]
+    assert histogram_bound_us(counts, 0.99) == layout.hist_bucket_bounds_us(bucket_of(900))[1]
+    assert histogram_bound_us([0] * layout.HIST_BUCKETS, 0.5) is None

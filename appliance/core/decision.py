@@ -1,0 +1,87 @@
+"""What the core decides, and the one entry through which it consumes inputs.
+
+Every input the daemon's core consumes goes through `Core.consume(kind, ts_ns,
+fields)`: a netlink carrier or neighbour change, a reflex failover the data
+path reported, a reading of the links' health, an arbitration event, a
+reading of a feed's lines. The output is a list of `Decision`s: the log line
+it makes (event, fields, and as mono_ns the timestamp of the input that
+caused it) and the effect the edge applies to the data path, if any.
+
+Nothing here reads a clock, a map or a socket: the same inputs in the same
+order give the same decisions, which is what `twinpath replay` relies on
+(appliance.edge.trace records the inputs).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.core.feeds import FeedCore, FeedParams
+from appliance.core.links import LinkCore, LinkParams
+
+
+@dataclass(frozen=True)
+class Decision:
+    ts_ns: int
+    event: str
+    fields: dict[str, Any]
+    # What the edge does to the data path: ("link", link_id, carrier, mac),
+    # ("active", class_id, link_id), ("steer",) or ("feed", feed_id, mac).
+    effect: tuple | None = field(default=None, compare=False)
+
+    def record(self) -> dict[str, Any]:
+        """As the daemon logs it (without the wall-clock 'time')."""
+        return {"mono_ns": self.ts_ns, "event": self.event, **self.fields}
+
+
+@dataclass(frozen=True)
+class Start:
+    """Everything the core starts from: the configuration it decides with
+    and the state the edge found (carrier, next hops, receivers, the time)."""
+    links: LinkParams
+    feeds: FeedParams
+    carrier: list[bool]
+    nexthop: list[str | None]
+    receivers: list[str | None]
+    started_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"links": self.links.__dict__, "feeds": self.feeds.__dict__, "carrier": self.carrier,
+                "nexthop": self.nexthop, "receivers": self.receivers, "started_ns": self.started_ns}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "Start":
+        return cls(LinkParams(**raw["links"]), FeedParams(**raw["feeds"]), list(raw["carrier"]),
+                   list(raw["nexthop"]), list(raw["receivers"]), int(raw["started_ns"]))
+
+
+class Core:
+    """The link and feed cores behind one input entry point."""
+
+    def __init__(self, start: Start):
+        self.links = LinkCore(start.links, start.carrier, start.nexthop, start.started_ns)
+        self.feeds = FeedCore(start.feeds, start.receivers)
+        self._handlers = {
+            "carrier": self.links.carrier,
+            "neighbour": self.links.neighbour,
+            "reflex": self.links.reflex,
+            "health": self.links.health,
+            "receiver": self.feeds.receiver,
+            "arb-event": self.feeds.event,
+            "feed-lines": self.feeds.lines,
+        }
+
+    def consume(self, kind: str, ts_ns: int, fields: dict[str, Any]) -> list[Decision]:
+        try:
+            handler = self._handlers[kind]
+        except KeyError:
+            raise ValueError(f"unknown core input {kind!r}") from None
+        return [Decision(ts_ns, *d) for d in handler(ts_ns, **fields)]
+
+
+def replay(start: Start, inputs: Iterable[tuple[str, int, dict[str, Any]]]) -> Iterator[Decision]:
+    """The decisions a fresh core makes from (kind, ts_ns, fields) inputs."""
+    core = Core(start)
+    for kind, ts_ns, fields in inputs:
+        yield from core.consume(kind, ts_ns, fields)
