@@ -98,7 +98,7 @@
 #include "lib/parse.h"
 #include "lib/feedparse.h"
 #include "lib/claim.h"
-#include "lib/csum.h"
+#include "lib/forward.h"
 #include "lib/hist.h"
 
 #ifndef TP_HB_DEDUP_NS
@@ -134,16 +134,10 @@ struct tp_arb_ctx {
 	__u32 line;
 };
 
-static __always_inline int tp_forward(struct tp_arb_ctx *a)
+/* The packet goes on to the feed's receiver. */
+static __always_inline int tp_to_receiver(struct tp_arb_ctx *a)
 {
-	struct iphdr *ip = a->ip;
-	__u16 old_word = *(__u16 *)&ip->ttl; /* TTL shares its word with the protocol */
-
-	ip->ttl -= 1;
-	tp_csum_replace2(&ip->check, old_word, *(__u16 *)&ip->ttl);
-	__builtin_memcpy(a->eth->h_dest, a->feed->dst_mac, ETH_ALEN);
-	__builtin_memcpy(a->eth->h_source, a->feed->src_mac, ETH_ALEN);
-	return bpf_redirect(a->feed->ifindex, 0);
+	return tp_forward(a->eth, a->ip, a->feed->src_mac, a->feed->dst_mac, a->feed->ifindex);
 }
 
 /* A packet of the current session on this line: it withdraws the line's
@@ -346,7 +340,7 @@ static __always_inline int tp_announce(struct tp_arb_ctx *a, int end, __u64 next
 			return XDP_DROP;
 	}
 	a->ls->heartbeats_forwarded += 1;
-	return tp_forward(a);
+	return tp_to_receiver(a);
 }
 
 static __always_inline int tp_data(struct tp_arb_ctx *a, __u64 s, __u64 e)
@@ -385,7 +379,7 @@ static __always_inline int tp_data(struct tp_arb_ctx *a, __u64 s, __u64 e)
 	}
 	ls->won += 1;
 	ls->overlap += c.partial;
-	return tp_forward(a);
+	return tp_to_receiver(a);
 }
 
 /* Rules 1 and 2 of the comment at the top, then 3 or 4. A switch or a

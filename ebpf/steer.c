@@ -6,9 +6,9 @@
 #include <linux/pkt_cls.h>
 #include "lib/maps.h"
 #include "lib/parse.h"
-#include "lib/csum.h"
 #include "lib/classify.h"
 #include "lib/reflex.h"
+#include "lib/forward.h"
 
 int tp_steer(struct __sk_buff *skb)
 {
@@ -58,14 +58,7 @@ int tp_steer(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
-	/* A router's hop: TTL-1 with the checksum fixed incrementally. TTL
-	 * shares its 16-bit word with the protocol byte. */
-	__u16 old_word = *(__u16 *)&ip->ttl;
-	ip->ttl -= 1;
-	tp_csum_replace2(&ip->check, old_word, *(__u16 *)&ip->ttl);
-	__builtin_memcpy(eth->h_dest, l->dst_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, l->src_mac, ETH_ALEN);
 	if (c)
 		c->redirects += 1;
-	return bpf_redirect(l->ifindex, 0);
+	return tp_forward(eth, ip, l->src_mac, l->dst_mac, l->ifindex);
 }
