@@ -1,4 +1,5 @@
-"""Python view of ebpf/lib/layout.h: the one definition of every map value.
+"""Python view of ebpf/lib/layout.h: the one definition of every map value of
+the product's programs (the lab's are in lab/layout.py).
 
 Constants are read from the header itself. The ctypes structs below mirror its
 structs field for field; tests/kernel/test_layout.py asserts their sizes and
@@ -14,14 +15,15 @@ from ebpf import EBPF_DIR
 _HEADER = (EBPF_DIR / "lib" / "layout.h").read_text()
 
 
-def _header_constants(text: str) -> dict[str, int]:
+def header_constants(text: str) -> dict[str, int]:
+    """A layout header's TP_* constants: numeric and (1u << n) #defines, and
+    the members of its enums, which count from 0."""
     consts = {m.group(1): int(m.group(2), 0) for m in re.finditer(
         r"^#define\s+(TP_\w+)\s+(0x[0-9a-fA-F]+|\d+)u?\b", text, re.M)}
     for m in re.finditer(r"^#define\s+(TP_\w+)\s+\(1u << (\d+)\)", text, re.M):
         consts[m.group(1)] = 1 << int(m.group(2))
-    for enum, prefix in (("tp_stat", "TP_STAT_"), ("tp_arb_stat", "TP_ARB_STAT_")):
-        body = re.search(rf"enum {enum} \{{(.*?)\}};", text, re.S).group(1)
-        names = re.findall(rf"^\s*({prefix}\w+)", body, re.M)
+    for body in re.findall(r"^enum tp_\w+ \{(.*?)\};", text, re.S | re.M):
+        names = re.findall(r"^\s*(TP_\w+)", body, re.M)
         consts.update({name: i for i, name in enumerate(names)})
     return consts
 
@@ -33,7 +35,7 @@ def _enum_names(prefix: str) -> list[str]:
                    key=lambda kv: kv[1])]
 
 
-C = _header_constants(_HEADER)
+C = header_constants(_HEADER)
 MAX_LINKS = C["TP_MAX_LINKS"]
 MAX_CLASSES = C["TP_MAX_CLASSES"]
 RULES_PER_PREFIX = C["TP_RULES_PER_PREFIX"]
@@ -73,6 +75,12 @@ def session_name(words) -> bytes:
     return int(words[0]).to_bytes(8, "little") + (int(words[1]) & 0xFFFF).to_bytes(2, "little")
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+
+
+def mac_array(mac: str | None) -> ctypes.Array:
+    """"aa:bb:cc:dd:ee:ff" as the u8[6] of the structs that hold a MAC (Link,
+    Feed); None, a next hop not resolved yet: all zero."""
+    return (u8 * 6)(*bytes.fromhex(mac.replace(":", "")) if mac else bytes(6))
 
 
 class Link(ctypes.Structure):
@@ -117,14 +125,6 @@ class Event(ctypes.Structure):
 class Probe(ctypes.Structure):
     _fields_ = [("magic", u32), ("version", u16), ("link", u16), ("seq", u64), ("tx_ns", u64),
                 ("key_id", u8), ("_pad", u8 * 7), ("mac", u64)]
-
-
-class FaultConfig(ctypes.Structure):
-    _fields_ = [("mode", u32), ("loss_threshold", u32)]
-
-
-class FaultCounters(ctypes.Structure):
-    _fields_ = [("passed", u64), ("dropped", u64)]
 
 
 class FeedKey(ctypes.Structure):
@@ -207,19 +207,3 @@ def hist_bucket_bounds_us(bucket: int) -> tuple[float, float]:
     low = (4 + sub) * width
     return float(low), float("inf") if bucket == HIST_BUCKETS - 1 else float(low + width)
 
-
-# -- lab only: lab/ebpf/reflect.c, exch's kernel reflector / sink -----------------
-REFLECT_PORTS = C["TP_REFLECT_PORTS"]
-REFLECT_ACTIONS = {"pass": C["TP_REFLECT_PASS"], "reflect": C["TP_REFLECT_REFLECT"],
-                   "sink": C["TP_REFLECT_SINK"]}
-
-
-class ReflectPort(ctypes.Structure):
-    _fields_ = [("action", u16), ("reply_port", u16)]  # reply_port: host order
-
-
-# Map name -> (key, value) in lab/ebpf/reflect.c; both keyed by UDP destination port, host order.
-REFLECT_MAPS = {
-    "reflect_cfg": (u32, ReflectPort),
-    "reflect_stats": (u32, u64),
-}

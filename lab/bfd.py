@@ -59,7 +59,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.topology import LINKS, Lab, LinkSpec
+from lab.colo import LINKS, Lab, LinkSpec
 from lab.traffic import realtime_minus_monotonic_ns
 
 BFDD = Path("/usr/lib/frr/bfdd")

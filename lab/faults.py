@@ -27,11 +27,10 @@ import ctypes
 import time
 from pathlib import Path
 
-from appliance import layout
 from appliance.edge import bpfsys
 from appliance.edge.netlink import TC_EGRESS, TC_INGRESS, ifindex
-from lab import labbpf
-from lab.topology import LINKS, Lab, LinkSpec, carrier_routes_via_gw
+from lab import labbpf, layout
+from lab.colo import LINKS, Lab, LinkSpec, carrier_routes_via_gw
 
 FAULTS = ("carrier-down", "blackhole", "loss")
 MODE_PASS, MODE_BLACKHOLE, MODE_LOSS = (layout.C[f"TP_FAULT_{m}"] for m in ("PASS", "BLACKHOLE", "LOSS"))

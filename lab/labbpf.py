@@ -10,9 +10,9 @@ from pathlib import Path
 
 from appliance.edge import bpfsys
 from appliance.edge.bpfsource import assemble
-from ebpf import EBPF_DIR
 from appliance.edge.netlink import attach_bpf
-from lab.topology import Lab, LabError
+from ebpf import EBPF_DIR
+from lab.colo import Lab, LabError
 
 FILTER_PRIO = 1
 # The lab's programs first; they share the product's parsers in ebpf/lib.

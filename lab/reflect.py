@@ -20,11 +20,10 @@ import ctypes
 import errno
 from pathlib import Path
 
-from appliance import layout
 from appliance.edge import bpfsys
 from appliance.edge.netlink import TC_INGRESS
-from lab import labbpf
-from lab.topology import LINKS, Lab, LabError
+from lab import labbpf, layout
+from lab.colo import LINKS, Lab, LabError
 
 
 def cfg_pin(lab: Lab, link: str) -> Path:

@@ -51,26 +51,32 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 
-ROLES = ("trader", "gw", "carA", "carB", "exch")
+from appliance.edge.netlink import ifindex
+from lab import faults
+from lab.colo import (
+    BPFFS_ROOT,
+    EXCHANGE_ADDR,
+    EXCHANGE_NET,
+    FEED_DST,
+    FEED_PORTS,
+    FEED_SOURCES,
+    GW_INT_ADDR,
+    INGRESS_DEV,
+    LINKS,
+    ROLES,
+    RUN_ROOT,
+    TRADER_ADDR,
+    TRADER_DEV,
+    TRADER_NET,
+    Lab,
+    LabError,
+    carrier_routes_via_gw,
+)
+
 LAB_NAME_RE = re.compile(r"^tp[0-9a-f]{4}$")
 NS_NAME_RE = re.compile(r"^(tp[0-9a-f]{4})-(trader|gw|carA|carB|exch)$")
 
-RUN_ROOT = Path("/run/twinpath/labs")
-BPFFS_ROOT = Path("/sys/fs/bpf/twinpath")
 FRR_RUN_ROOT = Path("/var/run/frr")
-
-TRADER_NET = "198.18.1.0/24"
-TRADER_ADDR = "198.18.1.1"
-TRADER_DEV = "int0"
-GW_INT_ADDR = "198.18.1.254"
-INGRESS_DEV = "int"
-EXCHANGE_NET = "198.19.0.0/24"
-EXCHANGE_ADDR = "198.19.0.10"
-# The market-data publisher's source address per line, on exch's loopback;
-# a /24 of its own, clear of every link and of the exchange prefix.
-FEED_SOURCES = {"A": "198.18.30.1", "B": "198.18.30.2"}
-FEED_DST = TRADER_ADDR
-FEED_PORTS = {"moldudp64": 26400, "mdp3": 26401}  # the lab config's two arbitrated feeds
 
 
 @dataclass(frozen=True)
@@ -82,36 +88,6 @@ class Veth:
     peer_ifname: str
     peer_cidr: str
 
-
-@dataclass(frozen=True)
-class LinkSpec:
-    """One carrier path between gw and exch."""
-
-    name: str  # "A": what the daemon config and the fault API call it
-    gw_dev: str  # gw's interface on this link
-    gw_addr: str
-    target: str  # carrier's gw-facing address: the heartbeat target
-    metric: int  # gw's kernel route metric towards the exchange
-    carrier: str  # carrier namespace role
-    carrier_dev: str  # carrier's gw-facing veth: where faults are injected
-    carrier_exch_addr: str  # carrier's address on the exchange handoff
-    handoff: str  # exch's interface towards this carrier
-    handoff_addr: str
-    fwmark: int  # exch's ct mark / fwmark for this handoff; routing table 100 + fwmark
-
-
-LINKS = {
-    "A": LinkSpec(
-        name="A", gw_dev="lnkA", gw_addr="198.18.10.1", target="198.18.10.2", metric=100,
-        carrier="carA", carrier_dev="gwA", carrier_exch_addr="198.18.20.1",
-        handoff="hA", handoff_addr="198.18.20.2", fwmark=1,
-    ),
-    "B": LinkSpec(
-        name="B", gw_dev="lnkB", gw_addr="198.18.11.1", target="198.18.11.2", metric=200,
-        carrier="carB", carrier_dev="gwB", carrier_exch_addr="198.18.21.1",
-        handoff="hB", handoff_addr="198.18.21.2", fwmark=2,
-    ),
-}
 
 VETHS = (
     Veth("trader", TRADER_DEV, f"{TRADER_ADDR}/24", "gw", INGRESS_DEV, f"{GW_INT_ADDR}/24"),
@@ -137,85 +113,8 @@ CARRIER_ROLES = tuple(link.carrier for link in LINKS.values())
 FORWARDING_ROLES = ("gw", *CARRIER_ROLES)
 
 
-class LabError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class Lab:
-    name: str
-
-    def ns(self, role: str) -> str:
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        return f"{self.name}-{role}"
-
-    @property
-    def dir(self) -> Path:
-        return RUN_ROOT / self.name
-
-    @property
-    def config_path(self) -> Path:
-        return self.dir / "twinpath.toml"
-
-    @property
-    def state_path(self) -> Path:
-        return self.dir / "state.json"
-
-    @property
-    def pin_dir(self) -> Path:
-        return BPFFS_ROOT / self.name
-
-    @property
-    def _bpffs_stage(self) -> Path:
-        return self.dir / "bpffs"
-
-    def iproute(self, role: str) -> IPRoute:
-        # flags=0: pyroute2's default (O_CREAT) would silently create a missing namespace.
-        return IPRoute(netns=self.ns(role), flags=0)
-
-    def spawn(self, role: str, argv: list[str], **popen_kwargs) -> subprocess.Popen:
-        """Start argv inside the role's namespace, with /sys/fs/bpf still the host's bpffs."""
-        return subprocess.Popen(self._exec_argv(role, argv), **popen_kwargs)
-
-    def run(self, role: str, argv: list[str], timeout: float = 10.0, check: bool = True,
-            input: str | None = None) -> subprocess.CompletedProcess:
-        proc = self.spawn(role, argv, text=True, stdin=subprocess.PIPE if input is not None else None,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            stdout, stderr = proc.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
-        if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, argv, stdout, stderr)
-        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
-
-    def ifindex(self, role: str, ifname: str) -> int:
-        with self.iproute(role) as ipr:
-            return _ifindex(ipr, ifname)
-
-    def _exec_argv(self, role: str, argv: list[str]) -> list[str]:
-        # `ip netns exec` remounts /sys for the namespace, which hides /sys/fs/bpf
-        # and every pin in it (the daemon's, the fault maps). So bind the host
-        # bpffs to a staging directory in a private mount namespace first, and
-        # bind it back over the fresh /sys/fs/bpf once inside. The staging mount
-        # is dropped again, so down() run from inside a lab can never recurse
-        # into the host bpffs through it.
-        outer = (
-            'stage=$1; ns=$2; shift 2; mount --bind /sys/fs/bpf "$stage" && '
-            "exec ip netns exec \"$ns\" sh -c "
-            "'mount --bind \"$0\" /sys/fs/bpf && umount \"$0\" && exec \"$@\"' \"$stage\" \"$@\""
-        )
-        return ["unshare", "--mount", "--propagation", "slave", "--",
-                "sh", "-c", outer, "twinpath-lab-exec", str(self._bpffs_stage), self.ns(role), *argv]
-
-
 def up(name: str | None = None) -> Lab:
     """Build a lab, attach the fault injector, check trader reaches the exchange."""
-    from lab import faults  # faults imports this module's constants
-
     lab = Lab(_check_name(name) if name else _fresh_name())
     _claim(lab)
     try:
@@ -246,7 +145,7 @@ def down(name: str) -> None:
         _remove_tree(frr_dir)
     try:
         # rmdir first: it refuses a mount point, so rmtree can't wander into a bpffs.
-        lab._bpffs_stage.rmdir()
+        lab.bpffs_stage.rmdir()
     except FileNotFoundError:
         pass
     _remove_tree(lab.dir)
@@ -269,8 +168,6 @@ def load(name: str) -> Lab:
 
 def status(name: str | None = None) -> dict:
     """One lab's namespaces, interfaces and active faults; all known labs' if name is None."""
-    from lab import faults  # faults imports this module's constants
-
     if name is None:
         return {lab_name: status(lab_name) for lab_name in sorted(_known_labs())}
     lab = Lab(_check_name(name))
@@ -408,7 +305,7 @@ def _claim(lab: Lab) -> None:
         lab.dir.mkdir()
     except FileExistsError:
         raise LabError(f"lab {lab.name} already exists; run `python -m lab down {lab.name}`") from None
-    lab._bpffs_stage.mkdir()
+    lab.bpffs_stage.mkdir()
 
 
 def _build(lab: Lab) -> None:
@@ -425,7 +322,7 @@ def _build(lab: Lab) -> None:
             _configure_end(handles[veth.role], veth.ifname, veth.cidr)
             _configure_end(handles[veth.peer_role], veth.peer_ifname, veth.peer_cidr)
         for role in ROLES:
-            handles[role].link("set", index=_ifindex(handles[role], "lo"), state="up")
+            handles[role].link("set", index=ifindex(handles[role], "lo"), state="up")
         _add_exchange_service(handles["exch"])
         _add_routes(handles)
         _add_return_path(lab, handles["exch"])
@@ -499,23 +396,14 @@ def _sysctl(lab: Lab, role: str, ipr: IPRoute) -> None:
 
 def _configure_end(ipr: IPRoute, ifname: str, cidr: str) -> None:
     iface = ipaddress.ip_interface(cidr)
-    index = _ifindex(ipr, ifname)
+    index = ifindex(ipr, ifname)
     ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
     ipr.link("set", index=index, state="up")
 
 
 def _add_exchange_service(exch: IPRoute) -> None:
     for address in (EXCHANGE_ADDR, *FEED_SOURCES.values()):
-        exch.addr("add", index=_ifindex(exch, "lo"), address=address, prefixlen=32)
-
-
-def carrier_routes_via_gw(link: LinkSpec) -> list[dict]:
-    """The carrier's static routes through its gw-facing veth.
-
-    The kernel deletes these when that veth goes admin down (carrier-down), so
-    faults.clear() puts them back.
-    """
-    return [{"dst": TRADER_NET, "gateway": link.gw_addr}]
+        exch.addr("add", index=ifindex(exch, "lo"), address=address, prefixlen=32)
 
 
 def _add_routes(handles: dict[str, IPRoute]) -> None:
@@ -530,11 +418,11 @@ def _add_routes(handles: dict[str, IPRoute]) -> None:
 
 def _add_return_path(lab: Lab, exch: IPRoute) -> None:
     main = LINKS["A"]
-    exch.route("add", dst=TRADER_NET, gateway=main.carrier_exch_addr, oif=_ifindex(exch, main.handoff))
+    exch.route("add", dst=TRADER_NET, gateway=main.carrier_exch_addr, oif=ifindex(exch, main.handoff))
     for link in LINKS.values():
         table = 100 + link.fwmark
         exch.route("add", dst=TRADER_NET, gateway=link.carrier_exch_addr,
-                   oif=_ifindex(exch, link.handoff), table=table)
+                   oif=ifindex(exch, link.handoff), table=table)
         exch.rule("add", fwmark=link.fwmark, table=table, priority=1000 + link.fwmark)
         # After the fwmark rules: a feed line leaves on its own handoff whatever the main table says.
         exch.rule("add", src=FEED_SOURCES[link.name], src_len=32, table=table, priority=1100 + link.fwmark)
@@ -564,8 +452,6 @@ def _wait_reachable(lab: Lab, attempts: int = 3) -> None:
 
 
 def _write_state(lab: Lab) -> None:
-    from lab import faults  # faults imports this module's constants
-
     state = {
         "name": lab.name,
         "created_unix": time.time(),
@@ -600,13 +486,6 @@ def _ns_exec(ns: str, argv: list[str], input: str | None = None) -> None:
     proc = subprocess.run(["ip", "netns", "exec", ns, *argv], input=input, capture_output=True, text=True, timeout=10)
     if proc.returncode != 0:
         raise LabError(f"{' '.join(argv[:2])} in {ns} failed ({proc.returncode}): {proc.stderr.strip()}")
-
-
-def _ifindex(ipr: IPRoute, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise LabError(f"no interface {ifname} in namespace {ipr.status.get('netns')}")
-    return found[0]
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -49,11 +49,6 @@ def mono_to_real_ns() -> int:
     return best[1]
 
 
-def _macs(src: str, dst: str | None):
-    raw = lambda mac: (ctypes.c_uint8 * 6)(*bytes.fromhex((mac or "00" * 6).replace(":", "")))
-    return raw(src), raw(dst)
-
-
 class Arbiter:
     """The loaded arbitration program and its maps."""
 
@@ -77,10 +72,9 @@ class Arbiter:
     def write_feed(self, feed_id: int, protocol: str, addr: ipaddress.IPv4Address, port: int,
                    ifindex: int = 0, src_mac: str = "00:00:00:00:00:00", dst_mac: str | None = None) -> None:
         """A feed and where its winners go; without dst_mac it passes to the stack."""
-        src, dst = _macs(src_mac, dst_mac)
         self.bpf["tp_feeds"][self.feed_key(addr, port)] = layout.Feed(
             id=feed_id, proto=layout.FEED_PROTOCOLS[protocol], ifindex=ifindex if dst_mac else 0,
-            src_mac=src, dst_mac=dst)
+            src_mac=layout.mac_array(src_mac), dst_mac=layout.mac_array(dst_mac))
 
     def sync_clock(self) -> None:
         """Re-pairs CLOCK_REALTIME with CLOCK_MONOTONIC (NTP may step the first)."""

@@ -35,10 +35,6 @@ def compile_gateway(interval_ns: int, dead_ns: int, ident: int = PROBE_IDENT) ->
     return BPF(text=assemble(GATEWAY_SOURCES, defines).encode())
 
 
-def mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
 def addr_u32(addr: ipaddress.IPv4Address | None) -> int:
     """An IPv4 address as the u32 a BPF program reads from a packet (network order)."""
     return int.from_bytes(addr.packed, "little") if addr else 0
@@ -59,8 +55,7 @@ class LinkState:
         flags = (layout.LINK_CARRIER if self.carrier else 0) | (layout.LINK_NEXTHOP if self.dst_mac else 0) | \
             (layout.LINK_TTL_SECURITY if self.ttl_security else 0)
         return layout.Link(ifindex=self.ifindex, flags=flags,
-                           src_mac=(ctypes.c_uint8 * 6)(*mac_bytes(self.src_mac)),
-                           dst_mac=(ctypes.c_uint8 * 6)(*mac_bytes(self.dst_mac or "00:00:00:00:00:00")),
+                           src_mac=layout.mac_array(self.src_mac), dst_mac=layout.mac_array(self.dst_mac),
                            local=addr_u32(self.local), target=addr_u32(self.target))
 
 

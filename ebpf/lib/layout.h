@@ -1,4 +1,6 @@
-/* The one definition of every BPF map key/value and of the probe payload.
+/* The one definition of every map key/value of the product's BPF programs
+ * (ebpf/) and of the probe payload. Product only: the lab's programs keep
+ * theirs in lab/ebpf/lab_layout.h.
  *
  * appliance/layout.py is the Python view of these structs (ctypes), and
  * tests/kernel/test_layout.py asserts its sizes and field offsets against the
@@ -78,11 +80,6 @@ enum tp_arb_stat {
 /* tp_event.cause */
 #define TP_CAUSE_HEARTBEAT  1           /* no heartbeat reply for the dead interval */
 #define TP_CAUSE_CARRIER    2           /* carrier lost (reported by the daemon) */
-
-/* tp_fault_config.mode: the lab's carrier-side fault injector (lab/ebpf/fault.c). */
-#define TP_FAULT_PASS       0
-#define TP_FAULT_BLACKHOLE  1           /* drop everything, both directions */
-#define TP_FAULT_LOSS       2           /* drop when bpf_get_prandom_u32() < loss_threshold */
 
 /* tp_gstats indexes: per-CPU packet counters of the programs' side exits. */
 enum tp_stat {
@@ -202,17 +199,6 @@ struct tp_probe {
 	__u64 mac;
 };
 
-/* fault_cfg[0] and fault_stats[0] (per CPU) of the lab's fault injector. */
-struct tp_fault_config {
-	__u32 mode;                 /* TP_FAULT_* */
-	__u32 loss_threshold;
-};
-
-struct tp_fault_counters {
-	__u64 passed;
-	__u64 dropped;
-};
-
 /* tp_feeds: which UDP destinations are arbitrated feeds. */
 struct tp_feed_key {
 	__u32 addr;                 /* destination, network byte order */
@@ -302,22 +288,6 @@ struct tp_arb_event {
 	__u16 line;                 /* the line whose packet revealed it */
 	__u16 kind;                 /* TP_ARB_* */
 	__u64 session[2];           /* SESSION, CANDIDATE: that session's 10 bytes, as tp_feed_state.session */
-};
-
-/* ---- Lab only: exch's kernel-speed UDP reflector / sink (lab/ebpf/reflect.c) ---- */
-
-#define TP_REFLECT_PORTS    64          /* configured destination ports per handoff */
-
-/* tp_reflect_port.action */
-#define TP_REFLECT_PASS     0           /* untouched, not counted: what an unlisted port gets */
-#define TP_REFLECT_REFLECT  1           /* answer from the port to reply_port, out of the same handoff */
-#define TP_REFLECT_SINK     2           /* count and drop */
-
-/* reflect_cfg[UDP destination port, host order]; reflect_stats[same key],
- * per CPU, is a __u64 packet count. */
-struct tp_reflect_port {
-	__u16 action;               /* TP_REFLECT_* */
-	__u16 reply_port;           /* REFLECT: the reply's destination port, host order */
 };
 
 #endif

@@ -7,7 +7,7 @@
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
-#include "lib/layout.h"
+#include "lab_layout.h"
 
 BPF_ARRAY(fault_cfg, struct tp_fault_config, 1);
 BPF_PERCPU_ARRAY(fault_stats, struct tp_fault_counters, 1);

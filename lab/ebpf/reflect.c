@@ -11,7 +11,7 @@
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 #include <linux/udp.h>
-#include "lib/layout.h"
+#include "lab_layout.h"
 #include "lib/parse.h"
 
 BPF_HASH(reflect_cfg, __u32, struct tp_reflect_port, TP_REFLECT_PORTS);

@@ -1,5 +1,6 @@
-"""The Python view of every struct in ebpf/lib/layout.h must match, field by
-field, what BCC compiled from that header."""
+"""The Python views of the layout headers must match, field by field, what
+BCC compiled from them: ebpf/lib/layout.h against appliance.layout (the
+product's maps), lab/ebpf/lab_layout.h against lab.layout (the lab's)."""
 import ctypes
 import re
 
@@ -8,21 +9,30 @@ from bcc import BPF
 
 from appliance import layout
 from appliance.edge.bpfsource import EBPF_DIR, assemble
+from lab import labbpf
+from lab import layout as lab_layout
 
-PYTHON_VIEW = {
-    "tp_link": layout.Link, "tp_health": layout.Health, "tp_key": layout.Key, "tp_class": layout.Class,
-    "tp_lpm_key": layout.LpmKey, "tp_rule": layout.Rule, "tp_prefix_rules": layout.PrefixRules,
-    "tp_counters": layout.Counters, "tp_event": layout.Event, "tp_probe": layout.Probe,
-    "tp_fault_config": layout.FaultConfig, "tp_fault_counters": layout.FaultCounters,
-    "tp_feed_key": layout.FeedKey, "tp_feed": layout.Feed, "tp_feed_state": layout.FeedState,
-    "tp_feed_claims": layout.FeedClaims,
-    "tp_arb_config": layout.ArbConfig, "tp_line_stats": layout.LineStats, "tp_arb_event": layout.ArbEvent,
-    "tp_reflect_port": layout.ReflectPort,
+# Header, as assemble() names it -> (its roots, which hold it first; struct -> Python view).
+VIEWS = {
+    "lib/layout.h": ((EBPF_DIR,), {
+        "tp_link": layout.Link, "tp_health": layout.Health, "tp_key": layout.Key, "tp_class": layout.Class,
+        "tp_lpm_key": layout.LpmKey, "tp_rule": layout.Rule, "tp_prefix_rules": layout.PrefixRules,
+        "tp_counters": layout.Counters, "tp_event": layout.Event, "tp_probe": layout.Probe,
+        "tp_feed_key": layout.FeedKey, "tp_feed": layout.Feed, "tp_feed_state": layout.FeedState,
+        "tp_feed_claims": layout.FeedClaims,
+        "tp_arb_config": layout.ArbConfig, "tp_line_stats": layout.LineStats, "tp_arb_event": layout.ArbEvent,
+    }),
+    "lab_layout.h": (labbpf.BPF_ROOTS, {
+        "tp_fault_config": lab_layout.FaultConfig, "tp_fault_counters": lab_layout.FaultCounters,
+        "tp_reflect_port": lab_layout.ReflectPort,
+    }),
 }
+STRUCTS = sorted((header, struct) for header, (_, view) in VIEWS.items() for struct in view)
 
 
-def header_structs() -> list[str]:
-    return re.findall(r"^struct (tp_\w+) \{", (EBPF_DIR / "lib" / "layout.h").read_text(), re.M)
+def header_structs(header: str) -> list[str]:
+    roots, _ = VIEWS[header]
+    return re.findall(r"^struct (tp_\w+) \{", (roots[0] / header).read_text(), re.M)
 
 
 def shape(t):
@@ -36,22 +46,29 @@ def shape(t):
     return ctypes.sizeof(t)
 
 
-def test_every_header_struct_has_a_python_view():
-    assert sorted(header_structs()) == sorted(PYTHON_VIEW)
+@pytest.mark.parametrize("header", sorted(VIEWS))
+def test_every_header_struct_has_a_python_view(header):
+    assert sorted(header_structs(header)) == sorted(VIEWS[header][1])
 
 
 @pytest.fixture(scope="module")
-def probe_module():
+def probe_modules():
     # One array per struct: BCC then reflects each compiled layout as ctypes.
-    decls = "".join(f"BPF_ARRAY(l_{n}, struct {n}, 1);\n" for n in header_structs())
-    return BPF(text=(assemble(["lib/layout.h"]) + decls).encode())
+    modules = {}
+    for header, (roots, _) in VIEWS.items():
+        decls = "".join(f"BPF_ARRAY(l_{n}, struct {n}, 1);\n" for n in header_structs(header))
+        modules[header] = BPF(text=(assemble([header], roots=roots) + decls).encode())
+    yield modules
+    for module in modules.values():
+        module.cleanup()
 
 
-@pytest.mark.parametrize("struct", sorted(PYTHON_VIEW))
-def test_struct_layout_matches_compiled(probe_module, struct):
-    compiled = probe_module[f"l_{struct}"].Leaf
-    assert ctypes.sizeof(compiled) == ctypes.sizeof(PYTHON_VIEW[struct])
-    assert shape(compiled) == shape(PYTHON_VIEW[struct])
+@pytest.mark.parametrize("header,struct", STRUCTS)
+def test_struct_layout_matches_compiled(probe_modules, header, struct):
+    compiled = probe_modules[header][f"l_{struct}"].Leaf
+    view = VIEWS[header][1][struct]
+    assert ctypes.sizeof(compiled) == ctypes.sizeof(view)
+    assert shape(compiled) == shape(view)
 
 
 @pytest.mark.parametrize("name", sorted(layout.MAPS))

@@ -7,11 +7,10 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from appliance import layout
 from appliance.edge import bpfsys
 from appliance.edge.bpfsource import assemble
 from bench.latency import MODES, PORTS, RAW_KEY, latency, max_pps
-from lab import labbpf, reflect, topology
+from lab import labbpf, layout, reflect, topology
 from lab.scenario import DaemonProcess
 from tests.kernel.test_layout import assert_map_matches
 

@@ -1,0 +1,150 @@
+"""The lab colo's fixed shape: its namespace roles, address plan and two
+carrier links, and Lab, the handle on one running instance.
+
+A leaf of the lab: topology builds and removes instances; the fault injector,
+the reflector and the lab's BPF loaders act on one through this, without
+depending on how it is built.
+"""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from appliance.edge.netlink import ifindex
+
+ROLES = ("trader", "gw", "carA", "carB", "exch")
+
+RUN_ROOT = Path("/run/twinpath/labs")
+BPFFS_ROOT = Path("/sys/fs/bpf/twinpath")
+
+TRADER_NET = "198.18.1.0/24"
+TRADER_ADDR = "198.18.1.1"
+TRADER_DEV = "int0"
+GW_INT_ADDR = "198.18.1.254"
+INGRESS_DEV = "int"
+EXCHANGE_NET = "198.19.0.0/24"
+EXCHANGE_ADDR = "198.19.0.10"
+# The market-data publisher's source address per line, on exch's loopback;
+# a /24 of its own, clear of every link and of the exchange prefix.
+FEED_SOURCES = {"A": "198.18.30.1", "B": "198.18.30.2"}
+FEED_DST = TRADER_ADDR
+FEED_PORTS = {"moldudp64": 26400, "mdp3": 26401}  # the lab config's two arbitrated feeds
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One carrier path between gw and exch."""
+
+    name: str  # "A": what the daemon config and the fault API call it
+    gw_dev: str  # gw's interface on this link
+    gw_addr: str
+    target: str  # carrier's gw-facing address: the heartbeat target
+    metric: int  # gw's kernel route metric towards the exchange
+    carrier: str  # carrier namespace role
+    carrier_dev: str  # carrier's gw-facing veth: where faults are injected
+    carrier_exch_addr: str  # carrier's address on the exchange handoff
+    handoff: str  # exch's interface towards this carrier
+    handoff_addr: str
+    fwmark: int  # exch's ct mark / fwmark for this handoff; routing table 100 + fwmark
+
+
+LINKS = {
+    "A": LinkSpec(
+        name="A", gw_dev="lnkA", gw_addr="198.18.10.1", target="198.18.10.2", metric=100,
+        carrier="carA", carrier_dev="gwA", carrier_exch_addr="198.18.20.1",
+        handoff="hA", handoff_addr="198.18.20.2", fwmark=1,
+    ),
+    "B": LinkSpec(
+        name="B", gw_dev="lnkB", gw_addr="198.18.11.1", target="198.18.11.2", metric=200,
+        carrier="carB", carrier_dev="gwB", carrier_exch_addr="198.18.21.1",
+        handoff="hB", handoff_addr="198.18.21.2", fwmark=2,
+    ),
+}
+
+
+def carrier_routes_via_gw(link: LinkSpec) -> list[dict]:
+    """The carrier's static routes through its gw-facing veth.
+
+    The kernel deletes these when that veth goes admin down (carrier-down), so
+    faults.clear() puts them back.
+    """
+    return [{"dst": TRADER_NET, "gateway": link.gw_addr}]
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+
+    def ns(self, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        return f"{self.name}-{role}"
+
+    @property
+    def dir(self) -> Path:
+        return RUN_ROOT / self.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "twinpath.toml"
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def pin_dir(self) -> Path:
+        return BPFFS_ROOT / self.name
+
+    @property
+    def bpffs_stage(self) -> Path:
+        """Where spawn() binds the host's bpffs on its way into a namespace."""
+        return self.dir / "bpffs"
+
+    def iproute(self, role: str) -> IPRoute:
+        # flags=0: pyroute2's default (O_CREAT) would silently create a missing namespace.
+        return IPRoute(netns=self.ns(role), flags=0)
+
+    def spawn(self, role: str, argv: list[str], **popen_kwargs) -> subprocess.Popen:
+        """Start argv inside the role's namespace, with /sys/fs/bpf still the host's bpffs."""
+        return subprocess.Popen(self._exec_argv(role, argv), **popen_kwargs)
+
+    def run(self, role: str, argv: list[str], timeout: float = 10.0, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        proc = self.spawn(role, argv, text=True, stdin=subprocess.PIPE if input is not None else None,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, argv, stdout, stderr)
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+    def ifindex(self, role: str, ifname: str) -> int:
+        with self.iproute(role) as ipr:
+            return ifindex(ipr, ifname)
+
+    def _exec_argv(self, role: str, argv: list[str]) -> list[str]:
+        # `ip netns exec` remounts /sys for the namespace, which hides /sys/fs/bpf
+        # and every pin in it (the daemon's, the fault maps). So bind the host
+        # bpffs to a staging directory in a private mount namespace first, and
+        # bind it back over the fresh /sys/fs/bpf once inside. The staging mount
+        # is dropped again, so down() run from inside a lab can never recurse
+        # into the host bpffs through it.
+        outer = (
+            'stage=$1; ns=$2; shift 2; mount --bind /sys/fs/bpf "$stage" && '
+            "exec ip netns exec \"$ns\" sh -c "
+            "'mount --bind \"$0\" /sys/fs/bpf && umount \"$0\" && exec \"$@\"' \"$stage\" \"$@\""
+        )
+        return ["unshare", "--mount", "--propagation", "slave", "--",
+                "sh", "-c", outer, "twinpath-lab-exec", str(self.bpffs_stage), self.ns(role), *argv]

@@ -1,0 +1,48 @@
+/* The one definition of the lab programs' map keys and values (lab/ebpf/);
+ * the product's are in ebpf/lib/layout.h.
+ *
+ * lab/layout.py is the Python view of these structs (ctypes), and
+ * tests/kernel/test_layout.py asserts its sizes and field offsets against the
+ * types BCC compiled from this file. Change both together; the test fails
+ * otherwise. Padding is explicit so that no layout depends on the compiler.
+ */
+#ifndef TP_LAB_LAYOUT_H
+#define TP_LAB_LAYOUT_H
+
+#include <linux/types.h>
+
+/* ---- The carriers' fault injector (fault.c) ---- */
+
+/* tp_fault_config.mode */
+#define TP_FAULT_PASS       0
+#define TP_FAULT_BLACKHOLE  1           /* drop everything, both directions */
+#define TP_FAULT_LOSS       2           /* drop when bpf_get_prandom_u32() < loss_threshold */
+
+/* fault_cfg[0] and fault_stats[0] (per CPU). */
+struct tp_fault_config {
+	__u32 mode;                 /* TP_FAULT_* */
+	__u32 loss_threshold;
+};
+
+struct tp_fault_counters {
+	__u64 passed;
+	__u64 dropped;
+};
+
+/* ---- exch's kernel-speed UDP reflector / sink (reflect.c) ---- */
+
+#define TP_REFLECT_PORTS    64          /* configured destination ports per handoff */
+
+/* tp_reflect_port.action */
+#define TP_REFLECT_PASS     0           /* untouched, not counted: what an unlisted port gets */
+#define TP_REFLECT_REFLECT  1           /* answer from the port to reply_port, out of the same handoff */
+#define TP_REFLECT_SINK     2           /* count and drop */
+
+/* reflect_cfg[UDP destination port, host order]; reflect_stats[same key],
+ * per CPU, is a __u64 packet count. */
+struct tp_reflect_port {
+	__u16 action;               /* TP_REFLECT_* */
+	__u16 reply_port;           /* REFLECT: the reply's destination port, host order */
+};
+
+#endif
