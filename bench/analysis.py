@@ -6,32 +6,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from appliance.core.stats import PER_MILLE, nearest_rank
+
 # How long before a fault its trial's accounting starts: a packet meant to
 # leave just before the fault but lost belongs to that fault.
 PRE_FAULT_NS = 10_000_000
 
 
-# Per mille, in integers: float quantiles of n samples can land one rank off.
-PER_MILLE = {"min": 0, "p50": 500, "p90": 900, "p99": 990, "p999": 999, "max": 1000}
-
-
-def nearest_rank(ordered: np.ndarray, per_mille: int):
-    """The sample at ceil(per_mille/1000 * n) in sorted `ordered` (the first
-    for 0): every percentile reported is a value that was measured."""
-    return ordered[max(-(-len(ordered) * per_mille // 1000) - 1, 0)]
-
-
-def percentiles(values: Sequence[float | None], keys=("p50", "p99", "max")) -> dict[str, float | None]:
-    """Nearest-rank percentiles over every sample (no binning, no
-    interpolation), ignoring None; None when there are no samples."""
-    v = np.sort(np.asarray([x for x in values if x is not None], dtype=float))
-    return {k: round(float(nearest_rank(v, PER_MILLE[k])), 1) if len(v) else None for k in keys}
-
-
 def schedule_start_ns(arrivals: np.ndarray, period_ns: float) -> float:
     """The sender's schedule origin (seq 0's intended send time), from the
-    intended send times the received packets carry."""
-    return float(np.median(arrivals["sent_ns"] - arrivals["seq"].astype(np.float64) * period_ns))
+    intended send times the received packets carry (the p50 over them)."""
+    offsets = np.sort(arrivals["sent_ns"] - arrivals["seq"].astype(np.float64) * period_ns)
+    return float(nearest_rank(offsets, PER_MILLE["p50"]))
 
 
 def stream_trials(arrivals: np.ndarray, issued: int, period_ns: float, fault_ns: Sequence[int],

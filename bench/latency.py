@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from appliance import layout
-from bench.analysis import PER_MILLE, nearest_rank
+from appliance.core.stats import PER_MILLE, nearest_rank
+from bench.progress import Advance, ignore
 from lab import reflect, topology
 from lab.scenario import DaemonProcess, Tool
 
@@ -82,8 +83,8 @@ def block_latencies(arrivals: np.ndarray, issued: int, not_before_ns: int) -> tu
 
 
 def summarize(latencies_ns: np.ndarray, lost: int) -> dict:
-    """p50/p99/p99.9/max in µs over every sample (nearest rank, as every
-    bench figure: see analysis.nearest_rank)."""
+    """p50/p99/p99.9/max/min in µs over every sample (nearest rank, as
+    every bench figure)."""
     keys = ("p50", "p99", "p999", "max", "min")
     if len(latencies_ns) == 0:
         return {**{f"{k}_us": None for k in keys}, "samples": 0, "lost": lost}
@@ -161,12 +162,12 @@ class SteerCounters:
 
 
 def latency(lab: topology.Lab, rate_pps: float, seconds_per_block: float, blocks: int,
-            workdir: Path | None = None) -> dict:
+            workdir: Path | None = None, advance: Advance = ignore) -> dict:
     """Round-trip latency of both modes at `rate_pps`, `blocks` blocks of
-    `seconds_per_block` each per mode; each block's arrivals are kept in
-    `workdir` (default: under the lab's run directory). The caller runs the
-    daemon. The result is JSON but for result[RAW_KEY], the per-mode samples
-    in ns."""
+    `seconds_per_block` each per mode (advance() after each block); each
+    block's arrivals are kept in `workdir` (default: under the lab's run
+    directory). The caller runs the daemon. The result is JSON but for
+    result[RAW_KEY], the per-mode samples in ns."""
     _prepare_reflector(lab, "reflect")
     steer = SteerCounters(lab)
     workdir = workdir or lab.dir / f"bench-latency-{time.strftime('%H%M%S')}"
@@ -199,6 +200,7 @@ def latency(lab: topology.Lab, rate_pps: float, seconds_per_block: float, blocks
                        "receiver_drops": received["socket_drops"],
                        "reflected": reflect.counts(lab, PORTS[mode]) - reflected_before,
                        **{k: steer_after[k] - steer_before[k] for k in steer_after}})
+        advance()
 
     result: dict = {}
     for mode in MODES:
@@ -219,10 +221,11 @@ def latency(lab: topology.Lab, rate_pps: float, seconds_per_block: float, blocks
 
 
 def max_pps(lab: topology.Lab, mode: str = "both", rates=DEFAULT_PPS_RATES, seconds_per_step: float = 1.0,
-            size: int = 64) -> dict:
+            size: int = 64, advance: Advance = ignore) -> dict:
     """Highest loss-free one-way rate trader -> exch per mode ("fastpath",
     "kernel", or "both" alternating per step), into exch's kernel sink, with
-    `size`-byte UDP payloads. The caller runs the daemon."""
+    `size`-byte UDP payloads; advance() after each step of each mode, run or
+    skipped past a failure. The caller runs the daemon."""
     modes = MODES if mode == "both" else (mode,)
     if not set(modes) <= set(MODES):
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)} or both")
@@ -231,9 +234,9 @@ def max_pps(lab: topology.Lab, mode: str = "both", rates=DEFAULT_PPS_RATES, seco
     steps: dict[str, list[dict]] = {m: [] for m in modes}
     for i, rate in enumerate(sorted(rates)):
         for m in modes if i % 2 == 0 else modes[::-1]:
-            if not all(s["passed"] for s in steps[m]):
-                continue
-            steps[m].append(_sink_step(lab, m, rate, seconds_per_step, size, steer))
+            if all(s["passed"] for s in steps[m]):
+                steps[m].append(_sink_step(lab, m, rate, seconds_per_step, size, steer))
+            advance()
     return {**{m: {**highest_passing(steps[m]), "steps": steps[m]} for m in modes},
             "seconds_per_step": seconds_per_step, "payload_bytes": size, "ports": PORTS,
             "method": MAX_PPS_METHOD}
@@ -281,7 +284,12 @@ def _round(value: float | None) -> float | None:
 
 # ---------------------------------------------------------------- bench section
 
-def run(lab: topology.Lab, work: Path, plan) -> dict:
+def advances(plan) -> int:
+    """How many times run() advances: latency blocks, then max_pps steps."""
+    return len(block_order(plan.latency_blocks)) + len(MODES) * len(plan.pps_steps)
+
+
+def run(lab: topology.Lab, work: Path, plan, advance: Advance) -> dict:
     """The `latency` section of `python -m bench`: its own daemon (1 ms x 3),
     latency() and max_pps() with plan.latency_rate, .latency_block_s,
     .latency_blocks (per mode), .pps_steps and .pps_step_s. Samples are kept
@@ -291,8 +299,8 @@ def run(lab: topology.Lab, work: Path, plan) -> dict:
     daemon = DaemonProcess(lab, config, work / "daemon.jsonl", stats_interval_s=3600)
     try:
         daemon.wait_for("ready", 60)
-        lat = latency(lab, plan.latency_rate, plan.latency_block_s, plan.latency_blocks, work / "blocks")
-        throughput = max_pps(lab, "both", plan.pps_steps, plan.pps_step_s)
+        lat = latency(lab, plan.latency_rate, plan.latency_block_s, plan.latency_blocks, work / "blocks", advance)
+        throughput = max_pps(lab, "both", plan.pps_steps, plan.pps_step_s, advance=advance)
     finally:
         daemon.stop()
         if reflect.attached(lab):

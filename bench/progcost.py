@@ -4,8 +4,8 @@ the same hook, measured side by side with BPF_PROG_TEST_RUN.
 Every case is a (program, packet) pair that takes one known path; each is
 paired with an empty program of its hook run on the same packet the same
 way. Rounds interleave all cases, so machine noise lands on all of them
-alike; each round gives one figure per case, and the report is the median
-(and p99) over rounds.
+alike; each round gives one figure per case, and the report is its p50
+(and p99) over rounds, nearest rank.
 
 `repeat` runs one packet through the program that many times inside the
 kernel (the mean is the round's figure): it leaves out the syscall and timer
@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from appliance import layout
+from appliance.core.stats import percentiles
 from appliance.edge.bpfsys import prog_test_run
+from bench.progress import Advance, ignore
 from lab import feedproto
 from lab.topology import EXCHANGE_ADDR, FEED_DST, FEED_PORTS, FEED_SOURCES, LINKS, TRADER_ADDR, render_config
 
@@ -54,8 +54,9 @@ class Case:
     prepare: Callable[[], None] = lambda: None  # before each round (e.g. keep a link fresh)
 
 
-def measure(cases: dict[str, Case], rounds: int, calls_per_round: int) -> dict:
-    """fastpath_ns.<case> = {ns, empty_ns, ratio, p99_ns, empty_p99_ns, repeat, rounds}."""
+def measure(cases: dict[str, Case], rounds: int, calls_per_round: int, advance: Advance = ignore) -> dict:
+    """fastpath_ns.<case> = {ns, empty_ns, ratio, p99_ns, empty_p99_ns, repeat, rounds};
+    advance() after each round."""
     from bcc import BPF
     empties = {hook: BPF(text=src.encode()) for hook, src in EMPTY_SOURCES.items()}
     empty_fd = {"tc": empties["tc"].load_func("empty_tc", BPF.SCHED_CLS).fd,
@@ -76,14 +77,14 @@ def measure(cases: dict[str, Case], rounds: int, calls_per_round: int) -> dict:
                     total += ns
                 samples[name][target].append(total / calls_per_round)
         call += calls_per_round
+        advance()
     for bpf in empties.values():
         bpf.cleanup()
     out = {}
     for name, (prog, empty) in samples.items():
-        ns, empty_ns = float(np.median(prog)), float(np.median(empty))
-        out[name] = {"ns": round(ns, 1), "empty_ns": round(empty_ns, 1), "ratio": round(ns / empty_ns, 2),
-                     "p99_ns": round(float(np.percentile(prog, 99)), 1),
-                     "empty_p99_ns": round(float(np.percentile(empty, 99)), 1),
+        p, e = percentiles(prog, ("p50", "p99")), percentiles(empty, ("p50", "p99"))
+        out[name] = {"ns": p["p50"], "empty_ns": e["p50"], "ratio": round(p["p50"] / e["p50"], 2),
+                     "p99_ns": p["p99"], "empty_p99_ns": e["p99"],
                      "repeat": cases[name].repeat, "rounds": rounds, "calls_per_round": calls_per_round,
                      "hook": cases[name].hook}
     return out
@@ -177,8 +178,8 @@ def arbitration_cases(calls: int) -> tuple[object, dict[str, Case]]:
     }
 
 
-def run(rounds: int = 100, calls_per_round: int = 20) -> dict:
+def run(rounds: int = 100, calls_per_round: int = 20, advance: Advance = ignore) -> dict:
     """Every program and path of the fast path, side by side in one run."""
     _gateway, cases = gateway_cases()  # these own the programs: referenced until measured
     _arbiter, arb_cases = arbitration_cases(rounds * calls_per_round)
-    return measure(cases | arb_cases, rounds, calls_per_round)
+    return measure(cases | arb_cases, rounds, calls_per_round, advance)

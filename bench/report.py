@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.analysis import outside, percentiles, state_at
+from appliance.core.stats import percentiles
+from bench.analysis import outside, state_at
 from bench.failover import HOLD_S
 
 HEADLINE_CASE = ("blackhole", "1000us_x3")  # the ratio the README quotes
@@ -247,7 +248,7 @@ def markdown(r: dict, plots: list[str]) -> str:
                   f"at most {st['twinpath']['heartbeat_max_late_us']} us.", ""]
     if "fastpath_ns" in r:
         lines += ["## Fast-path cost (BPF_PROG_TEST_RUN, side by side)", "",
-                  "| program / path | hook | ns (median of rounds) | empty program ns | ratio | p99 ns | repeat |",
+                  "| program / path | hook | ns (p50 of rounds) | empty program ns | ratio | p99 ns | repeat |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {name} | {v['hook']} | {v['ns']} | {v['empty_ns']} | {v['ratio']}x | {v['p99_ns']} | "
                   f"{v['repeat']} |" for name, v in r["fastpath_ns"].items()]
@@ -371,7 +372,7 @@ def plot(raw: dict, r: dict, out: Path) -> list[str]:
         ax.bar(x - 0.2, [r["fastpath_ns"][n]["ns"] for n in names], 0.4, label="program")
         ax.bar(x + 0.2, [r["fastpath_ns"][n]["empty_ns"] for n in names], 0.4, label="empty program, same hook")
         ax.set_xticks(x, names, rotation=30, ha="right")
-        ax.set(ylabel="ns per packet (median of rounds)", title="fast-path cost, BPF_PROG_TEST_RUN")
+        ax.set(ylabel="ns per packet (p50 of rounds)", title="fast-path cost, BPF_PROG_TEST_RUN")
         ax.legend()
         made.append(_save(fig, out, "fastpath_ns.png"))
     if "failover" in s and any("tcp" in b for b in s["failover"].values()):

@@ -21,25 +21,30 @@ import json
 import traceback
 from pathlib import Path
 
-from bench.analysis import percentiles
+from appliance.core.stats import percentiles
+from bench.progress import Advance, Progress
 from lab import attacks, scenario, topology
 
 SPOOF_SETTING = {"rate_pps": 10_000, "interval_us": 1000, "multiplier": 3}  # scenario.run's defaults
 
 
-def run(lab: topology.Lab, work: Path, plan) -> dict:
-    """Every trial's scenario result (raw), saved in work/trials.json too."""
+def run(lab: topology.Lab, work: Path, plan, progress: Progress) -> dict:
+    """Every trial's scenario result (raw), saved in work/trials.json too.
+    Two bars: the attack trials, then the fuzz frames."""
     work.mkdir(parents=True, exist_ok=True)
     raw: dict = {"spoofed-heartbeats": [], "forged-session": [], "errors": []}
-    for name, trials in (("spoofed-heartbeats", plan.security_spoof_trials),
-                         ("forged-session", plan.security_forge_trials)):
-        for trial in range(trials):
-            try:
-                kwargs = SPOOF_SETTING if name == "spoofed-heartbeats" else {}
-                raw[name].append(scenario.run(name, lab, **kwargs))
-            except Exception:  # one broken trial must not cost the others
-                raw["errors"].append({"scenario": name, "trial": trial, "error": traceback.format_exc()})
-    raw["fuzz"] = run_fuzz(lab, work / "fuzz", plan)
+    runs = (("spoofed-heartbeats", plan.security_spoof_trials), ("forged-session", plan.security_forge_trials))
+    with progress.bar("security", sum(trials for _, trials in runs), "trials") as bar:
+        for name, trials in runs:
+            for trial in range(trials):
+                try:
+                    kwargs = SPOOF_SETTING if name == "spoofed-heartbeats" else {}
+                    raw[name].append(scenario.run(name, lab, **kwargs))
+                except Exception:  # one broken trial must not cost the others
+                    raw["errors"].append({"scenario": name, "trial": trial, "error": traceback.format_exc()})
+                bar.advance()
+    with progress.bar("fuzz", plan.fuzz_frames, "frames") as bar:
+        raw["fuzz"] = run_fuzz(work / "fuzz", plan, bar.advance)
     (work / "trials.json").write_text(json.dumps(raw, indent=1))
     return raw
 
@@ -135,7 +140,7 @@ def headline(s: dict) -> str:
 # pure-Python reference (lab/fuzz.py, fuzzref.py), plan.fuzz_frames
 # in all (10^7 in the full run). Workers: one per core, at most 2.
 
-def run_fuzz(lab: topology.Lab, work: Path, plan) -> dict:
+def run_fuzz(work: Path, plan, advance: Advance) -> dict:
     """bench.fuzz.run()'s output, also saved in work/fuzz.json."""
     import os
     import time
@@ -144,7 +149,7 @@ def run_fuzz(lab: topology.Lab, work: Path, plan) -> dict:
     workers = min(2, os.cpu_count() or 1)
     seed = time.time_ns() % 1_000_000_007     # recorded: a mismatch names it, and replays from it
     try:
-        out = fuzz.run(plan.fuzz_frames, seed, workers=workers)
+        out = fuzz.run(plan.fuzz_frames, seed, workers=workers, advance=advance)
     except Exception:  # the attack trials' figures must survive a broken fuzz run
         out = {"error": traceback.format_exc(), "seed": seed}
     work.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
+from appliance.core.stats import PER_MILLE, nearest_rank
 from lab import feedplan
 from lab.feedproto import MDP3_SENDING_TIME_OFFSET
 from lab.traffic import (
@@ -118,6 +119,7 @@ def publish(args: argparse.Namespace) -> int:
     lateness = np.frombuffer(late, dtype=np.int64) if done else np.zeros(1, dtype=np.int64)
     planned_ns = int(sends["t_ns"][done - 1] - sends["t_ns"][0]) if done else 0
     taken_ns = planned_ns + int(lateness[-1] - lateness[0])
+    ordered = np.sort(lateness)
     emit({
         "packets": dict(zip(feedplan.LINES, sent)),
         "errors": dict(zip(feedplan.LINES, errors)),
@@ -126,8 +128,8 @@ def publish(args: argparse.Namespace) -> int:
         "duration_s": (end_ns - start_ns) / 1e9,
         # The exchange's pace as achieved: the plan's rate scaled by planned / actual span.
         "rate": plan.rate * planned_ns / taken_ns if planned_ns and taken_ns else None,
-        "late_p50_us": float(np.percentile(lateness, 50)) / 1000,
-        "late_p99_us": float(np.percentile(lateness, 99)) / 1000,
+        "late_p50_us": int(nearest_rank(ordered, PER_MILLE["p50"])) / 1000,
+        "late_p99_us": int(nearest_rank(ordered, PER_MILLE["p99"])) / 1000,
         "late_max_us": int(lateness.max()) / 1000,
         "stopped": stopped,
     })
