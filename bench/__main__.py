@@ -1,11 +1,12 @@
 """twinpath benchmarks: `make bench` (full) and `make bench-quick`.
 
-    .venv/bin/python -m bench [--quick] [--out DIR] [--only SECTION ...]
+    .venv/bin/python -m bench [--quick] [--out DIR] [--only SECTION ...] [--quiet]
 
 Runs every section in one lab, in one run, and writes
 bench/results/<timestamp>[-quick]/ with results.json (the contract's keys,
 plus detail), REPORT.md (tables) and PNG plots. Raw per-trial data stays in
-the section subdirectories, so every figure can be recomputed.
+the section subdirectories, so every figure can be recomputed. While it
+runs, stderr shows each section's progress (bench/progress.py).
 
 Sections, in order:
   fastpath  ns/packet of every program and path against an empty program of its hook
@@ -16,7 +17,8 @@ Sections, in order:
             fast path vs kernel forwarding, alternating
   control   daemon CPU % at 1 ms and 200 us with 2 and 8 links
   security  attacks from carrier A's wire: spoofed heartbeat replies during a blackhole, a forged
-            MoldUDP64 session on line A (lab.attacks); room for the fuzz figures
+            MoldUDP64 session on line A (lab.attacks); then the differential fuzz of every product
+            program (bench/fuzz.py)
 
 The machine is shared: read ratios of figures measured side by side in one
 run, with their percentiles, not single absolute numbers.
@@ -25,12 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.progress import Progress
 from lab import topology
 
 SECTIONS = ("fastpath", "failover", "stress", "latency", "control", "security")
@@ -71,36 +75,46 @@ def failover_blocks(plan: Plan):
             Block("carrier-down", 200, 3, plan.trials)]
 
 
-def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path) -> dict:
+def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path, progress: Progress) -> dict:
+    """The section's raw results; its bar counts what the plan asks of it."""
     work = out / name
     if name == "fastpath":
         from bench import progcost
-        return progcost.run(rounds=plan.fastpath_rounds)
+        with progress.bar(name, plan.fastpath_rounds, "rounds") as bar:
+            return progcost.run(rounds=plan.fastpath_rounds, advance=bar.advance)
     if name == "failover":
         from bench.failover import run_block
-        return {f"{b.scenario}/{b.setting}": run_block(lab, work / f"{b.scenario}-{b.setting}", b, seed=i)
-                for i, b in enumerate(failover_blocks(plan))}
+        blocks = failover_blocks(plan)
+        with progress.bar(name, sum(b.trials for b in blocks), "trials") as bar:
+            return {f"{b.scenario}/{b.setting}": run_block(lab, work / f"{b.scenario}-{b.setting}", b,
+                                                           bar.advance, seed=i)
+                    for i, b in enumerate(blocks)}
     if name == "stress":
         from bench import stress
-        return stress.run(lab, work, plan.stress_s)
+        with progress.bar(name, math.ceil(plan.stress_s), "s") as bar:
+            return stress.run(lab, work, plan.stress_s, bar.advance)
     if name == "latency":
         from bench import latency
-        return latency.run(lab, work, plan)
+        with progress.bar(name, latency.advances(plan), "blocks and steps") as bar:
+            return latency.run(lab, work, plan, bar.advance)
     if name == "control":
         from bench import control
-        return control.run(lab, work, plan.control_s)
+        with progress.bar(name, len(control.SETTINGS), "settings") as bar:
+            return control.run(lab, work, plan.control_s, bar.advance)
     if name == "security":
         from bench import security
-        return security.run(lab, work, plan)
+        return security.run(lab, work, plan, progress)  # two bars: attack trials, then fuzz frames
     raise ValueError(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="reduced run (under 5 minutes)")
-    ap.add_argument("--out", type=Path, help="result directory (default bench/results/<timestamp>)")
+    ap.add_argument("--quick", action="store_true", help="reduced run (about 7 minutes)")
+    ap.add_argument("--out", type=Path, metavar="DIR",
+                    help=f"result directory (default {RESULTS_ROOT}/<timestamp>[-quick])")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION", help="run only these sections")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars or lines on stderr (CI)")
     ap.add_argument("--render", type=Path, metavar="DIR",
                     help="measure nothing: rewrite DIR's results.json, REPORT.md and plots from its raw.json")
     args = ap.parse_args(argv)
@@ -120,15 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     lab = topology.up()
     try:
-        for name in args.only or SECTIONS:
-            t0 = time.monotonic()
-            print(f"bench: {name} ...", file=sys.stderr, flush=True)
-            try:
-                raw["sections"][name] = run_section(name, plan, lab, out)
-            except Exception:  # one broken section must not cost the others' figures
-                raw["errors"][name] = traceback.format_exc()
-                print(raw["errors"][name], file=sys.stderr)
-            raw["section_seconds"][name] = round(time.monotonic() - t0, 1)
+        with Progress(quiet=args.quiet) as progress:
+            for name in args.only or SECTIONS:
+                t0 = time.monotonic()
+                try:
+                    raw["sections"][name] = run_section(name, plan, lab, out, progress)
+                except Exception:  # one broken section must not cost the others' figures
+                    raw["errors"][name] = traceback.format_exc()
+                    print(raw["errors"][name], file=sys.stderr)
+                raw["section_seconds"][name] = round(time.monotonic() - t0, 1)
     finally:
         topology.down(lab.name)
     raw["total_seconds"] = round(time.monotonic() - started, 1)

@@ -64,7 +64,7 @@ def summary(result: dict) -> str:
         lines.append(f"{name:<14}{r['sent']:>6}{r['delivered']:>11}{r['delivered_twice']:>7}{r['out_of_order']:>14}"
                      f"  {len(r['gaps_expected'])} / {len(r['gaps_reported'])}"
                      f"{'' if r['gaps_expected'] == r['gaps_reported'] else '  MISMATCH'}")
-    lines.append("ns/packet, median of rounds (ratio to an empty XDP program): " + ", ".join(
+    lines.append("ns/packet, p50 of rounds (ratio to an empty XDP program): " + ", ".join(
         f"{k} {v['ns']:.0f} ({v['ratio']}x)" for k, v in result["fastpath_ns"].items()))
     t = result["throughput"]
     lines.append(f"throughput: {t['msgs_per_s']} msgs/s, {t['packets_per_s_per_line']} packets/s per line, "

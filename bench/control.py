@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from bench import analysis
+from bench.progress import Advance
 from lab import topology
 from lab.scenario import DaemonProcess
 
@@ -27,7 +28,8 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def run(lab: topology.Lab, work: Path, seconds: float) -> dict:
+def run(lab: topology.Lab, work: Path, seconds: float, advance: Advance) -> dict:
+    """advance() after each setting of SETTINGS."""
     work.mkdir(parents=True, exist_ok=True)
     topology.add_spare_links(lab)
     cpu, late = {}, {}
@@ -46,6 +48,7 @@ def run(lab: topology.Lab, work: Path, seconds: float) -> dict:
         stopped = next((e for e in daemon.events() if e.get("event") == "stopped"), {})
         late[name] = {"late_periods": stopped.get("late_periods"), "max_late_us": stopped.get("max_late_us"),
                       "probes_sent": stopped.get("sent")}
+        advance()
     return {"cpu_percent": cpu, "heartbeat_sender": late, "seconds_per_setting": seconds,
             "method": "utime+stime of the daemon process (all threads) from /proc/<pid>/stat over the "
                       "interval, as % of one core; daemon idle apart from heartbeats"}

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import analysis
+from bench.progress import Advance
 from lab import faults, topology
 from lab.scenario import DaemonProcess, ScenarioError, Tool, stop_stream, udp_stream
 
@@ -57,8 +58,10 @@ class Block:
         return f"{self.interval_us}us_x{self.multiplier}"
 
 
-def run_block(lab: topology.Lab, work: Path, block: Block, rate_pps: int = 10_000, seed: int = 1) -> dict:
-    """Runs the block's trials; returns per-trial figures (and saves them in work)."""
+def run_block(lab: topology.Lab, work: Path, block: Block, advance: Advance, rate_pps: int = 10_000,
+              seed: int = 1) -> dict:
+    """Runs the block's trials, advance() after each; returns per-trial
+    figures (and saves them in work)."""
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     config = topology.write_config(lab, interval_us=block.interval_us, multiplier=block.multiplier,
@@ -107,6 +110,7 @@ def run_block(lab: topology.Lab, work: Path, block: Block, rate_pps: int = 10_00
             clear_ns.append(faults.clear(lab, block.scenario, FAULT_LINK))
             if client:
                 tcp_clients.append(client.result(timeout_s=40))
+            advance()
         _wait_settled(daemon, bfd)
 
         results = {name: stop_stream(*tools) for name, tools in streams.items()}

@@ -25,10 +25,15 @@ import multiprocessing
 import sys
 import time
 
+from bench.progress import Advance, ignore
 from lab import fuzz
 
 DEFAULT_FRAMES_PER_PROGRAM = 100_000     # the CLI's default (make bench sizes come from bench.__main__.Plan)
 MAX_SAMPLES = 10
+POLL_S = 0.5                             # how often the parent passes the workers' frame count on
+
+# In a worker process: frames checked so far by all workers, shared with the parent.
+_checked = None
 
 
 def split(frames_total: int, programs=fuzz.PROGRAMS) -> dict[str, int]:
@@ -37,16 +42,31 @@ def split(frames_total: int, programs=fuzz.PROGRAMS) -> dict[str, int]:
     return {p: per + (i < extra) for i, p in enumerate(programs)}
 
 
-def _worker(shares: dict[str, int], seed: int) -> dict[str, dict]:
+def _worker(shares: dict[str, int], seed: int, on_frames: Advance) -> dict[str, dict]:
     gateway = {p: n for p, n in shares.items() if p in fuzz.GATEWAY_PROGRAMS and n}
     arb = {p: n for p, n in shares.items() if p in fuzz.ARB_PROGRAMS and n}
     out: dict[str, dict] = {}
     if gateway:
-        out.update({p: r.as_dict() for p, r in fuzz.fuzz_gateway(gateway, seed, max_samples=MAX_SAMPLES).items()})
+        out.update({p: r.as_dict() for p, r in fuzz.fuzz_gateway(gateway, seed, max_samples=MAX_SAMPLES,
+                                                                 on_frames=on_frames).items()})
     if arb:
-        out.update({p: r.as_dict() for p, r in fuzz.fuzz_arbitration(arb, seed,
-                                                                     max_samples=MAX_SAMPLES).items()})
+        out.update({p: r.as_dict() for p, r in fuzz.fuzz_arbitration(arb, seed, max_samples=MAX_SAMPLES,
+                                                                     on_frames=on_frames).items()})
     return out
+
+
+def _pool_init(checked) -> None:
+    global _checked
+    _checked = checked
+
+
+def _count_checked(n: int) -> None:
+    with _checked.get_lock():
+        _checked.value += n
+
+
+def _pool_worker(shares: dict[str, int], seed: int) -> dict[str, dict]:
+    return _worker(shares, seed, _count_checked)
 
 
 def _merge(parts: list[dict[str, dict]]) -> dict[str, dict]:
@@ -67,19 +87,31 @@ def _merge(parts: list[dict[str, dict]]) -> dict[str, dict]:
     return merged
 
 
-def run(frames_total: int, seed: int, workers: int = 1, programs=fuzz.PROGRAMS) -> dict:
-    """Fuzzes every program with its share of frames_total (see the module docstring)."""
+def run(frames_total: int, seed: int, workers: int = 1, programs=fuzz.PROGRAMS, advance: Advance = ignore) -> dict:
+    """Fuzzes every program with its share of frames_total (see the module
+    docstring); advance(n) as frames are checked."""
     shares = split(frames_total, programs)
     t0 = time.perf_counter()
     if workers <= 1:
-        parts = [_worker(shares, seed)]
+        parts = [_worker(shares, seed, advance)]
     else:
         # Each worker a fresh process (BCC and forked children do not mix),
         # with its own programs, maps and seed.
         jobs = [({p: n // workers + (w < n % workers) for p, n in shares.items()}, seed + 7919 * w)
                 for w in range(workers)]
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            parts = pool.starmap(_worker, jobs)
+        ctx = multiprocessing.get_context("spawn")
+        checked, reported = ctx.Value("q", 0), 0
+        with ctx.Pool(workers, initializer=_pool_init, initargs=(checked,)) as pool:
+            pending = pool.starmap_async(_pool_worker, jobs)
+            while True:
+                finished = pending.ready()  # first: once finished, the count read next is final
+                now = checked.value
+                advance(now - reported)
+                reported = now
+                if finished:
+                    break
+                pending.wait(POLL_S)
+            parts = pending.get()
     wall = time.perf_counter() - t0
     per_program = _merge(parts)
     frames = sum(d["frames"] for d in per_program.values())

@@ -6,11 +6,14 @@ its packets finds the class's link stale: without traffic a late heartbeat
 would go unseen. Every failover and every bfdd session down here is false."""
 from __future__ import annotations
 
+import math
 import signal
+import subprocess
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench.progress import Advance
 from lab import topology
 from lab.bfd import Bfdd
 from lab.scenario import DaemonProcess, stop_stream, udp_stream
@@ -19,7 +22,8 @@ PORTS = {"orders": 9000, "marketdata": 9100}
 INTERVAL_US, MULTIPLIER = 1000, 3
 
 
-def run(lab: topology.Lab, work: Path, seconds: float, rate_pps: int = 5000) -> dict:
+def run(lab: topology.Lab, work: Path, seconds: float, advance: Advance, rate_pps: int = 5000) -> dict:
+    """advance() once per second of stress."""
     work.mkdir(parents=True, exist_ok=True)
     config = topology.write_config(lab, interval_us=INTERVAL_US, multiplier=MULTIPLIER, holddown_ms=200)
     with ExitStack() as stack:
@@ -37,7 +41,7 @@ def run(lab: topology.Lab, work: Path, seconds: float, rate_pps: int = 5000) -> 
         # In a lab namespace, so that lab teardown reaps it whatever happens.
         stress = lab.spawn("exch", ["stress-ng", "--cpu", "2", "--timeout", f"{seconds:g}s", "--quiet"])
         stack.callback(_reap, stress)
-        stress.wait(timeout=seconds + 30)
+        _wait(stress, seconds, advance)
         end_ns = time.monotonic_ns()
         done = {name: stop_stream(*tools) for name, tools in streams.items()}
         transitions = bfd.transitions()
@@ -59,6 +63,17 @@ def run(lab: topology.Lab, work: Path, seconds: float, rate_pps: int = 5000) -> 
                                          "socket_drops": got["socket_drops"]} for name, (sent, got) in done.items()}},
         "bfdd": {"setting": "10ms_x3", "false_failovers": len(downs), "session_downs": downs},
     }
+
+
+def _wait(proc: subprocess.Popen, seconds: float, advance: Advance) -> None:
+    """proc.wait() for a run of `seconds` (30 s grace), advance() every second of it."""
+    for _ in range(math.ceil(seconds)):
+        try:
+            proc.wait(timeout=1)
+            return
+        except subprocess.TimeoutExpired:
+            advance()
+    proc.wait(timeout=30)
 
 
 def _reap(proc) -> None:

@@ -36,6 +36,7 @@ import struct
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appliance import layout
@@ -64,6 +65,7 @@ MAX_FRAME = 1600
 GATEWAY_PROGRAMS = ("tp_steer", "tp_hb_egress", "tp_hb_ingress")
 ARB_PROGRAMS = ("tp_arb_line_a", "tp_arb_line_b")
 PROGRAMS = GATEWAY_PROGRAMS + ARB_PROGRAMS
+PROGRESS_FRAMES = 4096        # frames between two on_frames() calls: a progress bar's grain, at no cost
 
 # The fuzz gateway: more rules, classes and link states than the packet
 # fixtures, so that every exit of tp_steer is reachable. 1 s x 3: health the
@@ -705,19 +707,23 @@ def _cumulative(weights) -> list[float]:
 
 
 def run(h: Harness, runners: dict, frames: int, seed: int, max_samples: int = 10,
-        deadline_s: float | None = None, stop_at: int | None = None) -> Result:
+        deadline_s: float | None = None, stop_at: int | None = None,
+        on_frames: Callable[[int], None] | None = None) -> Result:
     """Pushes `frames` frames through the harness's program and checks each;
     then the maps' counters."""
-    return run_programs(h, runners, {h.program: frames}, seed, max_samples, deadline_s, stop_at)[h.program]
+    return run_programs(h, runners, {h.program: frames}, seed, max_samples, deadline_s, stop_at,
+                        on_frames)[h.program]
 
 
 def run_programs(h: Harness, runners: dict, frames: dict[str, int], seed: int, max_samples: int = 10,
-                 deadline_s: float | None = None, stop_at: int | None = None) -> dict[str, Result]:
+                 deadline_s: float | None = None, stop_at: int | None = None,
+                 on_frames: Callable[[int], None] | None = None) -> dict[str, Result]:
     """The same for a harness that feeds several programs (the arbitration
     lines share state): at least frames[p] frames reach each program p;
     `runners` maps a program to its TestRun. A mismatch's `index` counts
     every frame of the run: `stop_at` = that index ends the run right
-    after it (replay)."""
+    after it (replay). on_frames(n) hears of the frames checked, every
+    PROGRESS_FRAMES and at the end."""
     r = random.Random(seed)
     results = {p: Result(p, seed) for p in frames}
     pending = {p: n for p, n in frames.items() if n > 0}
@@ -786,10 +792,15 @@ def run_programs(h: Harness, runners: dict, frames: dict[str, int], seed: int, m
         if stop_at is not None and i >= stop_at:
             break
         i += 1
+        if on_frames and i % PROGRESS_FRAMES == 0:
+            on_frames(PROGRESS_FRAMES)
         if deadline_s is not None and (i & 255) == 0 and time.perf_counter() - t0 > deadline_s:
             break
     elapsed = time.perf_counter() - t0
-    total = sum(res.frames for res in results.values()) or 1
+    checked = sum(res.frames for res in results.values())
+    if on_frames:
+        on_frames(checked - i // PROGRESS_FRAMES * PROGRESS_FRAMES)  # those since the last call
+    total = checked or 1
     if hasattr(h, "extra_outcomes"):
         for res in results.values():
             res.outcomes.update(h.extra_outcomes())
@@ -1738,20 +1749,21 @@ def gateway_harnesses(fx: GatewayFixture) -> dict[str, Harness]:
 
 
 def fuzz_gateway(frames: dict[str, int], seed: int, fx: GatewayFixture | None = None,
-                 max_samples: int = 10) -> dict[str, Result]:
+                 max_samples: int = 10, on_frames: Callable[[int], None] | None = None) -> dict[str, Result]:
     """{program: Result} for the gateway programs named in `frames`."""
     fx = fx or GatewayFixture(seed)
     hs = gateway_harnesses(fx)
     out = {}
     for name, n in frames.items():
-        out[name] = run(hs[name], fx.runners, n, seed, max_samples)
+        out[name] = run(hs[name], fx.runners, n, seed, max_samples, on_frames=on_frames)
     return out
 
 
-def fuzz_arbitration(frames: dict[str, int], seed: int, fx=None, max_samples: int = 10) -> dict[str, Result]:
+def fuzz_arbitration(frames: dict[str, int], seed: int, fx=None, max_samples: int = 10,
+                     on_frames: Callable[[int], None] | None = None) -> dict[str, Result]:
     """{line program: Result}: both lines fuzzed together, each at least its frames."""
     fx = fx or ArbFixture(seed)
-    return run_programs(ArbHarness(fx), fx.runners, frames, seed, max_samples)
+    return run_programs(ArbHarness(fx), fx.runners, frames, seed, max_samples, on_frames=on_frames)
 
 
 def fuzz_all(frames_per_program: int, seed: int, programs=PROGRAMS, stop_at: int | None = None) -> dict[str, Result]:
