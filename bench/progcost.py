@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 from appliance import layout
 from appliance.core.stats import percentiles
-from appliance.edge.bpfsys import prog_test_run
 from bench.progress import Advance, ignore
 from lab import feedproto
+from lab.libbpf import prog_test_run
 from lab.topology import EXCHANGE_ADDR, FEED_DST, FEED_PORTS, FEED_SOURCES, LINKS, TRADER_ADDR, render_config
 
 REPEAT = 64

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from appliance.edge import bpfsys
 from appliance.edge.netlink import TC_EGRESS, TC_INGRESS, ifindex
-from lab import labbpf, layout
+from lab import labbpf, layout, libbpf
 from lab.colo import LINKS, Lab, LinkSpec, carrier_routes_via_gw
 
 FAULTS = ("carrier-down", "blackhole", "loss")
@@ -104,7 +104,7 @@ def active(lab: Lab) -> dict[str, dict[str, bool | float]]:
 
 def counters(lab: Lab, link: str) -> dict[str, int]:
     """Packets the injector on a link has passed and dropped (both directions, all CPUs)."""
-    per_cpu = (layout.FaultCounters * bpfsys.possible_cpus())()
+    per_cpu = (layout.FaultCounters * libbpf.possible_cpus())()
     with _pinned(stats_pin(lab, link)) as fd:
         bpfsys.map_lookup(fd, _ZERO_KEY, per_cpu)
     return {"passed": sum(c.passed for c in per_cpu), "dropped": sum(c.dropped for c in per_cpu)}
@@ -132,7 +132,7 @@ def _set_carrier_admin(lab: Lab, spec: LinkSpec, up: bool) -> int:
 def _write_cfg(lab: Lab, spec: LinkSpec, cfg: layout.FaultConfig) -> int:
     with _pinned(cfg_pin(lab, spec.name)) as fd:
         started_ns = time.monotonic_ns()
-        bpfsys.map_update(fd, _ZERO_KEY, cfg)
+        libbpf.map_update(fd, _ZERO_KEY, cfg)
     return started_ns
 
 

@@ -272,14 +272,14 @@ class TestRun:
     in/out buffers: (verdict, output bytes), or (REFUSED, errno)."""
 
     def __init__(self, prog_fd: int, capacity: int = 8192):
-        from appliance.edge import bpfsys
-        self._fn = bpfsys._libbpf.bpf_prog_test_run_opts
+        from lab import libbpf
+        self._fn = libbpf.LIBBPF.bpf_prog_test_run_opts
         self._fd = prog_fd
         self._cap = capacity
         self._in = ctypes.create_string_buffer(capacity)
         self._out = ctypes.create_string_buffer(capacity)
         self._out_addr = ctypes.addressof(self._out)
-        self._opts = bpfsys._TestRunOpts(sz=ctypes.sizeof(bpfsys._TestRunOpts),
+        self._opts = libbpf.TestRunOpts(sz=ctypes.sizeof(libbpf.TestRunOpts),
                                          data_in=ctypes.addressof(self._in), data_out=self._out_addr, repeat=1)
         self._ref = ctypes.byref(self._opts)
 
@@ -299,11 +299,11 @@ class PerCpuCounters:
     syscall and preallocated buffers: cheap enough to check per frame."""
 
     def __init__(self, map_fd: int):
-        from appliance.edge import bpfsys
-        self._lookup = bpfsys._libbpf.bpf_map_lookup_elem
+        from lab import libbpf
+        self._lookup = libbpf.LIBBPF.bpf_map_lookup_elem
         self._fd = map_fd
         self._key = ctypes.c_uint32()
-        self._buf = (ctypes.c_uint64 * bpfsys.possible_cpus())()
+        self._buf = (ctypes.c_uint64 * libbpf.possible_cpus())()
         self._kref, self._bref = ctypes.byref(self._key), ctypes.byref(self._buf)
 
     def __getitem__(self, index: int) -> int:
@@ -1264,10 +1264,10 @@ class PerCpuStruct:
     summed over CPUs, one syscall, preallocated buffers."""
 
     def __init__(self, map_fd: int, words: int, fields: int):
-        from appliance.edge import bpfsys
-        self._lookup = bpfsys._libbpf.bpf_map_lookup_elem
+        from lab import libbpf
+        self._lookup = libbpf.LIBBPF.bpf_map_lookup_elem
         self._fd = map_fd
-        self._ncpu = bpfsys.possible_cpus()
+        self._ncpu = libbpf.possible_cpus()
         self._words, self._fields = words, fields
         self._key = ctypes.c_uint32()
         self._buf = (ctypes.c_uint64 * (words * self._ncpu))()
@@ -1301,8 +1301,8 @@ class ArbFixture:
         self.line_stats = PerCpuStruct(self.arb.bpf["tp_line_stats"].map_fd,
                                        ctypes.sizeof(layout.LineStats) // 8, len(ref.LINE_FIELDS))
         self.gstats_fast = PerCpuCounters(self.arb.bpf["tp_arb_gstats"].map_fd)
-        from appliance.edge import bpfsys
-        self._lookup = bpfsys._libbpf.bpf_map_lookup_elem
+        from lab import libbpf
+        self._lookup = libbpf.LIBBPF.bpf_map_lookup_elem
         self._state_fd = self.arb.bpf["tp_feed_state"].map_fd
         self._state_key = ctypes.c_uint32()
         self._state = layout.FeedState()

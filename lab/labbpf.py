@@ -8,10 +8,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from appliance.edge import bpfsys
 from appliance.edge.bpfsource import assemble
 from appliance.edge.netlink import attach_bpf
 from ebpf import EBPF_DIR
+from lab import libbpf
 from lab.colo import Lab, LabError
 
 FILTER_PRIO = 1
@@ -30,7 +30,7 @@ def attach_pinned(lab: Lab, source: str, func: str, pins: dict[str, Path], role:
     with BPF(text=assemble([source], roots=BPF_ROOTS).encode()) as bpf:
         prog = bpf.load_func(func.encode(), BPF.SCHED_CLS)
         for name, path in pins.items():
-            bpfsys.obj_pin(bpf[name.encode()].map_fd, str(path))
+            libbpf.obj_pin(bpf[name.encode()].map_fd, str(path))
         with lab.iproute(role) as ipr:
             for parent in parents:
                 attach_bpf(ipr, dev, parent, prog, FILTER_PRIO)
@@ -40,7 +40,7 @@ def attach_pinned(lab: Lab, source: str, func: str, pins: dict[str, Path], role:
 def pinned(path: Path, missing: str) -> Iterator[int]:
     """An fd for a pinned map, closed on exit; LabError(missing) if there is none."""
     try:
-        fd = bpfsys.obj_get(str(path))
+        fd = libbpf.obj_get(str(path))
     except FileNotFoundError:
         raise LabError(f"no map at {path}; {missing}") from None
     try:

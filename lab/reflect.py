@@ -22,7 +22,7 @@ from pathlib import Path
 
 from appliance.edge import bpfsys
 from appliance.edge.netlink import TC_INGRESS
-from lab import labbpf, layout
+from lab import labbpf, layout, libbpf
 from lab.colo import LINKS, Lab, LabError
 
 
@@ -74,15 +74,15 @@ def write_port(cfg_fd: int, stats_fd: int, port: int, action: str, reply_port: i
         if not 0 <= p <= 0xFFFF:
             raise ValueError(f"port {p} is outside 0..65535")
     key = ctypes.c_uint32(port)
-    per_cpu = (ctypes.c_uint64 * bpfsys.possible_cpus())()
+    per_cpu = (ctypes.c_uint64 * libbpf.possible_cpus())()
     try:
         # The counter first (the program only counts a port that has one),
         # so that no packet the new rule acts on goes uncounted.
         try:
             bpfsys.map_lookup(stats_fd, key, per_cpu)
         except FileNotFoundError:
-            bpfsys.map_update(stats_fd, key, per_cpu)  # zeros
-        bpfsys.map_update(cfg_fd, key, layout.ReflectPort(layout.REFLECT_ACTIONS[action], reply_port or 0))
+            libbpf.map_update(stats_fd, key, per_cpu)  # zeros
+        libbpf.map_update(cfg_fd, key, layout.ReflectPort(layout.REFLECT_ACTIONS[action], reply_port or 0))
     except OSError as exc:
         if exc.errno == errno.E2BIG:
             raise LabError(f"the reflector already has {layout.REFLECT_PORTS} ports") from None
@@ -91,7 +91,7 @@ def write_port(cfg_fd: int, stats_fd: int, port: int, action: str, reply_port: i
 
 def read_count(stats_fd: int, port: int) -> int:
     """One program's count for `port`, over all CPUs (0 if never set)."""
-    per_cpu = (ctypes.c_uint64 * bpfsys.possible_cpus())()
+    per_cpu = (ctypes.c_uint64 * libbpf.possible_cpus())()
     try:
         bpfsys.map_lookup(stats_fd, ctypes.c_uint32(port), per_cpu)
     except FileNotFoundError:

@@ -85,7 +85,7 @@ class FixtureGateway:
             last_reply_ns=last, fresh_since_ns=max(last - fresh_for_ns, 0) if last else 0)
 
     def run(self, prog, packet: bytes):
-        from appliance.edge.bpfsys import prog_test_run
+        from lab.libbpf import prog_test_run
         verdict, out, _ = prog_test_run(prog.fd, packet)
         self.gw.poll(0)
         return verdict, out
@@ -153,7 +153,7 @@ class FixtureArbiter:
         self.events.clear()
 
     def run(self, line: str, frame: bytes):
-        from appliance.edge.bpfsys import prog_test_run
+        from lab.libbpf import prog_test_run
         verdict, out, _ = prog_test_run(self.arb.lines["AB".index(line)].fd, frame)
         self.arb.poll(0)
         return verdict, out

@@ -11,8 +11,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
 from appliance import layout
-from appliance.edge.bpfsys import prog_test_run
 from lab import feedproto
+from lab.libbpf import prog_test_run
 from tests.kernel.conftest import FEED_ADDR, FEED_PORTS, TRADER, XDP_DROP, XDP_PASS, XDP_REDIRECT
 
 MOLD, MDP3 = "moldudp64", "mdp3"

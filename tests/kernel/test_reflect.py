@@ -7,10 +7,9 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from appliance.edge import bpfsys
 from appliance.edge.bpfsource import assemble
 from bench.latency import MODES, PORTS, RAW_KEY, latency, max_pps
-from lab import labbpf, layout, reflect, topology
+from lab import labbpf, layout, libbpf, reflect, topology
 from lab.scenario import DaemonProcess
 from tests.kernel.test_layout import assert_map_matches
 
@@ -46,7 +45,7 @@ class Reflector:
         return reflect.read_count(self.bpf["reflect_stats"].map_fd, port)
 
     def run(self, frame: bytes):
-        verdict, out, _ = bpfsys.prog_test_run(self.prog.fd, frame)
+        verdict, out, _ = libbpf.prog_test_run(self.prog.fd, frame)
         return verdict, out
 
 
