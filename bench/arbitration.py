@@ -20,7 +20,7 @@ from pathlib import Path
 from bench import progcost
 from lab import feedrun, topology
 from lab.feedplan import FeedPlan
-from lab.scenario import DaemonProcess
+from lab.processes import DaemonProcess
 
 THROUGHPUT_PLAN = FeedPlan(protocol="moldudp64", messages=300_000, rate=300_000, batch_a=8, batch_b=8,
                            heartbeat_every=50_000, end_of_session=True, session="THROUGHPUT", seed=11)

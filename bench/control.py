@@ -11,7 +11,7 @@ from pathlib import Path
 from bench import analysis
 from bench.progress import Advance
 from lab import topology
-from lab.scenario import DaemonProcess
+from lab.processes import DaemonProcess
 
 SETTINGS = [(interval_us, links) for links in (2, 8) for interval_us in (1000, 200)]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -30,7 +30,7 @@ import numpy as np
 from bench import analysis
 from bench.progress import Advance
 from lab import faults, topology
-from lab.scenario import DaemonProcess, ScenarioError, Tool, stop_stream, udp_stream
+from lab.processes import DaemonProcess, ScenarioError, Tool, stop_stream, udp_stream
 
 STREAM_PORTS = {"twinpath": 9000, "kernel": 9300}  # steered by the orders rule / matched by no rule
 TCP_PORT = 9001

@@ -24,7 +24,7 @@ from appliance import layout
 from appliance.core.stats import PER_MILLE, nearest_rank
 from bench.progress import Advance, ignore
 from lab import reflect, topology
-from lab.scenario import DaemonProcess, Tool
+from lab.processes import DaemonProcess, Tool
 
 MODES = ("fastpath", "kernel")
 PORTS = {"fastpath": 9050, "kernel": 9300}          # destination at the exchange

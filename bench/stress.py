@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.progress import Advance
 from lab import topology
 from lab.bfd import Bfdd
-from lab.scenario import DaemonProcess, stop_stream, udp_stream
+from lab.processes import DaemonProcess, stop_stream, udp_stream
 
 PORTS = {"orders": 9000, "marketdata": 9100}
 INTERVAL_US, MULTIPLIER = 1000, 3

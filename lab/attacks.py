@@ -33,7 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from appliance.edge.configfile import load as load_config
-from lab import topology
+from lab import feedrun, topology
+from lab.feedplan import FeedPlan, check, expected
+from lab.marketdata import load_received
+from lab.processes import DaemonProcess, ScenarioError, Tool
 
 ATTACK_MODULE = "lab.attack"
 SPOOF_RATE = 5000              # spoofed replies per second on link A (forged and replayed alternate)
@@ -114,7 +117,6 @@ class HeartbeatSpoofer:
 
     def __init__(self, lab: topology.Lab, config: Path, link: str = "A", rate: int = SPOOF_RATE,
                  max_s: float = 60.0):
-        from lab.scenario import Tool
         spec = topology.LINKS[link]
         with lab.iproute("gw") as ipr:
             (gw_dev,) = ipr.get_links(ifname=spec.gw_dev)
@@ -135,7 +137,6 @@ class HeartbeatSpoofer:
     def finish(self, daemon, fault_ns: int, clear) -> dict:
         """With the fault still on: waits for one more health line, clears the
         fault (clear() returns when), stops the attack; the scenario's keys."""
-        from lab.scenario import ScenarioError
         asked_ns = time.monotonic_ns()
         deadline = time.monotonic() + 10 * SPOOF_STATS_INTERVAL_S + 5
         while not any(e.get("event") == "health" and e["mono_ns"] > asked_ns for e in daemon.events()):
@@ -167,17 +168,12 @@ def forge_plan():
     """The genuine feed: the arbitration bench's shape (20,000 MoldUDP64
     messages at 30,000/s, two per packet, heartbeats, end of session), no
     line faults, a session of its own."""
-    from lab.feedplan import FeedPlan
     return FeedPlan(protocol="moldudp64", messages=20_000, rate=30_000, batch_a=2, batch_b=2,
                     heartbeat_every=2_000, end_of_session=True, session="GENUINE01", seed=7)
 
 
 def run_forged_session(lab: topology.Lab | None = None) -> dict:
     """The forged-session scenario on `lab` (a fresh lab if None, torn down after)."""
-    from lab import feedrun
-    from lab.feedplan import check, expected
-    from lab.marketdata import load_received
-    from lab.scenario import DaemonProcess, ScenarioError, Tool
 
     plan = forge_plan()
     with ExitStack() as cleanup:

@@ -11,7 +11,7 @@ from pathlib import Path
 from lab import topology
 from lab.feedplan import FeedPlan, LineFaults, check, expected
 from lab.marketdata import load_received
-from lab.scenario import DaemonProcess, Tool
+from lab.processes import DaemonProcess, Tool
 
 MARKETDATA = "lab.marketdata"
 FEED_NAMES = {"moldudp64": "itch", "mdp3": "mdp3"}  # the lab config's feeds

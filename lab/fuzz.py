@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from appliance import layout
 from lab import fuzzref as ref
+from lab import libbpf
 from lab.fuzzref import (
     ICMP_OFF,
     OFF_KEY_ID,
@@ -272,7 +273,6 @@ class TestRun:
     in/out buffers: (verdict, output bytes), or (REFUSED, errno)."""
 
     def __init__(self, prog_fd: int, capacity: int = 8192):
-        from lab import libbpf
         self._fn = libbpf.LIBBPF.bpf_prog_test_run_opts
         self._fd = prog_fd
         self._cap = capacity
@@ -299,7 +299,6 @@ class PerCpuCounters:
     syscall and preallocated buffers: cheap enough to check per frame."""
 
     def __init__(self, map_fd: int):
-        from lab import libbpf
         self._lookup = libbpf.LIBBPF.bpf_map_lookup_elem
         self._fd = map_fd
         self._key = ctypes.c_uint32()
@@ -1264,7 +1263,6 @@ class PerCpuStruct:
     summed over CPUs, one syscall, preallocated buffers."""
 
     def __init__(self, map_fd: int, words: int, fields: int):
-        from lab import libbpf
         self._lookup = libbpf.LIBBPF.bpf_map_lookup_elem
         self._fd = map_fd
         self._ncpu = libbpf.possible_cpus()
@@ -1301,7 +1299,6 @@ class ArbFixture:
         self.line_stats = PerCpuStruct(self.arb.bpf["tp_line_stats"].map_fd,
                                        ctypes.sizeof(layout.LineStats) // 8, len(ref.LINE_FIELDS))
         self.gstats_fast = PerCpuCounters(self.arb.bpf["tp_arb_gstats"].map_fd)
-        from lab import libbpf
         self._lookup = libbpf.LIBBPF.bpf_map_lookup_elem
         self._state_fd = self.arb.bpf["tp_feed_state"].map_fd
         self._state_key = ctypes.c_uint32()

@@ -9,7 +9,7 @@ import pytest
 
 from lab import faults, feedrun, topology
 from lab.feedplan import FeedPlan
-from lab.scenario import DaemonProcess
+from lab.processes import DaemonProcess
 
 pytestmark = pytest.mark.kernel
 

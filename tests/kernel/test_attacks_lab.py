@@ -20,7 +20,7 @@ from scapy.layers.l2 import Ether
 
 from appliance import layout
 from appliance.edge.dataplane import PROBE_IDENT
-from lab import attack, attacks, feedproto, scenario
+from lab import attack, attacks, feedproto, processes, scenario
 
 RATE, INTERVAL_US, MULTIPLIER = 10_000, 1000, 3
 # The attack runs at 5,000/s from before the fault until after it is cleared,
@@ -131,7 +131,7 @@ def test_spoofed_replies_never_fail_traffic_back_onto_a_dead_link(lab):
     workdir = lab.dir / "spoofed-no-failback"
     workdir.mkdir(parents=True, exist_ok=True)
     config = topology.write_config(lab, interval_us=INTERVAL_US, multiplier=MULTIPLIER, holddown_ms=300)
-    daemon = scenario.DaemonProcess(lab, config, workdir / "daemon.jsonl")
+    daemon = processes.DaemonProcess(lab, config, workdir / "daemon.jsonl")
     spoofer = None
     try:
         daemon.wait_for("ready", 30)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from lab import faults, scenario, topology
+from lab import faults, processes, scenario, topology
 from lab.traffic import analyze_stream
 
 RATE = 10_000
@@ -34,7 +34,7 @@ def workdir(lab, request):
 def daemon(lab, workdir):
     """A running daemon; holddown short enough for failback tests."""
     config = topology.write_config(lab, interval_us=INTERVAL_US, multiplier=MULTIPLIER, holddown_ms=300)
-    d = scenario.DaemonProcess(lab, config, workdir / "daemon.jsonl")
+    d = processes.DaemonProcess(lab, config, workdir / "daemon.jsonl")
     try:
         d.wait_for("ready", 30)
         yield d
@@ -49,7 +49,7 @@ def failovers(daemon, cause=None):
 
 def stream(lab, workdir, port, seconds, during=None):
     """Runs a stream; calls during() while it flows; returns (analysis, arrivals)."""
-    receiver, sender = scenario.udp_stream(lab, workdir, RATE, seconds, port)
+    receiver, sender = processes.udp_stream(lab, workdir, RATE, seconds, port)
     try:
         if during:
             during()
@@ -84,11 +84,11 @@ def test_scenario_fails_over_losing_only_the_dead_interval(lab, name, interval_u
 
 def test_tcp_order_session_survives_blackhole_failover(lab, workdir, daemon):
     records = 3000
-    server = scenario.Tool.in_lab(
+    server = processes.Tool.in_lab(
         lab, "exch", "tcp-server", "--bind", topology.EXCHANGE_ADDR, "--port", "9001", "--timeout", "30",
         "--out", str(workdir / "tcp.json"))
     server.wait_ready()
-    client = scenario.Tool.in_lab(
+    client = processes.Tool.in_lab(
         lab, "trader", "tcp-client", "--dst", topology.EXCHANGE_ADDR, "--port", "9001", "--rate", "1000",
         "--count", str(records), "--timeout", "25")
     try:
@@ -155,7 +155,7 @@ def _restart_during_stream(lab, workdir, old, seconds=3.0):
     old.signal(signal.SIGKILL)
     old.proc.wait(timeout=5)
     config = topology.write_config(lab, interval_us=INTERVAL_US, multiplier=MULTIPLIER, holddown_ms=300)
-    new = scenario.DaemonProcess(lab, config, workdir / "daemon-restarted.jsonl")
+    new = processes.DaemonProcess(lab, config, workdir / "daemon-restarted.jsonl")
     try:
         def wait_ready():
             new.wait_for("ready", 30)

@@ -13,7 +13,7 @@ from lab import faults, feedrun, topology
 from lab.feedplan import FeedPlan, LineFaults, expected
 from lab.feedrun import MARKETDATA
 from lab.marketdata import load_received
-from lab.scenario import Tool
+from lab.processes import Tool
 
 pytestmark = pytest.mark.kernel
 

@@ -10,7 +10,7 @@ from scapy.layers.l2 import ARP, Ether
 from appliance.edge.bpfsource import assemble
 from bench.latency import MODES, PORTS, RAW_KEY, latency, max_pps
 from lab import labbpf, layout, libbpf, reflect, topology
-from lab.scenario import DaemonProcess
+from lab.processes import DaemonProcess
 from tests.kernel.test_layout import assert_map_matches
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7

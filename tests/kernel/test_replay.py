@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from lab import faults, scenario, topology
+from lab import faults, processes, topology
 
 # Log lines that report rather than decide: not made by the core, not replayed.
 REPORTS = {"attached", "adopted", "health", "feed-summary", "stopped"}
@@ -27,12 +27,12 @@ def test_replay_of_a_recorded_failover_and_failback_is_the_live_run(lab):
     work.mkdir(parents=True, exist_ok=True)
     trace = work / "trace.jsonl"
     config = topology.write_config(lab, holddown_ms=300, feeds=True)
-    daemon = scenario.DaemonProcess(lab, config, work / "daemon.jsonl", record=trace)
+    daemon = processes.DaemonProcess(lab, config, work / "daemon.jsonl", record=trace)
     try:
         daemon.wait_for("ready", 30)
         faults.inject(lab, "blackhole", "A")
         try:
-            receiver, sender = scenario.udp_stream(lab, work, 10_000, 0.3, 9000)  # traffic makes the data path switch
+            receiver, sender = processes.udp_stream(lab, work, 10_000, 0.3, 9000)  # traffic makes the data path switch
             sender.result(timeout_s=15)
             receiver.result(timeout_s=20)
         finally:

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from lab.scenario import Tool as LabTool
-from lab.scenario import traffic_argv
+from lab.processes import Tool as LabTool
+from lab.processes import traffic_argv
 from lab.traffic import analyze_stream
 
 ADDR_A, ADDR_B = "198.18.200.1", "198.18.200.2"
