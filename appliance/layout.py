@@ -140,7 +140,7 @@ class FeedState(ctypes.Structure):
                 ("_pad0", u64 * 3),
                 ("next_seq", u64), ("line_last_ns", u64 * ARB_LINES), ("line_next_seq", u64 * ARB_LINES),
                 ("hb_last", u64), ("end_seq", u64), ("swept_seq", u64),
-                ("cand", u64 * 2), ("far_seq", u64 * ARB_LINES), ("_pad1", u64 * 4)]
+                ("cand", u64 * 2), ("far_seq", u64 * ARB_LINES), ("prev_session", u64 * 2), ("_pad1", u64 * 2)]
 
 
 class FeedClaims(ctypes.Structure):

@@ -38,14 +38,20 @@
  *     The feed switches to the candidate when, for both lines, the line
  *     showed the candidate or the current session's end of session since
  *     its last packet of the current session, or when the count reaches
- *     TP_ARB_CONFIRM. Otherwise the packet is dropped, counted unconfirmed.
+ *     TP_ARB_CONFIRM and the candidate is not the session the feed last
+ *     left (prev_session; none before the feed's second session): one line
+ *     lagging TP_ARB_CONFIRM packets behind a session change would otherwise
+ *     take the feed back and deliver the old session twice, while both lines
+ *     can still take it back from a session forged on one line. Otherwise
+ *     the packet is dropped, counted unconfirmed.
  *     A switch (one CPU wins gen -> gen + 1, the others drop, counted
- *     unconfirmed) sets the name, next_seq = 1 (0 for the feed's first
- *     session: its first data packet sets the baseline), line marks 0,
- *     candidate, far, heartbeat and end records empty; gen += 2 and every
- *     claim of an older generation is void (and emptied). MoldUDP64 feeds
- *     emit TP_ARB_SESSION. The packet then runs again from rule 0 (counted
- *     once), now as a packet of the current session.
+ *     unconfirmed) sets the name (the one it replaces, if any, becomes
+ *     prev_session), next_seq = 1 (0 for the feed's first session: its
+ *     first data packet sets the baseline), line marks 0, candidate, far,
+ *     heartbeat and end records empty; gen += 2 and every claim of an older
+ *     generation is void (and emptied). MoldUDP64 feeds emit
+ *     TP_ARB_SESSION. The packet then runs again from rule 0 (counted once),
+ *     now as a packet of the current session.
  *  2. Bounds. n = next_seq; x = the packet's sequence (data: its first
  *     sequence; heartbeat and end: the next sequence it announces). With
  *     n > 0, x is far if x > n + TP_ARB_FAR (ahead) or x + TP_ARB_BEHIND < n
@@ -195,7 +201,13 @@ static __always_inline int tp_candidate(struct tp_arb_ctx *a, struct tp_feed_pac
 		       pkt->session[0], pkt->session[1]);
 judge:;
 	__u64 said = ((new >> TP_CAND_LINES_SHIFT) | (new >> TP_CAND_ENDED_SHIFT)) & 3;
-	return said == 3 || (new & TP_CAND_COUNT) >= TP_ARB_CONFIRM;
+	if (said == 3)
+		return 1;
+	/* The count never takes the feed back to the session it left (rule 1).
+	 * A read torn by a switch only drops: tp_switch's CAS on gen fails. */
+	return (new & TP_CAND_COUNT) >= TP_ARB_CONFIRM &&
+	       !(*(volatile __u64 *)&st->prev_session[0] == pkt->session[0] &&
+		 *(volatile __u64 *)&st->prev_session[1] == (pkt->session[1] | TP_PREV_SESSION));
 }
 
 /* Starts generation a->gen + 2: for a new session (its name, sequences from
@@ -211,6 +223,10 @@ static __always_inline int tp_switch(struct tp_arb_ctx *a, struct tp_feed_packet
 	if (__sync_val_compare_and_swap(&st->gen, gen, gen + 1) != gen)
 		return 0;
 	if (why == TP_SWITCH_SESSION) {
+		if (gen) { /* the feed's first session replaces none */
+			st->prev_session[0] = st->session[0];
+			st->prev_session[1] = st->session[1] | TP_PREV_SESSION;
+		}
 		st->session[0] = pkt->session[0];
 		st->session[1] = pkt->session[1];
 		n = gen ? 1 : 0;

@@ -1720,17 +1720,19 @@ class ArbHarness(Harness):
                 and meta & 0xFFFF == (m.cand_count | m.cand_lines << 8 | m.cand_ended << 10 | m.cand_told << 12)
                 and (k.hb_last & ~ref.HB_TIME_MASK if k.hb_last else None) == (m.hb[0] if m.hb else None)
                 and (not m.hb or m.hb[1] <= (k.hb_last & ref.HB_TIME_MASK) <= m.hb[2])
-                and layout.session_name(k.session) == m.session and layout.session_name(k.cand) == m.cand):
+                and layout.session_name(k.session) == m.session and layout.session_name(k.cand) == m.cand
+                and ref.left_session(k) == m.prev):
             return []
         got = {"gen": k.gen, "session": layout.session_name(k.session), "next_seq": k.next_seq,
                "line_next_seq": list(k.line_next_seq), "end_seq": k.end_seq, "swept_seq": k.swept_seq,
                "far_seq": list(k.far_seq), "far_count": list(k.far_count),
-               "cand": layout.session_name(k.cand),
+               "cand": layout.session_name(k.cand), "prev_session": ref.left_session(k),
                "cand_meta": (meta & 0xFF, (meta >> 8) & 3, (meta >> 10) & 3, (meta >> 12) & 3, meta & 0x8000),
                "hb_flags": k.hb_last & ~ref.HB_TIME_MASK if k.hb_last else None}
         want = {"gen": m.gen, "session": m.session, "next_seq": m.next_seq, "line_next_seq": m.line_next_seq,
                 "end_seq": m.end_seq, "swept_seq": m.swept_seq, "far_seq": m.far_seq, "far_count": m.far_count,
-                "cand": m.cand, "cand_meta": (m.cand_count, m.cand_lines, m.cand_ended, m.cand_told, 0),
+                "cand": m.cand, "prev_session": m.prev,
+                "cand_meta": (m.cand_count, m.cand_lines, m.cand_ended, m.cand_told, 0),
                 "hb_flags": m.hb[0] if m.hb else None}
         problems = [f"tp_feed_state[{feed_id}].{n} = {got[n]!r}, reference {want[n]!r}"
                     for n in got if got[n] != want[n]]

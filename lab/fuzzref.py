@@ -612,6 +612,12 @@ def _s32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
 
 
+def left_session(k: layout.FeedState) -> bytes | None:
+    """The session a feed's kernel state says it last left (TP_PREV_SESSION
+    marks one), or None."""
+    return layout.session_name(k.prev_session) if k.prev_session[1] & layout.C["TP_PREV_SESSION"] else None
+
+
 class FeedModel:
     """tp_feed_state[feed] and tp_feed_claims[feed].claims."""
 
@@ -620,6 +626,7 @@ class FeedModel:
         self.session = bytes(10)
         self.cand = bytes(10)
         self.cand_count = self.cand_lines = self.cand_ended = self.cand_told = 0
+        self.prev: bytes | None = None      # prev_session: the session the feed last left; None: none yet
         self.far_count = [0, 0]
         self.far_seq = [0, 0]
         self.next_seq = 0
@@ -639,6 +646,7 @@ class FeedModel:
         self.gen = k.gen
         self.session = layout.session_name(k.session)
         self.cand = layout.session_name(k.cand)
+        self.prev = left_session(k)
         meta = k.cand_meta
         self.cand_count, self.cand_lines = meta & 0xFF, (meta >> 8) & 3
         self.cand_ended, self.cand_told = (meta >> 10) & 3, (meta >> 12) & 3
@@ -865,7 +873,8 @@ class ArbRef:
             st.cand_count, st.cand_lines, st.cand_told, told = 1, lbit, lbit, 0
         if not told:
             events.append((ARB_EVENT["session-candidate"], line, pkt.seq, pkt.seq, pkt.session))
-        return (st.cand_lines | st.cand_ended) & 3 == 3 or st.cand_count >= ARB_CONFIRM
+        # the count alone never takes the feed back to the session it left
+        return (st.cand_lines | st.cand_ended) & 3 == 3 or (st.cand_count >= ARB_CONFIRM and pkt.session != st.prev)
 
     @staticmethod
     def _seen_current(st: FeedModel, line: int, end: bool) -> None:
@@ -881,6 +890,8 @@ class ArbRef:
                 events=None) -> None:
         t = ((st.gen + 2) >> 1) & 0xFF
         if session:
+            if st.gen:
+                st.prev = st.session
             st.session = pkt.session
             n = 1 if st.gen else 0
             st.line_next_seq = [_tagged(t, 0), _tagged(t, 0)]

@@ -39,6 +39,9 @@
 #define TP_CAND_TOLD_SHIFT  12          /* 2 bits: lines whose sight of this candidate was reported (an event) */
 #define TP_CAND_LOCK        0x8000      /* a CPU is writing the candidate's name */
 #define TP_CAND_VERSION_SHIFT 32        /* bumped with each new candidate name */
+/* tp_feed_state.prev_session[1]: set with a name (its word 1 holds 2 bytes), so
+ * that an all-zero name is told from none. */
+#define TP_PREV_SESSION     0x10000
 
 /* tp_feed.proto */
 #define TP_PROTO_MOLDUDP64  1
@@ -245,7 +248,9 @@ struct tp_feed_state {
 	__u64 swept_seq;            /* gtag | next_seq at the last claim sweep */
 	__u64 cand[2];              /* the candidate session's 10 bytes, valid while cand_meta is unlocked */
 	__u64 far_seq[TP_ARB_LINES];       /* gtag | each line's last far-ahead sequence */
-	__u64 _pad1[4];
+	__u64 prev_session[2];      /* the session the feed last left, as session | TP_PREV_SESSION in
+	                             * word 1; 0: none yet. Written under the seqlock, like session */
+	__u64 _pad1[2];
 };
 
 struct tp_feed_claims {

@@ -297,6 +297,71 @@ def test_new_session_on_one_line_only_is_believed_after_n_packets(arbiter):
     assert arbiter.stats("A").unconfirmed == n - 1
 
 
+def prev_session_of(arbiter) -> bytes | None:
+    words = arbiter.arb.state(0).prev_session
+    return layout.session_name(words) if words[1] & layout.C["TP_PREV_SESSION"] else None
+
+
+def test_a_line_lagging_behind_a_session_change_never_takes_the_feed_back(arbiter):
+    """Line B moves to SESSION002 on its own (A lags): A's packets of the
+    session left, however many in a row, are dropped as unconfirmed and
+    deliver nothing. Was: A's 16th switched the feed back to SESSION001 at
+    sequence 1 and delivered it a second time, then B flipped it forward."""
+    n = layout.ARB_CONFIRM
+    verdicts(arbiter, ("A", mold(1, 5)), ("B", mold(1, 5)))
+    assert prev_session_of(arbiter) is None  # the feed's first session left none
+    got = verdicts(arbiter, *[("B", mold(s, 1, session="SESSION002")) for s in range(1, n + 1)])
+    assert got[-1] == XDP_REDIRECT and session_of(arbiter) == "SESSION002"
+    assert prev_session_of(arbiter) == SESSION.encode()
+    assert verdicts(arbiter, *[("A", mold(s, 1)) for s in range(6, 46)]) == [XDP_DROP] * 40
+    assert session_of(arbiter) == "SESSION002"
+    a = arbiter.stats("A")
+    assert (a.won, a.unconfirmed, a.stale) == (1, 40, 0)
+    assert len(kinds(arbiter, "session")) == 2
+    # A catches up: what B delivered is lost on A, what is new is A's
+    assert verdicts(arbiter, ("A", mold(n, 1, session="SESSION002")),
+                    ("A", mold(n + 1, 1, session="SESSION002"))) == [XDP_DROP, XDP_REDIRECT]
+
+
+def test_a_session_forged_on_one_line_is_taken_back_by_both_lines(arbiter):
+    """TP_ARB_CONFIRM forged packets in a row on A switch the feed; the
+    genuine session on both lines takes it back, and the forger, its session
+    now the one left, cannot take it again from one line."""
+    n = layout.ARB_CONFIRM
+    verdicts(arbiter, ("A", mold(1, 5)), ("B", mold(1, 5)))
+    assert verdicts(arbiter, *[("A", mold(6 + i, 1, session=FORGED)) for i in range(n)])[-1] == XDP_REDIRECT
+    assert session_of(arbiter) == FORGED
+    assert verdicts(arbiter, ("A", mold(6, 1)), ("B", mold(6, 1))) == [XDP_DROP, XDP_REDIRECT]
+    assert session_of(arbiter) == SESSION and prev_session_of(arbiter) == FORGED.encode()
+    assert kinds(arbiter, "session")[-1] == ("session", 0, "B", 6, 6)
+    forged = verdicts(arbiter, *[("A", mold(100 + i, 1, session=FORGED)) for i in range(2 * n)])
+    assert forged == [XDP_DROP] * (2 * n) and session_of(arbiter) == SESSION
+    assert verdicts(arbiter, ("A", mold(7, 1)), ("B", mold(7, 1))) == [XDP_REDIRECT, XDP_DROP]
+
+
+def test_the_count_still_switches_to_a_session_not_the_one_left(arbiter):
+    """Only the session left is barred from the count: after SESSION001 ->
+    SESSION002, SESSION003 on one line switches after TP_ARB_CONFIRM packets."""
+    n = layout.ARB_CONFIRM
+    verdicts(arbiter, ("A", mold(1, 5)), ("A", mold(1, 1, session="SESSION002")),
+             ("B", mold(1, 1, session="SESSION002")))
+    assert session_of(arbiter) == "SESSION002" and prev_session_of(arbiter) == SESSION.encode()
+    got = verdicts(arbiter, *[("A", mold(s, 1, session="SESSION003")) for s in range(1, n + 1)])
+    assert got == [XDP_DROP] * (n - 1) + [XDP_REDIRECT]
+    assert session_of(arbiter) == "SESSION003" and prev_session_of(arbiter) == b"SESSION002"
+
+
+def test_an_all_zero_session_after_a_resync_is_not_taken_for_one_left(arbiter):
+    """A resync bumps the generation but leaves no session behind: an
+    all-zero name (possible on the wire) still switches by the count."""
+    n, far = layout.ARB_CONFIRM, 2**27  # a resync past TP_ARB_NEWGEN: gen 2 -> 4
+    verdicts(arbiter, ("A", mold(1, 5)), ("A", mold(far, 1)), ("B", mold(far, 1)))
+    assert arbiter.arb.state(0).gen == 4 and prev_session_of(arbiter) is None
+    got = verdicts(arbiter, *[("A", mold(s, 1, session=bytes(10))) for s in range(1, n + 1)])
+    assert got == [XDP_DROP] * (n - 1) + [XDP_REDIRECT]
+    assert layout.session_name(arbiter.arb.state(0).session) == bytes(10)
+
+
 def test_a_packet_of_the_current_session_restarts_the_count(arbiter):
     n = layout.ARB_CONFIRM
     verdicts(arbiter, ("A", mold(1, 5)))
