@@ -80,7 +80,7 @@ class Daemon:
         self.trader: LinkState | None = None  # the trader-facing link and feed receivers' MACs
 
     # -- the core's one entry ----------------------------------------------
-    def _consume(self, kind: str, ts_ns: int, **fields) -> None:
+    def _consume(self, kind: str, ts_ns: int, /, **fields) -> None:
         with self._core_lock:
             if self.recorder:
                 self.recorder.input(kind, ts_ns, fields)

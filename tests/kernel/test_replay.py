@@ -1,12 +1,14 @@
-"""Record and replay in the lab: a daemon run with --record through a blackhole
-failover and its failback; `twinpath replay` on its trace must print exactly
-the decisions the daemon logged, in the same order, with the same times."""
+"""Record and replay in the lab: a daemon run with --record through a lossy
+A/B feed, a blackhole failover and its failback; `twinpath replay` on its
+trace must print exactly the decisions the daemon logged, in the same order,
+with the same times."""
 import json
 import subprocess
 import sys
 import time
 
-from lab import faults, processes, topology
+from lab import faults, feedrun, processes, topology
+from lab.feedplan import FeedPlan
 
 # Log lines that report rather than decide: not made by the core, not replayed.
 REPORTS = {"attached", "adopted", "health", "feed-summary", "stopped"}
@@ -30,6 +32,9 @@ def test_replay_of_a_recorded_failover_and_failback_is_the_live_run(lab):
     daemon = processes.DaemonProcess(lab, config, work / "daemon.jsonl", record=trace)
     try:
         daemon.wait_for("ready", 30)
+        feed = FeedPlan(protocol="moldudp64", messages=2000, rate=10_000, seed=5, line_a={"loss": 0.05},
+                        line_b={"loss": 0.05})
+        feedrun.run_feed(lab, feed, work)  # gaps, and where both lines lost a sequence, gaps lost
         faults.inject(lab, "blackhole", "A")
         try:
             receiver, sender = processes.udp_stream(lab, work, 10_000, 0.3, 9000)  # traffic makes the data path switch
@@ -48,5 +53,7 @@ def test_replay_of_a_recorded_failover_and_failback_is_the_live_run(lab):
     assert moves == [("heartbeat", "A", "B"), ("failback", "B", "A")], moves
     assert [e["event"] for e in live].count("ready") == 1
     kinds = {json.loads(line).get("kind") for line in trace.read_text().splitlines()[1:]}
-    assert {"reflex", "health", "feed-lines"} <= kinds, kinds
+    assert {"reflex", "health", "arb-event", "feed-lines"} <= kinds, kinds
+    decided = {e["event"] for e in live}
+    assert {"session", "gap"} <= decided and decided & {"gap-lost", "gap-filled"}, decided
     assert replayed(trace) == live
