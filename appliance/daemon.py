@@ -16,6 +16,7 @@ switches.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import threading
@@ -78,6 +79,7 @@ class Daemon:
         self._on_ready = None
         self.arbiter: Arbiter | None = None
         self.trader: LinkState | None = None  # the trader-facing link and feed receivers' MACs
+        self._errors = itertools.count(1)  # exceptions in event handlers, logged as 'error' (see _guarded)
 
     # -- the core's one entry ----------------------------------------------
     def _consume(self, kind: str, ts_ns: int, /, **fields) -> None:
@@ -106,21 +108,36 @@ class Daemon:
         else:
             raise AssertionError(f"unknown effect {effect!r}")
 
+    def _guarded(self, where: str, handler):
+        """handler, but an exception in it is logged as an 'error' event and
+        the daemon goes on: BCC's ring-buffer callbacks would swallow it
+        silently, and a dead netlink thread would stop carrier updates. The
+        data path keeps forwarding on its last state either way."""
+        def call(*args) -> None:
+            try:
+                handler(*args)
+            except Exception as e:
+                self.log.emit("error", where=where, error=f"{type(e).__name__}: {e}", errors=next(self._errors))
+        return call
+
     # -- netlink thread -----------------------------------------------------
     def _watch_netlink(self, monitor: netlink.Monitor, stop: threading.Event) -> None:
         by_ifindex = {s.ifindex: i for i, s in enumerate(self.links)}
+        on_change = self._guarded("netlink", self._on_netlink)
         while not stop.is_set():
             for change in monitor.read(0.1):
-                ts_ns = time.monotonic_ns()
-                link_id = by_ifindex.get(change.ifindex)
-                if link_id is not None:
-                    if isinstance(change, netlink.LinkChange):
-                        self._consume("carrier", ts_ns, link=link_id, up=change.carrier)
-                    else:
-                        self._consume("neighbour", ts_ns, link=link_id, ip=str(change.ip), mac=change.mac)
-                elif self.trader and change.ifindex == self.trader.ifindex and \
-                        isinstance(change, netlink.NeighbourChange):
-                    self._consume("receiver", ts_ns, ip=str(change.ip), mac=change.mac)
+                on_change(change, by_ifindex)
+
+    def _on_netlink(self, change, by_ifindex: dict[int, int]) -> None:
+        ts_ns = time.monotonic_ns()
+        link_id = by_ifindex.get(change.ifindex)
+        if link_id is not None:
+            if isinstance(change, netlink.LinkChange):
+                self._consume("carrier", ts_ns, link=link_id, up=change.carrier)
+            else:
+                self._consume("neighbour", ts_ns, link=link_id, ip=str(change.ip), mac=change.mac)
+        elif self.trader and change.ifindex == self.trader.ifindex and isinstance(change, netlink.NeighbourChange):
+            self._consume("receiver", ts_ns, ip=str(change.ip), mac=change.mac)
 
     def _write_feed(self, feed_id: int, mac: str | None) -> None:
         feed = self.cfg.feeds[feed_id]
@@ -205,7 +222,7 @@ class Daemon:
                 self.log.emit("adopted", active={self.class_names[c]: self.link_names[l]
                                                  for c, l in enumerate(adopted)})
             self.gw.write_keys(keys)
-            self.gw.open_events(self._on_failover)
+            self.gw.open_events(self._guarded("reflex", self._on_failover))
             receivers = self._load_arbiter(ipr) if cfg.feeds else []
 
             sockets = [open_probe_socket(l.dev, s.local, l.target) for l, s in zip(cfg.links, self.links)]
@@ -219,7 +236,7 @@ class Daemon:
             feedwatch = None
             if cfg.feeds:
                 feedwatch = FeedWatch(cfg, self.arbiter, self.core.feeds, self._consume, self.log)
-                self.arbiter.open_events(feedwatch.on_event)
+                self.arbiter.open_events(self._guarded("arb-event", feedwatch.on_event))
             self._on_ready = lambda: self.gw.attach_steer(ipr)
             threads = [threading.Thread(target=sender.run, name="heartbeat", daemon=True),
                        threading.Thread(target=self._watch_netlink, args=(monitor, stop),
