@@ -73,15 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
     fl = sub.add_parser("fault", help="inject or clear a fault on a carrier")
     fl.add_argument("name")
-    fl.add_argument("fault", choices=["carrier-down", "blackhole", "loss"])
+    fl.add_argument("fault", choices=faults.FAULTS)
     fl.add_argument("link", choices=["A", "B"])
     fl.add_argument("--clear", action="store_true")
     fl.add_argument("--probability", type=float, default=0.01, help="for loss (default 0.01)")
     fl.set_defaults(func=cmd_fault)
     sc = sub.add_parser("scenario", help="measure a failover end to end, or an attack on it; exit 0 only if "
                                          "the scenario's contract holds")
-    sc.add_argument("scenario", choices=["carrier-down", "blackhole", "spoofed-heartbeats", "forged-session"],
-                    help="a fault on link A; spoofed-heartbeats: blackhole while an attacker on carrier A's "
+    sc.add_argument("scenario", choices=scenario.ALL_SCENARIOS,
+                    help="a fault on link A (blackhole-tx/-rx: one direction only); spoofed-heartbeats: blackhole while an attacker on carrier A's "
                          "wire sends forged and replayed heartbeat replies; forged-session: a MoldUDP64 feed "
                          "with one forged packet of another session on line A (ignores the stream options)")
     sc.add_argument("--lab", metavar="NAME", help="use this lab (default: build one, tear it down after)")

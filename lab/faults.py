@@ -1,7 +1,7 @@
 """Fault injection on the lab's carrier links.
 
-The kernel has no netem, so loss and blackholes come from lab/ebpf/fault.c, a TC
-classifier on both directions of each carrier's gw-facing veth (carA `gwA`,
+The kernel has no netem, so loss and blackholes come from lab/ebpf/fault.c, TC
+classifiers on both directions of each carrier's gw-facing veth (carA `gwA`,
 carB `gwB`). Its config and counter maps are pinned under
 /sys/fs/bpf/twinpath/<lab>/fault_<carrier>_{cfg,stats}: the TC filters keep the
 program and maps alive after the loading process exits, and any process (the
@@ -11,10 +11,12 @@ Faults per link ("A" or "B"):
   carrier-down  the carrier's gw-facing veth goes admin down, so gw's link loses carrier
                 (clear brings it up and restores the carrier routes the kernel deleted)
   blackhole     every packet on the link is dropped, both ways; gw keeps carrier
+  blackhole-tx  only what gw sends is dropped (orders, heartbeat probes): a dead send path
+  blackhole-rx  only what comes to gw is dropped (replies, market data): a dead receive path
   loss          each packet is dropped with the given probability
 
-blackhole and loss share the link's one fault map: injecting one replaces the
-other, and clearing either restores pass-through.
+The blackholes and loss share the link's one fault map: injecting one replaces
+another, and clearing any of them restores pass-through.
 
 inject() and clear() return time.monotonic_ns() taken just before the change
 becomes visible to the kernel, so detection times measured from it are never
@@ -32,8 +34,10 @@ from appliance.edge.netlink import TC_EGRESS, TC_INGRESS, ifindex
 from lab import labbpf, layout, libbpf
 from lab.colo import LINKS, Lab, LinkSpec, carrier_routes_via_gw
 
-FAULTS = ("carrier-down", "blackhole", "loss")
-MODE_PASS, MODE_BLACKHOLE, MODE_LOSS = (layout.C[f"TP_FAULT_{m}"] for m in ("PASS", "BLACKHOLE", "LOSS"))
+FAULTS = ("carrier-down", "blackhole", "blackhole-tx", "blackhole-rx", "loss")
+MODE_PASS, MODE_LOSS = layout.C["TP_FAULT_PASS"], layout.C["TP_FAULT_LOSS"]
+BLACKHOLES = {name: layout.C["TP_FAULT_" + name.upper().replace("-", "_")]
+              for name in ("blackhole", "blackhole-tx", "blackhole-rx")}
 IFF_UP = 1
 _ZERO_KEY = ctypes.c_uint32(0)
 
@@ -49,9 +53,9 @@ def stats_pin(lab: Lab, link: str) -> Path:
 def attach(lab: Lab) -> None:
     """Load fault.c onto every carrier's gw-facing veth and pin its maps (done by lab up)."""
     for link in LINKS.values():
-        labbpf.attach_pinned(lab, "fault.c", "fault",
+        labbpf.attach_pinned(lab, "fault.c", {TC_INGRESS: "fault_from_gw", TC_EGRESS: "fault_to_gw"},
                              {"fault_cfg": cfg_pin(lab, link.name), "fault_stats": stats_pin(lab, link.name)},
-                             link.carrier, link.carrier_dev, (TC_INGRESS, TC_EGRESS))
+                             link.carrier, link.carrier_dev)
 
 
 def inject(lab: Lab, fault: str, link: str, probability: float | None = None) -> int:
@@ -61,8 +65,8 @@ def inject(lab: Lab, fault: str, link: str, probability: float | None = None) ->
         raise ValueError("a probability is required for loss and only for loss")
     if fault == "carrier-down":
         return _set_carrier_admin(lab, spec, up=False)
-    if fault == "blackhole":
-        return _write_cfg(lab, spec, layout.FaultConfig(MODE_BLACKHOLE, 0))
+    if fault in BLACKHOLES:
+        return _write_cfg(lab, spec, layout.FaultConfig(BLACKHOLES[fault], 0))
     if fault == "loss":
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"loss probability {probability} is outside [0, 1]")
@@ -77,7 +81,7 @@ def clear(lab: Lab, fault: str, link: str) -> int:
     spec = _link(link)
     if fault == "carrier-down":
         return _set_carrier_admin(lab, spec, up=True)
-    if fault in ("blackhole", "loss"):
+    if fault in BLACKHOLES or fault == "loss":
         return _write_cfg(lab, spec, layout.FaultConfig(MODE_PASS, 0))
     raise ValueError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
 
@@ -94,8 +98,9 @@ def active(lab: Lab) -> dict[str, dict[str, bool | float]]:
         cfg = layout.FaultConfig()
         with _pinned(cfg_pin(lab, name)) as fd:
             bpfsys.map_lookup(fd, _ZERO_KEY, cfg)
-        if cfg.mode == MODE_BLACKHOLE:
-            faults["blackhole"] = True
+        blackhole = next((name for name, mode in BLACKHOLES.items() if mode == cfg.mode), None)
+        if blackhole:
+            faults[blackhole] = True
         elif cfg.mode == MODE_LOSS:
             faults["loss"] = round(cfg.loss_threshold / 2**32, 6)
         result[name] = faults

@@ -19,20 +19,21 @@ FILTER_PRIO = 1
 BPF_ROOTS = (Path(__file__).parent / "ebpf", EBPF_DIR)
 
 
-def attach_pinned(lab: Lab, source: str, func: str, pins: dict[str, Path], role: str, dev: str,
-                  parents: tuple[str, ...]) -> None:
-    """Compile `source`, pin its maps (name -> path) and attach `func` to
-    dev's TC `parents` in role's namespace. One compile per call: each
-    attachment gets maps of its own (a BCC module owns one set)."""
+def attach_pinned(lab: Lab, source: str, programs: dict[str, str], pins: dict[str, Path], role: str,
+                  dev: str) -> None:
+    """Compile `source`, pin its maps (name -> path) and attach its programs
+    (TC parent -> function) to dev in role's namespace. One compile per
+    call: each device gets maps of its own (a BCC module owns one set),
+    shared by the programs attached to it."""
     from bcc import BPF  # BCC (and LLVM) only for loading, not for driving
 
     lab.pin_dir.mkdir(parents=True, exist_ok=True)
     with BPF(text=assemble([source], roots=BPF_ROOTS).encode()) as bpf:
-        prog = bpf.load_func(func.encode(), BPF.SCHED_CLS)
+        progs = {parent: bpf.load_func(func.encode(), BPF.SCHED_CLS) for parent, func in programs.items()}
         for name, path in pins.items():
             libbpf.obj_pin(bpf[name.encode()].map_fd, str(path))
         with lab.iproute(role) as ipr:
-            for parent in parents:
+            for parent, prog in progs.items():
                 attach_bpf(ipr, dev, parent, prog, FILTER_PRIO)
 
 

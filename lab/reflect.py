@@ -37,9 +37,9 @@ def stats_pin(lab: Lab, link: str) -> Path:
 def attach(lab: Lab) -> None:
     """Load reflect.c on ingress of both of exch's handoffs, every port passing."""
     for name, link in LINKS.items():
-        labbpf.attach_pinned(lab, "reflect.c", "reflect",
+        labbpf.attach_pinned(lab, "reflect.c", {TC_INGRESS: "reflect"},
                              {"reflect_cfg": cfg_pin(lab, name), "reflect_stats": stats_pin(lab, name)},
-                             "exch", link.handoff, (TC_INGRESS,))
+                             "exch", link.handoff)
 
 
 def attached(lab: Lab) -> bool:

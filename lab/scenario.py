@@ -21,7 +21,7 @@ from lab import attacks, faults, topology
 from lab.processes import ORDERS_PORT, DaemonProcess, ScenarioError, udp_stream
 from lab.traffic import analyze_stream
 
-SCENARIOS = ("carrier-down", "blackhole")   # faults on link A
+SCENARIOS = ("carrier-down", "blackhole", "blackhole-tx", "blackhole-rx")   # faults on link A
 ATTACK_SCENARIOS = ("spoofed-heartbeats", "forged-session")  # lab.attacks
 ALL_SCENARIOS = SCENARIOS + ATTACK_SCENARIOS
 FAULT_LINK, STANDBY_LINK = "A", "B"

@@ -17,6 +17,8 @@
 #define TP_FAULT_PASS       0
 #define TP_FAULT_BLACKHOLE  1           /* drop everything, both directions */
 #define TP_FAULT_LOSS       2           /* drop when bpf_get_prandom_u32() < loss_threshold */
+#define TP_FAULT_BLACKHOLE_TX 3         /* drop only what the gateway sends (orders, probes) */
+#define TP_FAULT_BLACKHOLE_RX 4         /* drop only what comes to the gateway (replies, market data) */
 
 /* fault_cfg[0] and fault_stats[0] (per CPU). */
 struct tp_fault_config {
