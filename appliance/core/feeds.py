@@ -301,9 +301,15 @@ class FeedCore:
                            **extra}, None))
         return out
 
-    def lines(self, ts_ns: int, feed: int, samples: list[list[int]], delivery: list[dict[str, int]]) -> list[tuple]:
-        """A reading of one feed's lines: samples [last_ns, next_seq] and
-        DELIVERY_COUNTERS per line."""
+    def stall_due(self, feed: int, now_ns: int) -> bool:
+        """Whether the next reading of this feed needs its delivery counters."""
+        return self.stalls[feed].due(now_ns)
+
+    def lines(self, ts_ns: int, feed: int, samples: list[list[int]],
+              delivery: list[dict[str, int]] | None) -> list[tuple]:
+        """A reading of one feed's lines: samples [last_ns, next_seq], and
+        DELIVERY_COUNTERS per line when stall_due (else None: reading them
+        costs more than the rest of the tick)."""
         name = self.p.names[feed]
         out = self._settled(feed, self.books[feed].settle(ts_ns))
         lines = [LineSample(*s) for s in samples]
@@ -314,7 +320,8 @@ class FeedCore:
                 "silence_ms": round(max(ts_ns - me.last_ns, 0) / 1e6, 1) if me.last_ns else None,
                 "behind": max(peer.next_seq - me.next_seq, 0)}, None))
         stall = self.stalls[feed]
-        if stall.due(ts_ns) and (change := stall.update([Delivery(**d) for d in delivery], ts_ns)):
+        if delivery is not None and stall.due(ts_ns) and \
+                (change := stall.update([Delivery(**d) for d in delivery], ts_ns)):
             event, fields = change
             out.append((event, {"feed": name, **fields}, None))
         return out

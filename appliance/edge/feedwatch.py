@@ -40,7 +40,7 @@ class FeedWatch:
         for feed_id in range(len(self.cfg.feeds)):
             samples = self._samples(feed_id)
             delivery = [self.arb.line_counters(feed_id, line, feeds.DELIVERY_COUNTERS)
-                        for line in range(layout.ARB_LINES)]
+                        for line in range(layout.ARB_LINES)] if self.core.stall_due(feed_id, now_ns) else None
             self.consume("feed-lines", now_ns, feed=feed_id, samples=[[s.last_ns, s.next_seq] for s in samples],
                          delivery=delivery)
 

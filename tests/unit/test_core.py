@@ -157,6 +157,16 @@ def test_a_feed_that_refuses_everything_for_a_window_stalls_and_resumes():
     assert [d.event for d in resumed if d.event.startswith("feed-")] == ["feed-resumed"]
 
 
+def test_a_reading_without_delivery_counters_leaves_the_stall_watch_alone():
+    core = Core(start())
+    core.consume("feed-lines", T0, lines(T0, T0, T0))
+    assert core.feeds.stall_due(0, T0 + 200 * MS)
+    quiet = {**lines(T0 + 200 * MS, T0 + 199 * MS, T0), "delivery": None}
+    assert [d.event for d in core.consume("feed-lines", T0 + 200 * MS, quiet) if d.event.startswith("feed-")] == []
+    stalled = core.consume("feed-lines", T0 + 201 * MS, lines(T0 + 201 * MS, T0 + 199 * MS, T0, refused=20))
+    assert [d.event for d in stalled if d.event.startswith("feed-")] == ["feed-stalled"]
+
+
 def random_inputs(seed: int, n: int = 3000):
     rng = random.Random(seed)
     ts = T0
