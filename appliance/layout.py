@@ -90,7 +90,8 @@ class Link(ctypes.Structure):
 
 class Health(ctypes.Structure):
     _fields_ = [("last_reply_ns", u64), ("fresh_since_ns", u64), ("rtt_ewma_ns", u64),
-                ("rtt_last_ns", u64), ("replies", u64), ("probes", u64), ("seq_top", u64), ("seq_seen", u64)]
+                ("rtt_last_ns", u64), ("replies", u64), ("probes", u64), ("seq_top", u64), ("seq_seen", u64),
+                ("unanswered", u64)]
 
 
 class Key(ctypes.Structure):

@@ -62,6 +62,7 @@ int tp_hb_egress(struct __sk_buff *skb)
 	tp_csum_replace8(&p.icmp->checksum, old_mac, probe->mac);
 
 	__sync_fetch_and_add(&h->probes, 1);
+	__sync_fetch_and_add(&h->unanswered, 1);
 	tp_count(TP_STAT_PROBE_STAMPED);
 	return TC_ACT_OK;
 }
@@ -112,6 +113,9 @@ int tp_hb_ingress(struct __sk_buff *skb)
 	if (now - h->last_reply_ns > TP_DEAD_NS)
 		h->fresh_since_ns = now;
 	h->last_reply_ns = now;
+	/* A probe stamped while this reply was on its way is counted as
+	 * answered: at worst one probe later detection, never an early one. */
+	h->unanswered = 0;
 	h->rtt_last_ns = rtt;
 	h->rtt_ewma_ns = h->rtt_ewma_ns ? h->rtt_ewma_ns + ((__s64)(rtt - h->rtt_ewma_ns) >> 3) : rtt;
 	__sync_fetch_and_add(&h->replies, 1);

@@ -1109,8 +1109,10 @@ class HbEgressHarness(_HeartbeatHarness):
         problems = _compare_stats(fx.gstats(), rf.stats, layout.STATS)
         for link in range(layout.MAX_LINKS):
             got = fx.health(link)
-            if got.probes != rf.health[link].probes:
-                problems.append(f"tp_health[{link}].probes = {got.probes}, reference {rf.health[link].probes}")
+            for name in ("probes", "unanswered"):
+                if getattr(got, name) != getattr(rf.health[link], name):
+                    problems.append(f"tp_health[{link}].{name} = {getattr(got, name)}, "
+                                    f"reference {getattr(rf.health[link], name)}")
             if got.replies:
                 problems.append(f"tp_health[{link}].replies = {got.replies} after egress only")
         return problems
@@ -1199,7 +1201,7 @@ class HbIngressHarness(_HeartbeatHarness):
         unexercised for the rest of the run."""
         h = self.ref.health[link]
         h.hist_base += h.replies
-        h.seq_top = h.seq_seen = h.replies = 0
+        h.seq_top = h.seq_seen = h.replies = h.unanswered = 0
         h.last_reply = h.rtt_bounds = None
         self.fx.gw.bpf["tp_health"][ctypes.c_uint32(link)] = layout.Health()
         self.next_seq[link] = 1
@@ -1218,7 +1220,7 @@ class HbIngressHarness(_HeartbeatHarness):
         problems = _compare_stats(fx.gstats(), rf.stats, layout.STATS)
         for link in range(layout.MAX_LINKS):
             got, want = fx.health(link), rf.health[link]
-            for name in ("replies", "seq_top", "seq_seen", "probes"):
+            for name in ("replies", "seq_top", "seq_seen", "probes", "unanswered"):
                 if getattr(got, name) != getattr(want, name):
                     problems.append(f"tp_health[{link}].{name} = {getattr(got, name):#x}, "
                                     f"reference {getattr(want, name):#x}")

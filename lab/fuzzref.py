@@ -246,18 +246,25 @@ class SteerRef:
         self.active = list(active)
         self.dead_ns = dead_ns
         self.lead_ns = dead_ns - interval_ns
+        multiple = dead_ns // interval_ns
+        self.missed_probes = multiple - 1 if multiple > 2 else 2
         self.last_reply = [0] * MAX_LINKS        # tp_health[i].last_reply_ns, as the harness wrote it
+        self.unanswered = [0] * MAX_LINKS        # tp_health[i].unanswered, likewise
         self.stats = dict.fromkeys(layout.STATS, 0)
         self.steer_stats: dict[tuple[int, int], list[int]] = {}   # (class, link) -> packets bytes redirects failovers
         self.failover_events: list[tuple[int, int, int]] = []
 
-    def _fresh(self, link: int, now: int) -> tuple[bool, int]:
+    def _fresh(self, link: int, now: int, current: bool = False) -> tuple[bool, int]:
         """(fresh, cause) as tp_link_fresh; cause 1 heartbeat, 2 carrier."""
         l = self.links[link]
         last = self.last_reply[link]
         if not l.flags & layout.LINK_CARRIER:
             return False, 2
-        return bool(l.flags & layout.LINK_NEXTHOP and last and now - last <= self.dead_ns), 1
+        if not l.flags & layout.LINK_NEXTHOP:
+            return False, 1
+        if last and now - last <= self.dead_ns:
+            return True, 1
+        return current and self.unanswered[link] < self.missed_probes, 1
 
     def _select(self, class_id: int, before: int, after: int) -> int:
         outcome = {self._select_at(class_id, t) for t in (before, after)}
@@ -276,7 +283,7 @@ class SteerRef:
 
     def _select_at(self, class_id: int, now: int):
         cur = self.active[class_id]
-        fresh, cause = self._fresh(cur, now)
+        fresh, cause = self._fresh(cur, now, current=True)
         if fresh:
             return cur, False, None
         cur_last = self.last_reply[cur]
@@ -360,6 +367,7 @@ class HealthModel:
 
     def __init__(self):
         self.probes = 0
+        self.unanswered = 0
         self.replies = 0
         self.hist_base = 0           # RTT samples from before the harness last zeroed the entry
         self.seq_top = 0
@@ -417,6 +425,7 @@ class HbEgressRef(_HeartbeatRef):
             return Expect(TC_ACT_OK, stat="probe_foreign", why="probe not from its link's device and addresses")
         self.stats["probe_stamped"] += 1
         self.health[link].probes += 1
+        self.health[link].unanswered += 1
         in_sum = ones_sum(f, ICMP_OFF, 48)
 
         def check(out: bytes) -> str | None:
@@ -531,6 +540,7 @@ class HbIngressRef(_HeartbeatRef):
     def _accept(self, h: HealthModel, seq: int, tx: int, before: int, after: int) -> None:
         h.replay_accept(seq)
         h.replies += 1
+        h.unanswered = 0
         h.last_reply = (before, after)
         h.rtt_bounds = (max(before - tx, 0), after - tx)
         self.stats["reply_ok"] += 1

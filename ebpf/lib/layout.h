@@ -126,6 +126,8 @@ struct tp_health {
 	__u64 probes;               /* probes stamped on egress */
 	__u64 seq_top;              /* highest probe sequence accepted back */
 	__u64 seq_seen;             /* bit i: seq_top - i was accepted (anti-replay window) */
+	__u64 unanswered;           /* probes stamped since the last accepted reply: a link is dead
+	                             * only once probes went unanswered, not merely because time passed */
 };
 
 /* tp_keys[slot]: heartbeat MAC keys, written by the daemon. Slot 0 signs new

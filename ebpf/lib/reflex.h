@@ -1,22 +1,24 @@
 /* Reflex failover: the data path leaves a class's current link the moment it
- * is found stale while a standby is fresh, with no user-space round trip.
+ * is found dead while a standby is fresh, with no user-space round trip.
  *
- * Fresh: carrier up, next hop known, and a heartbeat reply within the dead
+ * Dead (the current link): carrier lost, next hop unknown, or heartbeat
+ * silence, which takes both halves of the evidence: no reply for the dead
  * interval (TP_DEAD_NS = interval x multiplier, compile-time constants set by
- * the loader). A standby must also have answered probes sent at least
- * (multiplier - 1) intervals after the current link's last answer: then
- * probes kept flowing while the current link stayed silent. A real failure
- * gives that as the dead interval runs out. A stalled probe sender does not:
- * if it stalls between rounds, every link ages together; if it stalls
- * between two links' probes of one round (preempted mid-round), the later
- * link looks silent while the earlier one is exactly one round newer, which
- * a one-interval rule would take for a failure. Either way nothing
- * switches: forwarding stays on the last good state. (Replies that the
- * kernel holds up for one link only are indistinguishable from that link
- * failing: bench/ counts those false failovers under CPU stress.) Carrier
- * loss is direct evidence
- * and needs only a fresh standby. Failback is never decided here; the daemon
- * does it after a hold-down.
+ * the loader) AND at least TP_MISSED_PROBES probes sent since the last reply
+ * that went unanswered. Time alone is not evidence: a probe sender held off
+ * the CPU (a busy host; measured 3-6 ms under stress-ng) leaves every link
+ * silent, and when it resumes the first link of its round answers
+ * microseconds before the next, which a time-only rule took for the next
+ * link dying (every false failover of bench/stress before this rule). A
+ * sender that is on time sends MISSED_PROBES probes well inside the dead
+ * interval, so a real failure is detected no later than before.
+ *
+ * Fresh (a standby): carrier up, next hop known, and a reply within the dead
+ * interval. For a heartbeat failover it must also have answered probes sent
+ * at least (multiplier - 1) intervals after the current link's last answer:
+ * then probes kept flowing while the current link stayed silent. Carrier
+ * loss is direct evidence and needs only a fresh standby. Failback is never
+ * decided here; the daemon does it after a hold-down.
  */
 #ifndef TP_REFLEX_H
 #define TP_REFLEX_H
@@ -26,12 +28,19 @@
 #if !defined(TP_DEAD_NS) || !defined(TP_INTERVAL_NS)
 #error "TP_DEAD_NS and TP_INTERVAL_NS (heartbeat timing, ns) must be defined by the loader"
 #endif
-/* How much newer a standby's last answer must be than the stale link's. */
+/* How much newer a standby's last answer must be than the dead link's. */
 #define TP_STANDBY_LEAD_NS (TP_DEAD_NS - TP_INTERVAL_NS)
+/* Unanswered probes that, with the dead interval passed, make a link dead:
+ * multiplier - 1 (the last of the multiplier probes is sent about when the
+ * interval runs out, so waiting for it would add the sender's lateness to
+ * every detection), and never fewer than 2: one probe in flight is not a miss. */
+#define TP_MISSED_PROBES (TP_DEAD_NS / TP_INTERVAL_NS > 2 ? TP_DEAD_NS / TP_INTERVAL_NS - 1 : 2)
 
-/* Whether `link` may carry traffic now. *lp gets its tp_links entry (or
- * NULL), so the caller needs no second lookup to forward on it. */
-static __always_inline int tp_link_fresh(__u32 link, __u64 now, struct tp_link **lp,
+/* Whether `link` may carry traffic now: as the current link (is_current:
+ * dead only on evidence, above) or as a standby (fresh). *lp gets its
+ * tp_links entry (or NULL), so the caller needs no second lookup to forward
+ * on it. */
+static __always_inline int tp_link_fresh(__u32 link, __u64 now, int is_current, struct tp_link **lp,
 					 __u64 *last_reply, __u32 *cause)
 {
 	struct tp_link *l = tp_links.lookup(&link);
@@ -47,11 +56,15 @@ static __always_inline int tp_link_fresh(__u32 link, __u64 now, struct tp_link *
 		return 0;
 	}
 	*cause = TP_CAUSE_HEARTBEAT;
-	return (l->flags & TP_LINK_NEXTHOP) && h->last_reply_ns && now - h->last_reply_ns <= TP_DEAD_NS;
+	if (!(l->flags & TP_LINK_NEXTHOP))
+		return 0;
+	if (h->last_reply_ns && now - h->last_reply_ns <= TP_DEAD_NS)
+		return 1;
+	return is_current && h->unanswered < TP_MISSED_PROBES;
 }
 
 /* The link this class's packet leaves on, switching if the current one is
- * stale and a standby is fresh; *lp gets that link's tp_links entry (NULL:
+ * dead and a standby is fresh; *lp gets that link's tp_links entry (NULL:
  * caller routes normally). The class's link list is read only when the
  * current link is stale: the common path is two lookups. */
 static __always_inline __u32 tp_select_link(__u32 class_id, __u64 now, struct tp_link **lp)
@@ -67,7 +80,7 @@ static __always_inline __u32 tp_select_link(__u32 class_id, __u64 now, struct tp
 	if (!active)
 		return TP_MAX_LINKS;
 	cur = *active;
-	if (tp_link_fresh((__u32)cur, now, lp, &cur_last, &cause))
+	if (tp_link_fresh((__u32)cur, now, 1, lp, &cur_last, &cause))
 		return cur;
 	cls = tp_classes.lookup(&class_id);
 	if (!cls)
@@ -79,7 +92,7 @@ static __always_inline __u32 tp_select_link(__u32 class_id, __u64 now, struct tp
 		if (i >= cls->n_links)
 			break;
 		cand = cls->links[i];
-		if (cand == cur || !tp_link_fresh((__u32)cand, now, &cand_l, &cand_last, &ignored_cause))
+		if (cand == cur || !tp_link_fresh((__u32)cand, now, 0, &cand_l, &cand_last, &ignored_cause))
 			continue;
 		if (cause == TP_CAUSE_HEARTBEAT && cand_last < cur_last + TP_STANDBY_LEAD_NS)
 			continue;

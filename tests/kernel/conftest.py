@@ -75,14 +75,17 @@ class FixtureGateway:
             local=ipaddress.IPv4Address(ADDR[f"{name}.local"]),
             target=ipaddress.IPv4Address(ADDR[f"{name}.target"]), ttl_security=ttl_security))
 
-    def set_fresh(self, link_id, age_ns, fresh_for_ns=10**9):
+    def set_fresh(self, link_id, age_ns, fresh_for_ns=10**9, unanswered=3):
+        """The link's last reply age_ns ago (None: never), with `unanswered`
+        probes sent since (by default a sender that kept probing)."""
         import ctypes
 
         from appliance import layout
         now = now_ns()
         last = now - age_ns if age_ns is not None else 0
         self.gw.bpf["tp_health"][ctypes.c_uint32(link_id)] = layout.Health(
-            last_reply_ns=last, fresh_since_ns=max(last - fresh_for_ns, 0) if last else 0)
+            last_reply_ns=last, fresh_since_ns=max(last - fresh_for_ns, 0) if last else 0,
+            unanswered=unanswered)
 
     def run(self, prog, packet: bytes):
         from lab.libbpf import prog_test_run

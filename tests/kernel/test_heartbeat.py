@@ -68,6 +68,7 @@ def run_in(gateway, pkt):
 
 
 def test_egress_stamps_kernel_time_signs_and_keeps_checksum_valid(gateway):
+    unanswered = gateway.gw.health()[A].unanswered
     before = now_ns()
     verdict, out = gateway.run(gateway.gw.hb_egress, bytes(probe_packet(echo_type=8, seq=1234)))
     after = now_ns()
@@ -79,6 +80,7 @@ def test_egress_stamps_kernel_time_signs_and_keeps_checksum_valid(gateway):
     assert probe.mac == mac_for(A, SIGNER_KEY, SIGNER_ID, 1234, probe.tx_ns)
     assert_icmp_checksum_valid(out)
     assert gateway.gw.health()[A].probes == 1
+    assert gateway.gw.health()[A].unanswered == unanswered + 1
 
 
 @pytest.mark.parametrize("pkt", [
@@ -114,14 +116,15 @@ def test_egress_signs_only_on_the_links_own_interface_and_addresses(gateway, whe
 def test_egress_output_is_accepted_by_ingress_once(gateway):
     """The round trip: what egress signs, echoed by the target, is accepted;
     the same echo again is a replay."""
-    gateway.set_fresh(A, age_ns=None)
+    gateway.set_fresh(A, age_ns=None, unanswered=0)
     _, out = gateway.run(gateway.gw.hb_egress, bytes(probe_packet(echo_type=8, seq=99)))
+    assert gateway.gw.health()[A].unanswered == 1
     echo = Ether(out)
     echo[IP].src, echo[IP].dst = echo[IP].dst, echo[IP].src
     echo[ICMP].type = 0
     del echo[IP].chksum, echo[ICMP].chksum
     assert run_in(gateway, echo) == TC_ACT_SHOT
-    assert gateway.gw.health()[A].replies == 1
+    assert (gateway.gw.health()[A].replies, gateway.gw.health()[A].unanswered) == (1, 0)
     assert run_in(gateway, echo) == TC_ACT_SHOT
     stats = gateway.gw.global_stats()
     assert (stats["reply_ok"], stats["reply_replayed"]) == (1, 1)

@@ -218,6 +218,28 @@ def test_sender_preempted_mid_round_switches_nothing(gateway):
     assert gateway.events == []
 
 
+@pytest.mark.parametrize("unanswered", [0, 1])
+def test_sender_resuming_after_a_stall_switches_nothing(gateway, unanswered):
+    # The sender was held off the CPU for longer than the dead interval and
+    # has just resumed: B answered its first probe of the round, A's is in
+    # flight (or not sent yet). Silence without unanswered probes is the
+    # host's, not the link's.
+    gateway.set_fresh(A, age_ns=1_000_000_000, unanswered=unanswered)
+    gateway.set_fresh(B, age_ns=0)
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["A.nh"]
+    assert gateway.events == []
+    assert gateway.gw.global_stats()["all_stale"] == 0
+
+
+def test_link_is_dead_once_multiplier_minus_one_probes_went_unanswered(gateway):
+    gateway.set_fresh(A, age_ns=1_000_000_000, unanswered=2)   # multiplier 3
+    gateway.set_fresh(B, age_ns=0)
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["B.nh"]
+    assert len(gateway.events) == 1
+
+
 def test_standby_answering_later_rounds_wins(gateway):
     gateway.set_fresh(A, age_ns=350_000_000)
     gateway.set_fresh(B, age_ns=100_000_000)   # 250 ms newer: later rounds got through
