@@ -40,6 +40,7 @@ MAX_LINKS = C["TP_MAX_LINKS"]
 MAX_CLASSES = C["TP_MAX_CLASSES"]
 RULES_PER_PREFIX = C["TP_RULES_PER_PREFIX"]
 HIST_BUCKETS = C["TP_HIST_BUCKETS"]
+RTT_RING = C["TP_RTT_RING"]
 LINK_CARRIER = C["TP_LINK_CARRIER"]
 LINK_NEXTHOP = C["TP_LINK_NEXTHOP"]
 LINK_TTL_SECURITY = C["TP_LINK_TTL_SECURITY"]
@@ -92,6 +93,10 @@ class Health(ctypes.Structure):
     _fields_ = [("last_reply_ns", u64), ("fresh_since_ns", u64), ("rtt_ewma_ns", u64),
                 ("rtt_last_ns", u64), ("replies", u64), ("probes", u64), ("seq_top", u64), ("seq_seen", u64),
                 ("unanswered", u64)]
+
+
+class RttRing(ctypes.Structure):
+    _fields_ = [("seq", u64 * RTT_RING), ("rtt_ns", u64 * RTT_RING)]
 
 
 class Key(ctypes.Structure):
@@ -168,6 +173,7 @@ class ArbEvent(ctypes.Structure):
 MAPS = {
     "tp_links": (u32, Link),
     "tp_health": (u32, Health),
+    "tp_rtt_ring": (u32, RttRing),
     "tp_classes": (u32, Class),
     "tp_active": (u32, u64),
     "tp_keys": (u32, Key),

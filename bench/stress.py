@@ -22,10 +22,11 @@ PORTS = {"orders": 9000, "marketdata": 9100}
 INTERVAL_US, MULTIPLIER = 1000, 3
 
 
-def run(lab: topology.Lab, work: Path, seconds: float, advance: Advance, rate_pps: int = 5000) -> dict:
+def run(lab: topology.Lab, work: Path, seconds: float, advance: Advance, rate_pps: int = 5000,
+        interval_us: int = INTERVAL_US, multiplier: int = MULTIPLIER) -> dict:
     """advance() once per second of stress."""
     work.mkdir(parents=True, exist_ok=True)
-    config = topology.write_config(lab, interval_us=INTERVAL_US, multiplier=MULTIPLIER, holddown_ms=200)
+    config = topology.write_config(lab, interval_us=interval_us, multiplier=multiplier, holddown_ms=200)
     with ExitStack() as stack:
         daemon = DaemonProcess(lab, config, work / "daemon.jsonl", stats_interval_s=3600)
         stack.callback(daemon.stop)
@@ -53,7 +54,7 @@ def run(lab: topology.Lab, work: Path, seconds: float, advance: Advance, rate_pp
     return {
         "seconds": round((end_ns - start_ns) / 1e9, 1),
         "load": "stress-ng --cpu 2 (both cores)",
-        "twinpath": {"setting": f"{INTERVAL_US}us_x{MULTIPLIER}",
+        "twinpath": {"setting": f"{interval_us}us_x{multiplier}",
                      "false_failovers": sum(1 for e in failovers if e["cause"] != "failback"),
                      "failbacks": sum(1 for e in failovers if e["cause"] == "failback"),
                      "failover_events": failovers,

@@ -120,6 +120,14 @@ int tp_hb_ingress(struct __sk_buff *skb)
 	h->rtt_ewma_ns = h->rtt_ewma_ns ? h->rtt_ewma_ns + ((__s64)(rtt - h->rtt_ewma_ns) >> 3) : rtt;
 	__sync_fetch_and_add(&h->replies, 1);
 
+	struct tp_rtt_ring *ring = tp_rtt_ring.lookup(&link);
+	if (ring) {
+		__u32 slot = p.probe->seq & (TP_RTT_RING - 1);
+		ring->rtt_ns[slot] = rtt;
+		asm volatile("" ::: "memory");   /* rtt_ns before seq (x86 keeps stores in order): see tp_rtt_ring */
+		ring->seq[slot] = p.probe->seq;
+	}
+
 	__u32 bucket = link * TP_HIST_BUCKETS + tp_us_bucket(rtt);
 	__u64 *hist = tp_rtt_hist.lookup(&bucket);
 	if (hist)

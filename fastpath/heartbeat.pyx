@@ -18,6 +18,15 @@ from fastpath._ctime cimport mono_ns, sleep_until, prctl, PR_SET_TIMERSLACK, sen
 cdef extern from "layout.h":
     enum: TP_MAX_LINKS
 
+cdef extern from *:
+    """
+    /* The daemon takes the sender's lateness window while the sender runs
+     * without the GIL on another thread. */
+    static inline unsigned long long tp_take(unsigned long long *p)
+    { return __atomic_exchange_n(p, 0ULL, __ATOMIC_RELAXED); }
+    """
+    unsigned long long tp_take(unsigned long long *p) nogil
+
 cdef enum:
     MAX_PROBE = 128     # most bytes of ICMP message per link
 
@@ -113,6 +122,7 @@ cdef class Sender:
     cdef long long interval_ns
     cdef volatile int stopping
     cdef public unsigned long long periods, late_periods, skipped_periods, max_late_ns
+    cdef unsigned long long window_late_ns  # the longest lateness since take_late_ns()
     cdef unsigned long long sent_[TP_MAX_LINKS]
     cdef unsigned long long errors_[TP_MAX_LINKS]
     cdef uint64_t seq
@@ -141,10 +151,23 @@ cdef class Sender:
         # the previous one used, so the kernel's anti-replay window needs no reset.
         self.seq = mono_ns() // 1000
         self.periods = self.late_periods = self.skipped_periods = self.max_late_ns = 0
+        self.window_late_ns = 0
         self.stopping = 0
 
     def stop(self):
         self.stopping = 1
+
+    @property
+    def last_seq(self):
+        """The sequence of the latest round sent (every link's probe carries it)."""
+        return self.seq
+
+    def take_late_ns(self):
+        """The longest the sender was late for a round since the last call:
+        how long this host kept the sender off the CPU. (A value stored just
+        as it is taken may be kept for the next call: an overstatement, never
+        a loss.)"""
+        return tp_take(&self.window_late_ns)
 
     @property
     def sent(self):
@@ -183,6 +206,8 @@ cdef class Sender:
                 self.late_periods += 1
                 if <unsigned long long>p.late_ns > self.max_late_ns:
                     self.max_late_ns = p.late_ns
+                if <unsigned long long>p.late_ns > self.window_late_ns:
+                    self.window_late_ns = p.late_ns
                 self.skipped_periods += p.skipped
             if not p.skipped:
                 sleep_until(deadline)

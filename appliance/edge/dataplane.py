@@ -154,6 +154,10 @@ class Gateway:
         t = self.bpf["tp_health"]
         return [layout.Health.from_buffer_copy(t[ctypes.c_uint32(i)]) for i in range(len(self.cfg.links))]
 
+    def rtt_ring(self, link_id: int) -> layout.RttRing:
+        """The link's last TP_RTT_RING accepted replies (one map read)."""
+        return layout.RttRing.from_buffer_copy(self.bpf["tp_rtt_ring"][ctypes.c_uint32(link_id)])
+
     def rtt_histogram(self, link_id: int) -> list[int]:
         t = self.bpf["tp_rtt_hist"]
         base = link_id * layout.HIST_BUCKETS

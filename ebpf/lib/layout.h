@@ -17,6 +17,7 @@
 #define TP_MAX_PREFIXES     256
 #define TP_RULES_PER_PREFIX 8
 #define TP_HIST_BUCKETS      64
+#define TP_RTT_RING         256         /* accepted replies kept per link for the daemon's detectors */
 
 /* A/B market-data arbitration (ebpf/arbitrate.c). */
 #define TP_ARB_FEEDS        16
@@ -128,6 +129,16 @@ struct tp_health {
 	__u64 seq_seen;             /* bit i: seq_top - i was accepted (anti-replay window) */
 	__u64 unanswered;           /* probes stamped since the last accepted reply: a link is dead
 	                             * only once probes went unanswered, not merely because time passed */
+};
+
+/* tp_rtt_ring[link]: the link's last TP_RTT_RING accepted replies, in slot
+ * seq % TP_RTT_RING. The daemon reads it whole each tick: a probe sent more
+ * than the dead interval ago whose slot does not hold its sequence was lost.
+ * The ingress program writes rtt_ns before seq, and a reader copies seq[]
+ * before rtt_ns[], so a slot whose seq matches holds that reply's RTT. */
+struct tp_rtt_ring {
+	__u64 seq[TP_RTT_RING];     /* the probe sequence answered (0: none yet) */
+	__u64 rtt_ns[TP_RTT_RING];
 };
 
 /* tp_keys[slot]: heartbeat MAC keys, written by the daemon. Slot 0 signs new

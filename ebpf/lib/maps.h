@@ -7,6 +7,7 @@
 
 BPF_ARRAY(tp_links, struct tp_link, TP_MAX_LINKS);
 BPF_ARRAY(tp_health, struct tp_health, TP_MAX_LINKS);
+BPF_ARRAY(tp_rtt_ring, struct tp_rtt_ring, TP_MAX_LINKS);
 BPF_ARRAY(tp_keys, struct tp_key, TP_KEY_SLOTS);
 BPF_ARRAY(tp_classes, struct tp_class, TP_MAX_CLASSES);
 /* The class's current link: CAS'd by the data path on reflex failover,

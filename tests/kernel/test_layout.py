@@ -15,7 +15,8 @@ from lab import layout as lab_layout
 # Header, as assemble() names it -> (its roots, which hold it first; struct -> Python view).
 VIEWS = {
     "lib/layout.h": ((EBPF_DIR,), {
-        "tp_link": layout.Link, "tp_health": layout.Health, "tp_key": layout.Key, "tp_class": layout.Class,
+        "tp_link": layout.Link, "tp_health": layout.Health, "tp_rtt_ring": layout.RttRing, "tp_key": layout.Key,
+        "tp_class": layout.Class,
         "tp_lpm_key": layout.LpmKey, "tp_rule": layout.Rule, "tp_prefix_rules": layout.PrefixRules,
         "tp_counters": layout.Counters, "tp_event": layout.Event, "tp_probe": layout.Probe,
         "tp_feed_key": layout.FeedKey, "tp_feed": layout.Feed, "tp_feed_state": layout.FeedState,
