@@ -1,9 +1,14 @@
 """Pure-Python statements of what the fastpath loops compute, written from
 their specifications rather than from the Cython; tests/unit/test_fastpath.py
-holds the two to the same answers."""
+(heartbeat) and tests/unit/test_detect_fastpath.py (detect) hold the two to
+the same answers."""
 from __future__ import annotations
 
+import itertools
+import operator
 import sys
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 
 def inet_csum(data: bytes) -> int:
@@ -47,3 +52,89 @@ def next_period(deadline: int, now: int, interval: int) -> tuple[int, int, int]:
     if late_ns > interval:
         return now, late_ns, late_ns // interval
     return due, late_ns, 0
+
+
+class WindowSummary(NamedTuple):
+    """What the failure detector reads of one link over one window of probes
+    [lo, hi): both fastpath.detect and this module return it."""
+    sent: int
+    answered: int
+    lost: int
+    rtt_p50_ns: int
+    rtt_p90_ns: int
+    rtt_min_ns: int
+    rtt_max_ns: int
+    jitter_ns: int
+    longest_gap: int
+
+
+def window_error(ring_len: int, lo: int, hi: int) -> str | None:
+    """Why [lo, hi) is no window of a ring of ring_len slots (None: it is).
+    A window is at most a ring long, or its sequences would share slots."""
+    if not 0 <= lo <= hi < 2**64:
+        return f"[{lo}, {hi}): need 0 <= lo <= hi < 2**64"
+    if hi - lo > ring_len:
+        return f"[{lo}, {hi}): {hi - lo} sequences, more than the ring's {ring_len} slots"
+    return None
+
+
+def summarize(ring_seq: Sequence[int], ring_rtt_ns: Sequence[int], lo: int, hi: int) -> WindowSummary:
+    """Summary of the probes sent as sequences lo .. hi-1, from one link's
+    ring of replies: slot s % len(ring) holds (s, rtt) once probe s was
+    answered, and an older or no sequence otherwise.
+
+    Percentiles are nearest rank (p50 the lower median); jitter is the
+    floored mean |difference| of the RTTs of consecutive answered probes;
+    longest_gap is the longest run of unanswered sequences (burst loss).
+    """
+    if len(ring_seq) != len(ring_rtt_ns):
+        raise ValueError(f"ring_seq has {len(ring_seq)} slots, ring_rtt_ns {len(ring_rtt_ns)}: need one RTT per slot")
+    if (error := window_error(len(ring_seq), lo, hi)) is not None:
+        raise ValueError(f"window {error}")
+    rtts, gap, longest_gap = [], 0, 0
+    for s in range(lo, hi):
+        slot = s % len(ring_seq)
+        if int(ring_seq[slot]) == s:
+            rtts.append(int(ring_rtt_ns[slot]))
+            gap = 0
+        else:
+            gap += 1
+            longest_gap = max(longest_gap, gap)
+    sent, answered = hi - lo, len(rtts)
+    if not rtts:
+        return WindowSummary(sent, 0, sent, 0, 0, 0, 0, 0, longest_gap)
+    diffs = [abs(b - a) for a, b in itertools.pairwise(rtts)]
+    jitter = sum(diffs) // len(diffs) if diffs else 0
+    ranked = sorted(rtts)
+    p50 = ranked[-(-answered // 2) - 1]
+    p90 = ranked[-(-9 * answered // 10) - 1]
+    return WindowSummary(sent, answered, sent - answered, p50, p90, ranked[0], ranked[-1], jitter, longest_gap)
+
+
+def batch_window_error(index: int, window: Sequence[int], rings: int, ring_len: int) -> str | None:
+    """Why window number `index` of a batch is no (ring, lo, hi) of `rings`
+    rings of ring_len slots each (None: it is one)."""
+    if len(window) != 3:
+        return f"window {index}: {len(window)} values, not (ring, lo, hi)"
+    ring, lo, hi = map(operator.index, window)
+    if not 0 <= ring < rings:
+        return f"window {index}: no ring {ring} among {rings}"
+    if (error := window_error(ring_len, lo, hi)) is not None:
+        return f"window {index} of ring {ring} {error}"
+    return None
+
+
+def summarize_batch(ring_seq: Sequence[Sequence[int]], ring_rtt_ns: Sequence[Sequence[int]],
+                    windows: Iterable[Sequence[int]]) -> list[WindowSummary]:
+    """summarize() of each window (ring, lo, hi) of a batch: ring indexes
+    rings of equal length (e.g. one per link, or one long recorded trace)."""
+    if len(ring_seq) != len(ring_rtt_ns) or len({len(r) for r in ring_seq} | {len(r) for r in ring_rtt_ns}) > 1:
+        raise ValueError("ring_seq and ring_rtt_ns are not of one shape (rings, slots): need one RTT per slot")
+    ring_len = len(ring_seq[0]) if len(ring_seq) else 0
+    summaries = []
+    for index, window in enumerate(windows):
+        if (error := batch_window_error(index, window, len(ring_seq), ring_len)) is not None:
+            raise ValueError(error)
+        ring, lo, hi = map(operator.index, window)
+        summaries.append(summarize(ring_seq[ring], ring_rtt_ns[ring], lo, hi))
+    return summaries
