@@ -11,6 +11,7 @@ attaches anything.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from typing import Annotated, Literal
@@ -31,7 +32,11 @@ from pydantic import (
 )
 
 from appliance import layout
+from appliance.core import policy
 from appliance.core.classify import compile_rules
+from appliance.core.damping import DampingParams
+from appliance.core.detect import DetectParams
+from appliance.core.links import LinkParams
 
 # The feed protocols arbitration parses (layout.FEED_PROTOCOLS).
 FeedProtocol = Literal["moldudp64", "mdp3"]
@@ -114,6 +119,9 @@ class Heartbeat(_Strict):
                                    description="preferred link must be fresh this long before failback")
     key_file: StrictStr | None = Field(None, description="heartbeat SipHash keys (appliance.edge.keys); "
                                                          "absent: a random key per run")
+    sender_priority: StrictInt = Field(10, ge=0, le=99,
+                                       description="SCHED_FIFO priority of the probe sender thread, so a busy "
+                                                   "host cannot hold it off the CPU; 0: normal scheduling")
 
     @field_validator("key_file")
     @classmethod
@@ -164,6 +172,18 @@ class ClassConfig(_Strict):
     name: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$")
     links: list[StrictStr] = Field(min_length=1, max_length=layout.MAX_LINKS,
                                    description="links in preference order; the first is preferred")
+    policy: Literal["active-backup", "lowest-latency"] = Field(
+        "active-backup", description="active-backup: links in preference order; lowest-latency: the healthy "
+                                     "link with the lowest RTT")
+    preempt: StrictBool = Field(True, description="active-backup: fail back to a more preferred link once it has "
+                                                  "held fresh for the hold-down; false: stay until the backup fails")
+    hysteresis_us: StrictInt = Field(50, ge=0, le=1_000_000,
+                                     description="lowest-latency: a link must be faster by more than this ...")
+    hysteresis_ratio: StrictFloat = Field(0.2, ge=0, le=10, description="... and than this share of the current RTT")
+    confirm: StrictInt = Field(10, ge=1, le=100_000,
+                               description="lowest-latency: health readings in a row a faster link must stay faster")
+    min_dwell_ms: StrictInt = Field(1000, ge=0, le=3_600_000,
+                                    description="lowest-latency: never move a class sooner than this after it moved")
 
     @field_validator("links")
     @classmethod
@@ -171,6 +191,23 @@ class ClassConfig(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("a link appears twice")
         return v
+
+    @model_validator(mode="after")
+    def _keys_of_its_policy(self):
+        only = {"preempt": policy.ACTIVE_BACKUP, "hysteresis_us": policy.LOWEST_LATENCY,
+                "hysteresis_ratio": policy.LOWEST_LATENCY, "confirm": policy.LOWEST_LATENCY,
+                "min_dwell_ms": policy.LOWEST_LATENCY}
+        problems = [(key, f'applies only to policy = "{wanted}", and this class has policy = "{self.policy}"')
+                    for key, wanted in only.items() if key in self.model_fields_set and wanted != self.policy]
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    @property
+    def params(self) -> policy.ClassPolicy:
+        return policy.ClassPolicy(policy=self.policy, preempt=self.preempt, hysteresis_ns=self.hysteresis_us * 1000,
+                                  hysteresis_ratio=self.hysteresis_ratio, confirm=self.confirm,
+                                  min_dwell_ns=self.min_dwell_ms * 1_000_000)
 
 
 class RuleConfig(_Strict):
@@ -228,6 +265,88 @@ class Arbitration(_Strict):
                                             description="a heartbeat this soon after a forwarded one is its copy")
 
 
+class Detection(_Strict):
+    """Gray-failure detectors (appliance.core.detect); readings come every
+    5 ms."""
+    rtt_margin_us: StrictInt = Field(500, ge=1, le=10_000_000,
+                                     description="the rtt detector trips on a window median above the link's "
+                                                 "baseline by more than this ...")
+    rtt_margin_ratio: StrictFloat = Field(1.0, ge=0, le=100, description="... and than this share of the baseline")
+    loss_window: StrictInt = Field(200, ge=10, le=100_000, description="probes the loss fraction is taken over")
+    loss_threshold: StrictFloat = Field(0.05, gt=0, lt=1, description="the loss detector trips above this fraction")
+    loss_burst: StrictInt = Field(2, ge=1, le=100_000, description="... or on a run of more lost probes than this")
+    jitter_threshold_us: StrictInt = Field(250, ge=1, le=10_000_000, description="the jitter detector trips above")
+    quorum: StrictInt = Field(2, description="detectors (of rtt, loss, jitter) that must agree")
+    confirm: StrictInt = Field(4, ge=1, le=100_000, description="readings in a row they must agree to declare gray")
+    clear: StrictInt = Field(200, ge=1, le=1_000_000,
+                             description="readings in a row without a quorum that clear a gray link")
+    stall_ms: StrictFloat = Field(10.0, gt=0, le=60_000,
+                                  description="a probe sender this late, or health readings this far apart, is a "
+                                              "host stall: no verdicts for as long")
+    baseline_s: StrictInt = Field(60, ge=1, le=86_400, description="a link's RTT baseline is its lowest window "
+                                                                   "median over this long")
+
+    @field_validator("quorum")
+    @classmethod
+    def _two_or_three(cls, v: int) -> int:
+        if not 2 <= v <= 3:
+            raise ValueError(f"must be 2 or 3 (of the 3 detectors; one alone is noise and never moves traffic), "
+                             f"got {v}")
+        return v
+
+    @property
+    def params(self) -> DetectParams:
+        return DetectParams(rtt_margin_ns=self.rtt_margin_us * 1000, rtt_margin_ratio=self.rtt_margin_ratio,
+                            loss_window=self.loss_window, loss_threshold=self.loss_threshold,
+                            loss_burst=self.loss_burst, jitter_threshold_ns=self.jitter_threshold_us * 1000,
+                            quorum=self.quorum, confirm=self.confirm, clear=self.clear,
+                            stall_ns=int(self.stall_ms * 1e6), baseline_ns=self.baseline_s * 1_000_000_000)
+
+
+class Damping(_Strict):
+    """Flap damping (appliance.core.damping, which says what the defaults give)."""
+    penalty: StrictInt = Field(1000, ge=1, le=1_000_000, description="added to a link's figure of merit per flap")
+    suppress: StrictInt = Field(2000, ge=1, le=1_000_000, description="above this the link is suppressed")
+    reuse: StrictInt = Field(750, ge=1, le=1_000_000, description="below this a suppressed link is reusable")
+    half_life_s: StrictFloat = Field(15.0, gt=0, le=86_400, description="the figure of merit halves this often")
+    max_suppress_s: StrictFloat = Field(60.0, gt=0, le=86_400, description="no suppression lasts longer")
+
+    @model_validator(mode="after")
+    def _can_suppress_and_reuse(self):
+        problems = []
+        if self.reuse >= self.suppress:
+            problems.append(("reuse", f"must be below suppress ({self.suppress}), got {self.reuse}"))
+        half_lives = self.max_suppress_s / self.half_life_s
+        if half_lives > 100:
+            problems.append(("max_suppress_s", (f"at most 100 half-lives ({100 * self.half_life_s:g} s), got "
+                                                f"{self.max_suppress_s:g}: the figure of merit's cap grows as "
+                                                f"2^(max_suppress_s / half_life_s)")))
+        elif self.reuse < self.suppress and half_lives <= math.log2(self.suppress / self.reuse):
+            # The figure of merit is capped where it decays to reuse in max_suppress_s.
+            needed = self.half_life_s * math.log2(self.suppress / self.reuse)
+            problems.append(("max_suppress_s", (f"must be above {needed:.1f} s: the figure of merit is capped "
+                                                f"where it decays to reuse in max_suppress_s, and that cap must "
+                                                f"be above suppress or no link is ever suppressed")))
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    @property
+    def params(self) -> DampingParams:
+        return DampingParams(penalty=float(self.penalty), suppress=float(self.suppress), reuse=float(self.reuse),
+                             half_life_ns=int(self.half_life_s * 1e9), max_suppress_ns=int(self.max_suppress_s * 1e9))
+
+
+class Prediction(_Strict):
+    """The failure-prediction hook (appliance.core.policy): off unless enabled."""
+    enabled: StrictBool = Field(False, description="let a link's predicted failure move classes early")
+    threshold: StrictFloat = Field(0.9, gt=0, lt=1, description="a prediction above this probability counts")
+
+    @property
+    def params(self) -> policy.Prediction:
+        return policy.Prediction(enabled=self.enabled, threshold=self.threshold)
+
+
 class FeedConfig(_Strict):
     name: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$")
     protocol: FeedProtocol
@@ -260,6 +379,9 @@ class Config(_Strict):
     rules: list[RuleConfig] = Field(default_factory=list)
     arbitration: Arbitration = Arbitration()
     feeds: list[FeedConfig] = Field(default_factory=list, max_length=layout.ARB_FEEDS)
+    detection: Detection = Detection()
+    damping: Damping = Damping()
+    prediction: Prediction = Prediction()
     _source: str = PrivateAttr("<config>")
 
     @property
@@ -308,6 +430,17 @@ class Config(_Strict):
 
     def class_index(self, name: str) -> int:
         return [c.name for c in self.classes].index(name)
+
+    def link_params(self, ready_timeout_ns: int) -> LinkParams:
+        """What the link core decides with (appliance.core.links)."""
+        hb = self.heartbeat
+        return LinkParams(names=[l.name for l in self.links], gateways=[str(l.gateway) for l in self.links],
+                          class_names=[c.name for c in self.classes],
+                          class_links=[[self.link_index(n) for n in c.links] for c in self.classes],
+                          dead_ns=hb.dead_ns, holddown_ns=hb.holddown_ms * 1_000_000,
+                          ready_timeout_ns=ready_timeout_ns, class_policies=[c.params for c in self.classes],
+                          detection=self.detection.params, damping=self.damping.params,
+                          prediction=self.prediction.params)
 
 
 _PLAIN_MESSAGES = {

@@ -2,10 +2,12 @@
 
 Every input the daemon's core consumes goes through `Core.consume(kind, ts_ns,
 fields)`: a netlink carrier or neighbour change, a reflex failover the data
-path reported, a reading of the links' health, an arbitration event, a
-reading of a feed's lines. The output is a list of `Decision`s: the log line
-it makes (event, fields, and as mono_ns the timestamp of the input that
-caused it) and the effect the edge applies to the data path, if any.
+path reported, a reading of the links' health (with each link's probe window
+and the probe sender's lateness), an operator's force, release, drain or
+undrain, a failure prediction, an arbitration event, a reading of a feed's
+lines. The output is a list of `Decision`s: the log line it makes (event,
+fields, and as mono_ns the timestamp of the input that caused it) and the
+effect the edge applies to the data path, if any.
 
 Nothing here reads a clock, a map or a socket: the same inputs in the same
 order give the same decisions, which is what `twinpath replay` relies on
@@ -19,6 +21,12 @@ from typing import Any
 
 from appliance.core.feeds import FeedCore, FeedParams
 from appliance.core.links import LinkCore, LinkParams
+
+# Inputs from outside the gateway's own machinery (the operator's control
+# socket, a prediction model), with the fields each takes: anything else is
+# refused with a decision saying so, never an exception that stops the core.
+EXTERNAL_INPUTS = {"force": ("class_name", "link_name"), "release": ("class_name",), "drain": ("link_name",),
+                   "undrain": ("link_name",), "predict": ("link", "probability")}
 
 
 @dataclass(frozen=True)
@@ -47,12 +55,12 @@ class Start:
     started_ns: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"links": self.links.__dict__, "feeds": self.feeds.__dict__, "carrier": self.carrier,
+        return {"links": self.links.to_json(), "feeds": self.feeds.__dict__, "carrier": self.carrier,
                 "nexthop": self.nexthop, "receivers": self.receivers, "started_ns": self.started_ns}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "Start":
-        return cls(LinkParams(**raw["links"]), FeedParams(**raw["feeds"]), list(raw["carrier"]),
+        return cls(LinkParams.from_json(raw["links"]), FeedParams(**raw["feeds"]), list(raw["carrier"]),
                    list(raw["nexthop"]), list(raw["receivers"]), int(raw["started_ns"]))
 
 
@@ -67,6 +75,11 @@ class Core:
             "neighbour": self.links.neighbour,
             "reflex": self.links.reflex,
             "health": self.links.health,
+            "force": self.links.force,
+            "release": self.links.release,
+            "drain": self.links.drain,
+            "undrain": self.links.undrain,
+            "predict": self.links.predict,
             "receiver": self.feeds.receiver,
             "arb-event": self.feeds.event,
             "feed-lines": self.feeds.lines,
@@ -77,6 +90,10 @@ class Core:
             handler = self._handlers[kind]
         except KeyError:
             raise ValueError(f"unknown core input {kind!r}") from None
+        expected = EXTERNAL_INPUTS.get(kind)
+        if expected and sorted(fields) != sorted(expected):
+            return [Decision(ts_ns, "refused", {"input": kind, "reason": f"takes {', '.join(expected)}; got "
+                                                                         f"{', '.join(sorted(fields)) or 'nothing'}"})]
         return [Decision(ts_ns, *d) for d in handler(ts_ns, **fields)]
 
 

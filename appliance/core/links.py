@@ -4,17 +4,28 @@
   (a next hop that becomes unresolved keeps its last MAC: fail static);
 - a reflex failover the data path made: reported with its detection time
   (from carrier loss when that was the cause, else the silence it saw);
-- failback after the hold-down (appliance.core.policy);
+- gray failures, from each health reading's per-link windows
+  (appliance.core.detect), held while the host itself stalls;
+- flap damping (appliance.core.damping): carrier loss, a reflex failover
+  away from a link and a gray declaration each count as one flap of a link
+  that was usable;
+- where each class runs (appliance.core.policy), including the operator's
+  force, drain and release and the prediction hook;
 - readiness: steering attaches once every link has answered, or after
   ready_timeout_ns (appliance.edge.dataplane.Gateway.attach_steer says why).
 
-Handlers return (event, fields, effect) for appliance.core.decision.
+Handlers return (event, fields, effect) for appliance.core.decision. Bad
+operator input is answered with a "refused" decision saying why, never an
+exception.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from appliance.core import policy
+from appliance.core.damping import Damping, DampingParams, flap, merit, reuse_ns, settle
+from appliance.core.detect import DetectParams, LinkDetector, StallWatch, Window
 
 
 @dataclass(frozen=True)
@@ -26,7 +37,32 @@ class LinkParams:
     dead_ns: int
     holddown_ns: int
     ready_timeout_ns: int
+    class_policies: list[policy.ClassPolicy] = field(default_factory=list)  # per class; none: all the default
+    detection: DetectParams = DetectParams()
+    damping: DampingParams = DampingParams()
+    prediction: policy.Prediction = policy.Prediction()
 
+    def policy_of(self, class_id: int) -> policy.ClassPolicy:
+        return self.class_policies[class_id] if self.class_policies else policy.ClassPolicy()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "LinkParams":
+        """A trace recorded before a setting existed replays with its default."""
+        raw = dict(raw)
+        if "class_policies" in raw:
+            raw["class_policies"] = [policy.ClassPolicy(**c) for c in raw["class_policies"]]
+        for key, kind in (("detection", DetectParams), ("damping", DampingParams), ("prediction", policy.Prediction)):
+            if key in raw:
+                raw[key] = kind(**raw[key])
+        return cls(**raw)
+
+
+def _number(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """isinstance, but a JSON boolean is not a number."""
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 class LinkCore:
@@ -37,6 +73,15 @@ class LinkCore:
         self.carrier_lost_ns: dict[int, int] = {}
         self.ready_by_ns = started_ns + p.ready_timeout_ns
         self.ready = False
+        self.detectors = [LinkDetector(p.detection) for _ in p.names]
+        self.stall = StallWatch(p.detection.stall_ns)
+        self.damping = [Damping() for _ in p.names]
+        # Failed since start or since its last flap: failing again is no new flap.
+        self.failed = [True] * len(p.names)
+        self.drained = [False] * len(p.names)
+        self.predicted = [0.0] * len(p.names)
+        self.classes = [policy.ClassState() for _ in p.class_names]
+        self.seen: list[policy.LinkObservation] | None = None   # the last health reading
 
     def _link_effect(self, link: int) -> tuple:
         return ("link", link, self.carriers[link], self.nexthops[link])
@@ -45,9 +90,11 @@ class LinkCore:
         if up == self.carriers[link]:
             return []
         self.carriers[link] = up
+        out = [("carrier", {"link": self.p.names[link], "up": up}, self._link_effect(link))]
         if not up:
             self.carrier_lost_ns[link] = ts_ns
-        return [("carrier", {"link": self.p.names[link], "up": up}, self._link_effect(link))]
+            out += self._flap(ts_ns, link)
+        return out
 
     def neighbour(self, ts_ns: int, link: int, ip: str, mac: str | None) -> list[tuple]:
         if ip != self.p.gateways[link]:
@@ -68,27 +115,219 @@ class LinkCore:
             detect_ns = ts_ns - self.carrier_lost_ns[from_link]
         else:
             detect_ns = silence_ns
+        self.classes[class_id] = replace(self.classes[class_id], link=to_link, moved_ns=ts_ns)
         return [("failover", {"class": self.p.class_names[class_id], "from": self.p.names[from_link],
                               "to": self.p.names[to_link], "cause": cause,
-                              "detect_us": round(detect_ns / 1000, 1)}, None)]
+                              "detect_us": round(detect_ns / 1000, 1),
+                              "evidence": self._evidence(ts_ns, from_link, to_link)}, None),
+                *self._flap(ts_ns, from_link)]
 
     def observations(self, links: list[list[int]]) -> list[policy.LinkObservation]:
         """links: each link's [last_reply_ns, fresh_since_ns] from tp_health."""
         return [policy.LinkObservation(carrier=c, nexthop=m is not None, last_reply_ns=last, fresh_since_ns=since)
                 for c, m, (last, since) in zip(self.carriers, self.nexthops, links)]
 
-    def health(self, ts_ns: int, links: list[list[int]], active: list[int]) -> list[tuple]:
-        """A reading of tp_health and tp_active: failbacks, then readiness."""
-        seen = self.observations(links)
+    def health(self, ts_ns: int, links: list[list[int]], active: list[int],
+               windows: list[list[int] | None] | None = None, sender_late_ns: int = 0) -> list[tuple]:
+        """A reading of tp_health and tp_active, with (from traces that have
+        them) each link's window of probes since the last reading and the
+        probe sender's longest lateness since then: gray verdicts, damping,
+        each class's policy, then readiness."""
+        self.seen = self.observations(links)
         out = []
-        for sw in policy.failbacks(self.p.class_links, active, seen, ts_ns, self.p.dead_ns, self.p.holddown_ns):
-            out.append(("failover", {
-                "class": self.p.class_names[sw.class_id], "from": self.p.names[sw.from_link],
-                "to": self.p.names[sw.to_link], "cause": sw.cause, "detect_us": None,
-                "fresh_for_ms": round(sw.fresh_for_ns / 1e6, 1)}, ("active", sw.class_id, sw.to_link)))
+        if windows is not None:
+            out += self._detect(ts_ns, windows, sender_late_ns)
+        for link in range(len(self.p.names)):
+            if self.failed[link] and self._fresh_for_ns(link, ts_ns) >= 0 and not self.detectors[link].gray:
+                self.failed[link] = False
+            out += self._settle(ts_ns, link)
+        views = self._views(ts_ns)
+        for class_id, current in enumerate(active):
+            out += self._decide(ts_ns, class_id, current, views)
         if not self.ready:
-            fresh = [policy.fresh_for_ns(o, ts_ns, self.p.dead_ns) >= 0 for o in seen]
+            fresh = [self._fresh_for_ns(link, ts_ns) >= 0 for link in range(len(self.p.names))]
             if all(fresh) or ts_ns > self.ready_by_ns:
                 self.ready = True
                 out.append(("ready", {"fresh": dict(zip(self.p.names, fresh))}, ("steer",)))
         return out
+
+    # -- operator inputs (the control socket) and the prediction hook --------
+    def force(self, ts_ns: int, class_name: str, link_name: str) -> list[tuple]:
+        """Pin a class to a link, moving it there now."""
+        request = {"input": "force", "class": class_name, "link": link_name}
+        reason = self._unknown_class(class_name) or self._unknown_link(link_name) or self._unread()
+        if reason:
+            return [self._refused(request, reason)]
+        class_id, link = self.p.class_names.index(class_name), self.p.names.index(link_name)
+        prefs = self.p.class_links[class_id]
+        if link not in prefs:
+            reason = f"{link_name} is not one of class {class_name}'s links ({self._named(prefs)})"
+        elif self.drained[link]:
+            reason = f"{link_name} is drained"
+        elif self._fresh_for_ns(link, ts_ns) < 0:
+            reason = f"{link_name} is not fresh now (no carrier, next hop or recent heartbeat reply)"
+        if reason:
+            return [self._refused(request, reason)]
+        state = replace(self.classes[class_id], forced=link)
+        self.classes[class_id] = state
+        out = [("forced", {"class": class_name, "link": link_name}, None)]
+        if state.link != link:
+            out.append(self._switched(ts_ns, policy.Switch(class_id, state.link, link, "forced",
+                                                           self._fresh_for_ns(link, ts_ns))))
+        return out
+
+    def release(self, ts_ns: int, class_name: str) -> list[tuple]:
+        """End a force: the class's policy decides again from the next reading."""
+        request = {"input": "release", "class": class_name}
+        reason = self._unknown_class(class_name)
+        if reason:
+            return [self._refused(request, reason)]
+        class_id = self.p.class_names.index(class_name)
+        forced = self.classes[class_id].forced
+        if forced is None:
+            return [self._refused(request, f"class {class_name} is not forced")]
+        self.classes[class_id] = replace(self.classes[class_id], forced=None)
+        return [("released", {"class": class_name, "link": self.p.names[forced]}, None)]
+
+    def drain(self, ts_ns: int, link_name: str) -> list[tuple]:
+        """Move every class off a link now, and choose it for none until undrain."""
+        request = {"input": "drain", "link": link_name}
+        reason = self._unknown_link(link_name) or self._unread()
+        if reason:
+            return [self._refused(request, reason)]
+        link = self.p.names.index(link_name)
+        if self.drained[link]:
+            return [self._refused(request, f"{link_name} is already drained")]
+        views = self._views(ts_ns)
+        for class_id, prefs in enumerate(self.p.class_links):
+            name = self.p.class_names[class_id]
+            if self.classes[class_id].forced == link:
+                return [self._refused(request, f"class {name} is forced onto {link_name}: release it first")]
+            if link in prefs and not any(views[l].usable for l in prefs if l != link):
+                return [self._refused(request, f"{link_name} is the last usable link of class {name}")]
+        self.drained[link] = True
+        out = [("drained", {"link": link_name}, None)]
+        views = self._views(ts_ns)
+        for class_id, state in enumerate(self.classes):
+            if state.link == link:
+                out += self._decide(ts_ns, class_id, link, views)
+        return out
+
+    def undrain(self, ts_ns: int, link_name: str) -> list[tuple]:
+        request = {"input": "undrain", "link": link_name}
+        reason = self._unknown_link(link_name)
+        if reason:
+            return [self._refused(request, reason)]
+        link = self.p.names.index(link_name)
+        if not self.drained[link]:
+            return [self._refused(request, f"{link_name} is not drained")]
+        self.drained[link] = False
+        return [("undrained", {"link": link_name}, None)]
+
+    def predict(self, ts_ns: int, link: int, probability: float) -> list[tuple]:
+        """The hook for a failure-prediction model: its latest probability
+        that `link` fails stands until the next one for that link. Ignored
+        unless prediction is enabled."""
+        if not self.p.prediction.enabled:
+            return []
+        request = {"input": "predict", "link": link, "probability": probability}
+        if not _number(link, int) or link not in range(len(self.p.names)):
+            return [self._refused(request, f"no link {link!r}; links are 0..{len(self.p.names) - 1}")]
+        if not _number(probability, (int, float)) or not 0 <= probability <= 1:
+            return [self._refused(request, f"probability must be a number within 0..1, got {probability!r}")]
+        self.predicted[link] = float(probability)
+        return []
+
+    # -- helpers -------------------------------------------------------------
+    def _fresh_for_ns(self, link: int, ts_ns: int) -> int:
+        """-1 before the first health reading: nothing is known fresh."""
+        return -1 if self.seen is None else policy.fresh_for_ns(self.seen[link], ts_ns, self.p.dead_ns)
+
+    def _views(self, ts_ns: int) -> list[policy.LinkView]:
+        return [policy.LinkView(fresh_for_ns=self._fresh_for_ns(link, ts_ns), rtt_ns=d.rtt_ns, loss=d.loss,
+                                gray=d.gray, suppressed=self.damping[link].suppressed, drained=self.drained[link],
+                                predicted=self.predicted[link])
+                for link, d in enumerate(self.detectors)]
+
+    def _decide(self, ts_ns: int, class_id: int, current: int, views: list[policy.LinkView]) -> list[tuple]:
+        switch, self.classes[class_id] = policy.decide(
+            class_id, self.p.class_links[class_id], current, views, self.p.policy_of(class_id),
+            self.classes[class_id], ts_ns, self.p.holddown_ns, self.p.prediction, self.stall.held(ts_ns))
+        return [self._switched(ts_ns, switch)] if switch else []
+
+    def _switched(self, ts_ns: int, sw: policy.Switch) -> tuple:
+        self.classes[sw.class_id] = replace(self.classes[sw.class_id], link=sw.to_link, moved_ns=ts_ns)
+        return ("failover", {
+            "class": self.p.class_names[sw.class_id], "from": self.p.names[sw.from_link],
+            "to": self.p.names[sw.to_link], "cause": sw.cause, "detect_us": None,
+            "fresh_for_ms": round(sw.fresh_for_ns / 1e6, 1), **sw.detail,
+            "evidence": self._evidence(ts_ns, sw.from_link, sw.to_link)}, ("active", sw.class_id, sw.to_link))
+
+    def _evidence(self, ts_ns: int, *links: int) -> dict[str, dict]:
+        """What the core knew of each link: its detectors and its damping."""
+        return {self.p.names[l]: {**self.detectors[l].evidence(),
+                                  "penalty": round(merit(self.damping[l], self.p.damping, ts_ns)),
+                                  "suppressed": self.damping[l].suppressed} for l in links}
+
+    def _detect(self, ts_ns: int, windows: list[list[int] | None], sender_late_ns: int) -> list[tuple]:
+        out = []
+        hold = self.stall.reading(ts_ns, sender_late_ns)
+        if hold:
+            for d in self.detectors:
+                d.interrupt()
+            out.append(("hold", hold, None))
+        if self.stall.held(ts_ns):
+            return out
+        for link, raw in enumerate(windows):
+            if raw is None:
+                continue
+            verdict = self.detectors[link].observe(ts_ns, Window(*raw))
+            if verdict:
+                name = self.p.names[link]
+                out.append(("gray" if verdict == "gray" else "gray-cleared",
+                            {"link": name, "evidence": self.detectors[link].evidence()}, None))
+            if verdict == "gray":
+                out += self._flap(ts_ns, link)
+        return out
+
+    def _flap(self, ts_ns: int, link: int) -> list[tuple]:
+        if self.failed[link]:
+            return []
+        self.failed[link] = True
+        out = self._settle(ts_ns, link)
+        p, state = self.p.damping, flap(self.damping[link], self.p.damping, ts_ns)
+        self.damping[link] = state
+        if state.suppressed:
+            until_ns = reuse_ns(state, p)
+            out.append(("damped", {"link": self.p.names[link], "penalty": round(state.merit),
+                                   "suppress": p.suppress, "reuse": p.reuse, "until_ns": until_ns,
+                                   "for_s": round((until_ns - ts_ns) / 1e9, 1)}, None))
+        return out
+
+    def _settle(self, ts_ns: int, link: int) -> list[tuple]:
+        before = self.damping[link]
+        self.damping[link] = after = settle(before, self.p.damping, ts_ns)
+        if before.suppressed and not after.suppressed:
+            return [("undamped", {"link": self.p.names[link], "penalty": round(after.merit),
+                                  "suppressed_s": round((ts_ns - before.suppressed_ns) / 1e9, 1)}, None)]
+        return []
+
+    # Why an operator input cannot be taken (None: it can).
+    def _unknown_class(self, name: Any) -> str | None:
+        if name in self.p.class_names:
+            return None
+        return f"unknown class {name!r}; classes are {', '.join(self.p.class_names)}"
+
+    def _unknown_link(self, name: Any) -> str | None:
+        if name in self.p.names:
+            return None
+        return f"unknown link {name!r}; links are {', '.join(self.p.names)}"
+
+    def _unread(self) -> str | None:
+        return "no health reading yet" if self.seen is None else None
+
+    def _named(self, links: list[int]) -> str:
+        return ", ".join(self.p.names[l] for l in links)
+
+    def _refused(self, request: dict, reason: str) -> tuple:
+        return ("refused", {**request, "reason": reason}, None)

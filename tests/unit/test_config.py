@@ -3,6 +3,9 @@ import re
 import pytest
 
 from appliance.core.config import ConfigError, parse
+from appliance.core.damping import DampingParams
+from appliance.core.detect import DetectParams
+from appliance.core.policy import ClassPolicy, Prediction
 from appliance.edge.configfile import load
 
 BASE = """
@@ -37,6 +40,14 @@ def test_defaults_are_1ms_x3_with_1s_holddown():
     assert (hb.interval_us, hb.multiplier, hb.holddown_ms, hb.dead_ns) == (1000, 3, 1000, 3_000_000)
     assert cfg.rules[0].port_range == (9000, 9099)
     assert cfg.links[0].gateway == cfg.links[0].target
+
+
+def test_an_existing_config_gets_the_defaults_of_detection_damping_and_policy():
+    params = parse(BASE).link_params(ready_timeout_ns=5_000_000_000)
+    assert (params.names, params.class_names, params.class_links) == (["A", "B"], ["orders"], [[0, 1]])
+    assert (params.dead_ns, params.holddown_ns, params.ready_timeout_ns) == (3_000_000, 10**9, 5 * 10**9)
+    assert params.class_policies == [ClassPolicy()] and params.prediction == Prediction(enabled=False)
+    assert params.detection == DetectParams() and params.damping == DampingParams()
 
 
 def test_200us_interval_is_accepted():
@@ -137,6 +148,14 @@ def _feeds(line):
     return lambda text: text + ARB.format(line)
 
 
+def _class(lines):
+    return _edit('links = ["A", "B"]', 'links = ["A", "B"]\n' + lines)
+
+
+def _table(name, lines):
+    return lambda text: text + f"\n[{name}]\n{lines}\n"
+
+
 # (edit of BASE, the key path the error must name, a fragment of the reason)
 BAD_CONFIGS = {
     "interval as string": (_heartbeat('interval_us = "1000"'), "heartbeat.interval_us", "must be an integer"),
@@ -191,6 +210,26 @@ BAD_CONFIGS = {
     "behind_seqs as float": (_feeds("behind_seqs = 10.0"), "arbitration.behind_seqs", "must be an integer"),
     "feed port as string": (lambda t: t + FEEDS.replace("26400", '"26400"'), "feeds.0.port", "must be an integer"),
     "feed dst as integer": (lambda t: t + FEEDS.replace('"198.18.1.1"', "1"), "feeds.0.dst", "must be a string"),
+    "unknown policy": (_class('policy = "fastest"'), "classes.0.policy", "'active-backup' or 'lowest-latency'"),
+    "preempt as string": (_class('preempt = "no"'), "classes.0.preempt", "must be true or false"),
+    "preempt on lowest-latency": (_class('policy = "lowest-latency"\npreempt = false'), "classes.0.preempt",
+                                  'applies only to policy = "active-backup"'),
+    "dwell on active-backup": (_class("min_dwell_ms = 10"), "classes.0.min_dwell_ms",
+                               'applies only to policy = "lowest-latency"'),
+    "hysteresis negative": (_class('policy = "lowest-latency"\nhysteresis_us = -1'), "classes.0.hysteresis_us",
+                            "greater than or equal to 0"),
+    "quorum of one": (_table("detection", "quorum = 1"), "detection.quorum", "one alone is noise"),
+    "quorum of four": (_table("detection", "quorum = 4"), "detection.quorum", "must be 2 or 3"),
+    "loss threshold 1": (_table("detection", "loss_threshold = 1.0"), "detection.loss_threshold", "less than 1"),
+    "stall as string": (_table("detection", 'stall_ms = "10"'), "detection.stall_ms", "must be a number"),
+    "unknown detection key": (_table("detection", "quorom = 2"), "detection.quorom", "unknown key"),
+    "reuse above suppress": (_table("damping", "reuse = 2500"), "damping.reuse", "must be below suppress (2000)"),
+    "max suppress too short": (_table("damping", "max_suppress_s = 20"), "damping.max_suppress_s",
+                               "must be above 21.2 s"),
+    "max suppress too long": (_table("damping", "half_life_s = 1\nmax_suppress_s = 3600"), "damping.max_suppress_s",
+                              "at most 100 half-lives"),
+    "prediction threshold 0": (_table("prediction", "threshold = 0.0"), "prediction.threshold", "greater than 0"),
+    "prediction enabled as int": (_table("prediction", "enabled = 1"), "prediction.enabled", "must be true or false"),
 }
 
 
@@ -227,6 +266,20 @@ ACCEPTED = {
     "grace as float": (_feeds("grace_ms = 2.5"), lambda c: c.arbitration.grace_ms == 2.5),
     "multicast feed": (lambda t: t + FEEDS.replace("198.18.1.1", "233.54.12.1"),
                        lambda c: str(c.feeds[0].dst) == "233.54.12.1"),
+    "active-backup without preempt": (_class("preempt = false"), lambda c: not c.classes[0].preempt),
+    "lowest-latency": (_class('policy = "lowest-latency"\nhysteresis_us = 20\nhysteresis_ratio = 0\nconfirm = 5\n'
+                              "min_dwell_ms = 250"),
+                       lambda c: c.classes[0].params == ClassPolicy(policy="lowest-latency", hysteresis_ns=20_000,
+                                                                    hysteresis_ratio=0.0, confirm=5,
+                                                                    min_dwell_ns=250_000_000)),
+    "detection": (_table("detection", "quorum = 3\nconfirm = 10\nstall_ms = 2.5\nrtt_margin_ratio = 2"),
+                  lambda c: (c.detection.params.quorum, c.detection.params.confirm, c.detection.params.stall_ns,
+                             c.detection.params.rtt_margin_ratio) == (3, 10, 2_500_000, 2.0)),
+    "damping": (_table("damping", "penalty = 500\nhalf_life_s = 30\nmax_suppress_s = 120"),
+                lambda c: (c.damping.params.penalty, c.damping.params.half_life_ns,
+                           c.damping.params.max_suppress_ns) == (500.0, 30 * 10**9, 120 * 10**9)),
+    "prediction": (_table("prediction", "enabled = true\nthreshold = 0.75"),
+                   lambda c: c.prediction.params == Prediction(enabled=True, threshold=0.75)),
 }
 
 

@@ -7,15 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from appliance.core.damping import DampingParams
 from appliance.core.decision import Core, Start, replay
+from appliance.core.detect import DetectParams, Window
 from appliance.core.feeds import DELIVERY_COUNTERS, FeedParams
 from appliance.core.links import LinkParams
+from appliance.core.policy import LOWEST_LATENCY, ClassPolicy, Prediction
 from appliance.edge import trace
 
 CORE = Path(__file__).resolve().parents[2] / "appliance" / "core"
-# What a pure core may import: the standard library's data modules, pydantic
-# (config validation), its own modules and the one layout definition.
-ALLOWED = {"__future__", "collections", "dataclasses", "ipaddress", "re", "tomllib", "typing", "pydantic",
+# What a pure core may import: the standard library's data and arithmetic
+# modules, pydantic (config validation), its own modules and the one layout
+# definition.
+ALLOWED = {"__future__", "collections", "dataclasses", "ipaddress", "math", "re", "tomllib", "typing", "pydantic",
            "appliance.core", "appliance.layout"}
 
 
@@ -78,8 +82,10 @@ def test_carrier_loss_writes_the_link_once_and_times_the_reflex_from_it():
 def test_a_heartbeat_reflex_reports_the_silence_the_data_path_saw():
     moved = Core(start()).consume("reflex", T0, {"class_id": 0, "from_link": 0, "to_link": 1,
                                                  "cause": "heartbeat", "silence_ns": 3_100_000})
-    assert events(moved) == [("failover", {"class": "orders", "from": "A", "to": "B", "cause": "heartbeat",
-                                           "detect_us": 3100.0})]
+    [(event, fields)] = events(moved)
+    assert event == "failover" and set(fields["evidence"]) == {"A", "B"}
+    assert {k: v for k, v in fields.items() if k != "evidence"} == {
+        "class": "orders", "from": "A", "to": "B", "cause": "heartbeat", "detect_us": 3100.0}
 
 
 def test_an_unresolved_next_hop_keeps_its_mac_and_another_neighbour_is_ignored():
@@ -256,3 +262,344 @@ def test_replay_cli_prints_the_decisions_and_refuses_a_bad_file(tmp_path, capsys
     (tmp_path / "bad").write_text("{}\n")
     assert main(["replay", str(tmp_path / "bad")]) == 2
     assert "not a version 1" in capsys.readouterr().err
+
+
+# -- gray failures, damping, per-class policy and operator inputs ----------------
+TICK = 5 * MS
+RICH_LINKS = LinkParams(names=["A", "B"], gateways=LINKS.gateways, class_names=["orders", "md"],
+                        class_links=[[0, 1], [1, 0]], dead_ns=3 * MS, holddown_ns=300 * MS,
+                        ready_timeout_ns=5000 * MS,
+                        class_policies=[ClassPolicy(), ClassPolicy(policy=LOWEST_LATENCY, hysteresis_ns=50_000,
+                                                                   confirm=3, min_dwell_ns=100 * MS)],
+                        detection=DetectParams(clear=20), prediction=Prediction(enabled=True, threshold=0.8))
+
+
+def win(p50_us=30, answered=5, lost=0, jitter_us=5, gap=0) -> Window:
+    rtt = p50_us * 1000
+    return Window(answered + lost, answered, lost, rtt, rtt, rtt, rtt, jitter_us * 1000, gap)
+
+
+BAD = win(3000, jitter_us=1000)   # rtt and jitter both trip: a quorum
+
+
+class Clock:
+    """Health readings TICK apart, every link fresh since T0 unless told."""
+
+    def __init__(self, core, ts=T0):
+        self.core, self.ts = core, ts
+
+    def health(self, active, windows=None, late_ns=0, fresh_links=None, step=TICK):
+        self.ts += step
+        fields = {"links": fresh(self.ts, *(fresh_links or [True] * len(self.core.links.p.names))), "active": active}
+        if windows is not None:
+            fields |= {"windows": windows, "sender_late_ns": late_ns}
+        return self.core.consume("health", self.ts, fields)
+
+    def readings(self, n, active, windows, **kw):
+        return [d for _ in range(n) for d in self.health(active, windows, **kw)]
+
+    def consume(self, kind, fields, step=MS):
+        self.ts += step
+        return self.core.consume(kind, self.ts, fields)
+
+
+def warmed(links=LINKS, active=(0,), ts=T0 + 400 * MS):
+    """A core past readiness and the hold-down, its links' baselines learned."""
+    clock = Clock(Core(start(links=links)), ts)
+    clock.readings(20, list(active), [win(), win()])
+    return clock
+
+
+def test_a_gray_current_link_moves_its_class_with_both_links_evidence():
+    clock = warmed()
+    out = clock.readings(4, [0], [BAD, win()])
+    assert [d.event for d in out] == ["gray", "failover"]
+    assert out[0].fields["link"] == "A" and out[0].fields["evidence"]["gray"]
+    moved = out[1]
+    assert moved.effect == ("active", 0, 1)
+    assert {k: moved.fields[k] for k in ("class", "from", "to", "cause")} == {"class": "orders", "from": "A",
+                                                                             "to": "B", "cause": "gray"}
+    a, b = moved.fields["evidence"]["A"], moved.fields["evidence"]["B"]
+    assert a["rtt"] == {"value_us": 3000.0, "threshold_us": 530.0, "tripped": True} and a["jitter"]["tripped"]
+    assert b["rtt"] == {"value_us": 30.0, "threshold_us": 530.0, "tripped": False} and not b["gray"]
+    assert a["baseline_us"] == b["baseline_us"] == 30.0 and a["penalty"] == 1000
+
+
+def test_a_gray_link_is_no_failback_target_until_cleared():
+    clock = warmed(LinkParams(**{**LINKS.__dict__, "detection": DetectParams(clear=10)}))
+    clock.readings(4, [0], [BAD, win()])
+    assert clock.readings(9, [1], [win(), win()]) == []
+    cleared = clock.readings(1, [1], [win(), win()])
+    assert [d.event for d in cleared] == ["gray-cleared", "failover"] and cleared[1].fields["cause"] == "failback"
+
+
+def test_one_tripped_detector_moves_no_traffic():
+    clock = warmed()
+    assert clock.readings(100, [0], [win(3000), win()]) == []
+
+
+def test_a_late_sender_holds_every_verdict_and_logs_one_hold():
+    clock = warmed()
+    first = clock.health([0], [BAD, win()], late_ns=50 * MS)
+    assert [(d.event, d.fields) for d in first] == [("hold", {"sender_late_ms": 50.0, "reading_gap_ms": 5.0,
+                                                              "held_ms": 50.0, "until_ns": clock.ts + 50 * MS})]
+    # bad windows for the rest of the stall, which goes on a while: no verdict, no second hold
+    assert clock.readings(8, [0], [BAD, win()], late_ns=20 * MS) == []
+    assert clock.readings(3, [0], [BAD, win()]) == []      # held until 20 ms after the last late reading
+    assert [d.event for d in clock.readings(4, [0], [BAD, win()])] == ["gray", "failover"]
+
+
+def test_a_late_reading_alone_holds_nothing():
+    # Windows come from the kernel's ring by sequence: the daemon reading
+    # late changes none of them.
+    clock = warmed()
+    assert "hold" not in [d.event for d in clock.health([0], [BAD, win()], step=40 * MS)]
+
+
+def test_a_trace_without_windows_detects_nothing_and_holds_nothing():
+    clock = warmed()
+    assert clock.readings(10, [0], None, step=50 * MS) == []
+
+
+def reflex(clock, from_link=0, to_link=1, class_id=0):
+    return clock.consume("reflex", {"class_id": class_id, "from_link": from_link, "to_link": to_link,
+                                    "cause": "heartbeat", "silence_ns": 3 * MS})
+
+
+def test_a_reflex_counts_a_flap_of_the_link_it_left_once_per_failure():
+    clock = warmed()
+    reflex(clock)
+    assert clock.core.links.damping[0].merit == 1000
+    clock.consume("carrier", {"link": 0, "up": False})     # the same failure, seen by netlink too
+    reflex(clock, class_id=0)
+    assert clock.core.links.damping[0].merit == 1000
+
+
+def test_a_link_that_keeps_failing_is_damped_and_no_failback_target_until_undamped():
+    clock = warmed()
+    for _ in range(2):
+        assert [d.event for d in reflex(clock)] == ["failover"]
+        # A answers again (fresh since T0, past the hold-down): orders fails back
+        assert [d.fields["cause"] for d in clock.health([1])] == ["failback"]
+    out = reflex(clock)
+    assert [d.event for d in out] == ["failover", "damped"]
+    damped = out[1].fields
+    assert damped["link"] == "A" and damped["penalty"] > 2000 and 25 < damped["for_s"] <= 30
+    assert abs(damped["until_ns"] - clock.ts - damped["for_s"] * 1e9) < 1e8
+    # A is fresh past the hold-down the whole time, yet orders stays on B
+    assert clock.readings(10, [1], None, step=2000 * MS) == []
+    back = clock.health([1], step=damped["until_ns"] - clock.ts)
+    assert [d.event for d in back] == ["undamped", "failover"] and back[1].fields["cause"] == "failback"
+
+
+def test_carrier_loss_is_a_flap_of_a_usable_link():
+    clock = warmed()
+    clock.consume("carrier", {"link": 1, "up": False})
+    assert clock.core.links.damping[1].merit == 1000 and clock.core.links.damping[0].merit == 0
+
+
+def test_force_moves_and_pins_a_class_and_release_frees_it():
+    clock = warmed()
+    forced = clock.consume("force", {"class_name": "orders", "link_name": "B"})
+    assert [(d.event, d.fields.get("cause")) for d in forced] == [("forced", None), ("failover", "forced")]
+    assert forced[1].effect == ("active", 0, 1) and "evidence" in forced[1].fields
+    assert clock.readings(5, [1], [win(), win()]) == []       # no failback while pinned
+    released = clock.consume("release", {"class_name": "orders"})
+    assert events(released) == [("released", {"class": "orders", "link": "B"})]
+    assert [d.fields["cause"] for d in clock.health([1], [win(), win()])] == ["failback"]
+
+
+def test_drain_moves_every_class_off_a_link_until_undrain():
+    clock = warmed()
+    drained = clock.consume("drain", {"link_name": "A"})
+    assert [d.event for d in drained] == ["drained", "failover"] and drained[1].fields["cause"] == "drained"
+    assert drained[1].effect == ("active", 0, 1)
+    assert clock.readings(5, [1], [win(), win()]) == []       # A is fresh, but drained: no failback
+    assert events(clock.consume("undrain", {"link_name": "A"})) == [("undrained", {"link": "A"})]
+    assert [d.fields["cause"] for d in clock.health([1], [win(), win()])] == ["failback"]
+
+
+REFUSALS = [
+    ("force", {"class_name": "ordrs", "link_name": "B"}, "unknown class 'ordrs'; classes are orders"),
+    ("force", {"class_name": "orders", "link_name": "C"}, "unknown link 'C'; links are A, B"),
+    ("force", {"class_name": "orders", "link_name": None}, "unknown link None"),
+    ("release", {"class_name": "orders"}, "class orders is not forced"),
+    ("drain", {"link_name": "Z"}, "unknown link 'Z'"),
+    ("undrain", {"link_name": "A"}, "A is not drained"),
+]
+
+
+@pytest.mark.parametrize("kind,fields,reason", REFUSALS)
+def test_bad_operator_input_is_refused_with_the_reason(kind, fields, reason):
+    clock = warmed()
+    [refused] = clock.consume(kind, fields)
+    assert refused.event == "refused" and refused.effect is None
+    assert refused.fields["input"] == kind and reason in refused.fields["reason"]
+
+
+def test_operator_input_with_the_wrong_fields_is_refused_not_raised():
+    clock = warmed()
+    [refused] = clock.consume("force", {"class": "orders", "link_name": "B"})
+    assert events([refused]) == [("refused", {"input": "force", "reason": "takes class_name, link_name; got class, "
+                                                                          "link_name"})]
+    [refused] = clock.consume("drain", {})
+    assert refused.fields["reason"] == "takes link_name; got nothing"
+
+
+def test_draining_or_forcing_what_would_strand_a_class_is_refused():
+    clock = warmed()
+    clock.health([0], fresh_links=[True, False])              # B is stale
+    [refused] = clock.consume("drain", {"link_name": "A"})
+    assert refused.fields["reason"] == "A is the last usable link of class orders"
+    [refused] = clock.consume("force", {"class_name": "orders", "link_name": "B"})
+    assert "B is not fresh now" in refused.fields["reason"]
+    clock.health([0])
+    clock.consume("force", {"class_name": "orders", "link_name": "B"})
+    [refused] = clock.consume("drain", {"link_name": "B"})
+    assert refused.fields["reason"] == "class orders is forced onto B: release it first"
+    clock.health([1])
+    clock.consume("release", {"class_name": "orders"})
+    assert [d.event for d in clock.consume("drain", {"link_name": "B"})] == ["drained", "failover"]
+    [refused] = clock.consume("force", {"class_name": "orders", "link_name": "B"})
+    assert refused.fields["reason"] == "B is drained"
+
+
+def test_operator_input_before_the_first_health_reading_is_refused():
+    [refused] = Core(start()).consume("drain", T0, {"link_name": "A"})
+    assert refused.fields["reason"] == "no health reading yet"
+
+
+def test_a_prediction_is_ignored_unless_enabled():
+    clock = warmed()
+    assert clock.consume("predict", {"link": 0, "probability": 1.0}) == []
+    assert clock.readings(5, [0], [win(40), win(30)]) == []
+
+
+def test_an_enabled_prediction_moves_a_class_only_to_a_link_no_worse():
+    clock = warmed(RICH_LINKS, active=(0, 1))
+    assert clock.consume("predict", {"link": 0, "probability": 0.9}) == []
+    assert clock.readings(5, [0, 1], [win(30), win(31)]) == []        # B is slower: stay
+    out = clock.readings(1, [0, 1], [win(30), win(30)])
+    assert [(d.fields["class"], d.fields["cause"]) for d in out] == [("orders", "predicted")]
+    assert out[0].fields["probability"] == 0.9 and set(out[0].fields["evidence"]) == {"A", "B"}
+    [refused] = clock.consume("predict", {"link": 0, "probability": 2})
+    assert refused.event == "refused" and "within 0..1" in refused.fields["reason"]
+
+
+def test_a_lowest_latency_class_moves_to_the_faster_link_past_the_margin():
+    clock = warmed(RICH_LINKS, active=(0, 1))
+    # md prefers B, but A is faster by 270 us: more than the 60 us margin, for 3 readings
+    out = clock.readings(3, [0, 1], [win(30), win(300)])
+    assert [(d.fields["class"], d.fields["cause"]) for d in out] == [("md", "lower-latency")]
+    moved = out[0].fields
+    assert (moved["rtt_from_us"], moved["rtt_to_us"], moved["margin_us"]) == (300.0, 30.0, 60.0)
+    assert moved["evidence"]["A"]["rtt"]["value_us"] == 30.0
+    assert clock.readings(10, [0, 0], [win(300), win(30)]) == []       # min_dwell: 100 ms
+    assert [d.fields["cause"] for d in clock.readings(20, [0, 0], [win(300), win(30)])] == ["lower-latency"]
+
+
+def test_start_round_trips_and_a_trace_from_before_the_new_settings_loads():
+    rich = start(links=LinkParams(**{**RICH_LINKS.__dict__, "damping": DampingParams(half_life_ns=7 * 10**9)}))
+    assert Start.from_json(json.loads(json.dumps(rich.to_json()))) == rich
+    old = start().to_json()
+    old["links"] = {k: old["links"][k] for k in ("names", "gateways", "class_names", "class_links", "dead_ns",
+                                                 "holddown_ns", "ready_timeout_ns")}
+    assert Start.from_json(old) == start()
+
+
+class Colo:
+    """A closed loop like the daemon's: health readings every TICK whose
+    windows follow a script, link outages at random that the data path's
+    reflex acts on, operator inputs (a script, and bad ones at random), and
+    tp_active following the core's decisions. Phases of 2 s: normal (A
+    30 us, B 40 us); A degraded (gray); A recovered and B slow (md is
+    lowest-latency); A predicted to fail, B a little faster."""
+
+    PHASE = 400
+    OPERATOR = {4 * PHASE + 100: ("force", {"class_name": "orders", "link_name": "B"}),
+                4 * PHASE + 300: ("release", {"class_name": "orders"}),
+                8 * PHASE + 100: ("drain", {"link_name": "B"}),
+                8 * PHASE + 300: ("undrain", {"link_name": "B"})}
+    BAD = [("force", {"class_name": "x", "link_name": "A"}), ("drain", {"link_name": "C"}),
+           ("release", {"class_name": "md"}), ("undrain", {"link_name": "A"})]
+
+    def __init__(self, seed: int, recorder: trace.Recorder | None = None):
+        self.rng = random.Random(seed)
+        self.recorder = recorder
+        self.core = Core(start(links=RICH_LINKS))
+        self.active = [0, 1]
+        self.inputs, self.decisions = [], []
+        self.last_reply = [T0, T0]
+        self.fresh_since = [T0, T0]
+        self.down_until = [0, 0]
+
+    def feed(self, kind, ts, fields):
+        self.inputs.append((kind, ts, fields))
+        if self.recorder:
+            self.recorder.input(kind, ts, fields)
+        for d in self.core.consume(kind, ts, fields):
+            if d.effect and d.effect[0] == "active":
+                self.active[d.effect[1]] = d.effect[2]
+            self.decisions.append(d)
+
+    def outage(self, ts, link):
+        """The link goes quiet; after the dead interval the reflex moves its classes."""
+        self.down_until[link] = ts + self.rng.randrange(20, 60) * MS
+        for class_id, current in enumerate(self.active):
+            if current == link and ts - self.last_reply[1 - link] < 3 * MS:
+                self.active[class_id] = 1 - link
+                self.feed("reflex", ts + 3 * MS, {"class_id": class_id, "from_link": link, "to_link": 1 - link,
+                                                  "cause": "heartbeat", "silence_ns": 3 * MS})
+
+    def run(self, readings: int):
+        rng, ts = self.rng, T0
+        for i in range(readings):
+            phase = (i // self.PHASE) % 4
+            if i % self.PHASE == 0:
+                self.feed("predict", ts + MS, {"link": 0, "probability": 0.9 if phase == 3 else 0.0})
+            if rng.random() < 0.0015:
+                self.outage(ts + MS, rng.randrange(2))
+            if i in self.OPERATOR:
+                self.feed(self.OPERATOR[i][0], ts + MS, self.OPERATOR[i][1])
+            elif rng.random() < 0.002:
+                kind, fields = rng.choice(self.BAD)
+                self.feed(kind, ts + MS, fields)
+            ts += TICK
+            for link in range(2):
+                if ts >= self.down_until[link]:
+                    if self.last_reply[link] < self.down_until[link]:   # back from an outage
+                        self.fresh_since[link] = ts
+                    self.last_reply[link] = ts
+            a_us, b_us = {0: (30, 40), 1: (3000, 40), 2: (30, 300), 3: (40, 35)}[phase]
+            windows = [win(a_us + rng.randrange(5), jitter_us=1000 if phase == 1 else 5),
+                       win(b_us + rng.randrange(5))]
+            self.feed("health", ts, {"links": [[self.last_reply[l], self.fresh_since[l]] for l in range(2)],
+                                     "active": list(self.active), "windows": windows,
+                                     "sender_late_ns": 30 * MS if rng.random() < 0.002 else 0})
+        return self
+
+
+def test_the_same_inputs_replay_to_the_same_decisions_through_a_trace(tmp_path):
+    path = tmp_path / "trace.jsonl"
+    recorder = trace.Recorder(path, start(links=RICH_LINKS))
+    colo = Colo(seed=11, recorder=recorder).run(12 * Colo.PHASE)
+    recorder.close()
+    twice = [list(replay(*trace.read(path))) for _ in range(2)]
+    decided = {d.event for d in colo.decisions}
+    assert {"gray", "gray-cleared", "hold", "damped", "failover", "refused", "forced", "drained"} <= decided, decided
+    assert [d.record() for d in twice[0]] == [d.record() for d in twice[1]] == [d.record() for d in colo.decisions]
+    assert [d.effect for d in twice[0]] == [d.effect for d in colo.decisions]
+
+
+def test_every_failover_carries_its_cause_and_evidence():
+    moves = [d.fields for d in Colo(seed=3).run(12 * Colo.PHASE).decisions if d.event == "failover"]
+    causes = {m["cause"] for m in moves}
+    assert causes == {"heartbeat", "gray", "failback", "lower-latency", "predicted", "forced", "drained"}, causes
+    for m in moves:
+        assert set(m["evidence"]) == {m["from"], m["to"]}, m
+        for link in m["evidence"].values():
+            assert {"gray", "baseline_us", "rtt", "loss", "jitter", "penalty", "suppressed"} <= set(link)
+        if m["cause"] in ("gray", "lower-latency"):
+            for link in m["evidence"].values():
+                for detector in ("rtt", "loss", "jitter"):
+                    assert {"threshold", "tripped"} <= {k.removesuffix("_us") for k in link[detector]}, m
