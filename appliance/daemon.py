@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import threading
 import time
@@ -31,12 +32,12 @@ from appliance.core import policy, telemetry
 from appliance.core.config import Config
 from appliance.core.decision import Core, Start
 from appliance.core.feeds import FeedParams
-from appliance.core.links import LinkParams
 from appliance.edge import gatelock, netlink, preflight
 from appliance.edge.arbitration import Arbiter, multicast_mac
 from appliance.edge.dataplane import PROBE_IDENT, Gateway, LinkState, open_probe_socket
 from appliance.edge.feedwatch import FeedWatch
 from appliance.edge.keys import HeartbeatKey
+from appliance.edge.probewindows import ProbeWindows
 from appliance.edge.trace import Recorder
 from fastpath.heartbeat import Sender
 
@@ -149,10 +150,24 @@ class Daemon:
         self._consume("reflex", ev.ts_ns, class_id=ev.class_id, from_link=ev.from_link, to_link=ev.to_link,
                       cause=layout.CAUSES.get(ev.cause, str(ev.cause)), silence_ns=ev.silence_ns)
 
-    def _tick(self) -> None:
+    def _tick(self, sender: Sender, windows: ProbeWindows) -> None:
         health, active = self.gw.health(), self.gw.active()
+        rings = [self.gw.rtt_ring(i) for i in range(len(self.links))]
         self._consume("health", time.monotonic_ns(), links=[[h.last_reply_ns, h.fresh_since_ns] for h in health],
-                      active=active)
+                      active=active, windows=windows.read(rings, sender.last_seq),
+                      sender_late_ns=sender.take_late_ns())
+
+    def _run_sender(self, sender: Sender) -> None:
+        """The heartbeat thread: real-time first (when configured), because
+        a sender held off the CPU makes every link silent at once."""
+        priority = self.cfg.heartbeat.sender_priority
+        if priority:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            except OSError as e:
+                self.log.emit("warning", what="sender_priority", priority=priority,
+                              error=f"SCHED_FIFO refused ({e.strerror}): the sender runs with normal scheduling")
+        sender.run()
 
     def _report_health(self, sender: Sender, hist_before: list[list[int]]) -> list[list[int]]:
         now = time.monotonic_ns()
@@ -188,13 +203,9 @@ class Daemon:
             self._run(stop, keys)
 
     def _start(self, receivers: list[str | None]) -> Start:
-        cfg, hb, arb = self.cfg, self.cfg.heartbeat, self.cfg.arbitration
+        cfg, arb = self.cfg, self.cfg.arbitration
         return Start(
-            links=LinkParams(names=self.link_names, gateways=[str(l.gateway) for l in cfg.links],
-                             class_names=self.class_names,
-                             class_links=[[cfg.link_index(n) for n in c.links] for c in cfg.classes],
-                             dead_ns=hb.dead_ns, holddown_ns=hb.holddown_ms * 1_000_000,
-                             ready_timeout_ns=READY_TIMEOUT_NS),
+            links=cfg.link_params(READY_TIMEOUT_NS),
             feeds=FeedParams(names=[f.name for f in cfg.feeds], dsts=[str(f.dst) for f in cfg.feeds],
                              grace_ns=int(arb.grace_ms * 1e6), silence_ns=int(arb.silence_ms * 1e6),
                              behind_seqs=arb.behind_seqs),
@@ -238,7 +249,7 @@ class Daemon:
                 feedwatch = FeedWatch(cfg, self.arbiter, self.core.feeds, self._consume, self.log)
                 self.arbiter.open_events(self._guarded("arb-event", feedwatch.on_event))
             self._on_ready = lambda: self.gw.attach_steer(ipr)
-            threads = [threading.Thread(target=sender.run, name="heartbeat", daemon=True),
+            threads = [threading.Thread(target=self._run_sender, args=(sender,), name="heartbeat", daemon=True),
                        threading.Thread(target=self._watch_netlink, args=(monitor, stop),
                                         name="netlink", daemon=True)]
             try:
@@ -252,6 +263,7 @@ class Daemon:
                 self.log.emit("attached", startup_ms=round((time.monotonic() - t0) * 1000, 1),
                               links={l.name: l.dev for l in cfg.links}, ingress=cfg.steer.ingress,
                               interval_us=cfg.heartbeat.interval_us, multiplier=cfg.heartbeat.multiplier,
+                              sender_priority=cfg.heartbeat.sender_priority,
                               feeds={f.name: {"protocol": f.protocol, "dst": f"{f.dst}:{f.port}",
                                               "receiver_mac": receivers[i]}
                                      for i, f in enumerate(cfg.feeds)})
@@ -302,9 +314,10 @@ class Daemon:
         next_feed_tick = time.monotonic()
         next_feed_summary = next_feed_tick + FEED_SUMMARY_S
         hists = [[0] * layout.HIST_BUCKETS for _ in self.links]
+        windows = ProbeWindows(self.cfg.heartbeat.multiplier)
         while not stop.is_set():
             self.gw.poll(int(TICK_S * 1000))
-            self._tick()
+            self._tick(sender, windows)
             now = time.monotonic()
             if feedwatch:
                 self.arbiter.poll(0)
