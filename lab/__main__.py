@@ -38,11 +38,59 @@ def cmd_status(args) -> int:
     return 0
 
 
+# Each fault parameter's option: (type, help).
+FAULT_OPTIONS = {
+    "probability": (float, "loss: drop probability (default 0.01)"),
+    "burst": (int, "loss: a drop starts a burst of this many packets in its direction"),
+    "delay_us": (int, "delay: added one-way latency towards gw; jitter: the base delay (default 0)"),
+    "ramp_to_us": (int, "delay: the delay moves linearly to this over --ramp-s, then stays"),
+    "ramp_s": (float, "delay: the ramp's length in seconds"),
+    "jitter_us": (int, "jitter: a uniform 0..this per packet on top of --delay-us, never reordering"),
+    "down_ms": (int, "flap: down this long"),
+    "up_ms": (int, "flap: then up this long, and again"),
+    "count": (int, "flap: this many cycles, then stop (up)"),
+    "duration_s": (float, "flap: stop (up) after this long"),
+    "carrier": (None, "flap: take the carrier's veth admin down (gw loses carrier) instead of black-holing"),
+    "creep_s": (float, "creep-then-blackhole: seconds the creep lasts before the blackhole"),
+    "creep_delay_us": (int, "creep-then-blackhole: the delay the creep reaches, from 0"),
+    "creep_loss": (float, "creep-then-blackhole: the drop probability the creep reaches, from 0"),
+    "max_s": (float, f"gray faults: their helper process's longest life (default {faults.HELPER_MAX_S:g} s)"),
+}
+DEFAULTS = scenario.GRAY_SCENARIOS
+FAULT_EPILOG = f"""\
+faults on a carrier link (A or B), with their defaults:
+  carrier-down          the carrier's veth admin down: gw's link loses carrier
+  blackhole             everything dropped, both ways; blackhole-tx / -rx: only what gw sends / receives
+  loss                  --probability, optionally --burst
+  delay                 --delay-us ({DEFAULTS["delay"]["delay_us"]}) towards gw; optionally --ramp-to-us with --ramp-s
+  jitter                --jitter-us ({DEFAULTS["jitter"]["jitter_us"]}) on top of --delay-us (0)
+  flap                  --down-ms ({DEFAULTS["flap"]["down_ms"]}) / --up-ms ({DEFAULTS["flap"]["up_ms"]}); \
+optionally --count, --duration-s, --carrier
+  creep-then-blackhole  delay 0 -> --creep-delay-us ({DEFAULTS["creep-then-blackhole"]["creep_delay_us"]}) and \
+loss 0 -> --creep-loss ({DEFAULTS["creep-then-blackhole"]["creep_loss"]})
+                        over --creep-s ({DEFAULTS["creep-then-blackhole"]["creep_s"]:g}), then a blackhole \
+both ways until cleared
+Gray faults (delay, jitter, flap, creep-then-blackhole) run a helper process in the carrier's
+namespace for at most --max-s; --clear ends any fault, stops its helper and restores pass-through;
+`python -m lab status` shows what is active."""
+
+
 def cmd_fault(args) -> int:
     lab = topology.load(args.name)
-    kwargs = {"probability": args.probability} if args.fault == "loss" and not args.clear else {}
-    (faults.clear if args.clear else faults.inject)(lab, args.fault, args.link, **kwargs)
-    print(f"{args.fault} on link {args.link} {'cleared' if args.clear else 'injected'}")
+    if args.clear:
+        faults.clear(lab, args.fault, args.link)
+        print(f"{args.fault} on link {args.link} cleared")
+        return 0
+    given = {name: value for name in FAULT_OPTIONS if (value := getattr(args, name)) not in (None, False)}
+    defaults = {"probability": 0.01} if args.fault == "loss" else DEFAULTS.get(args.fault, {})
+    params = {**defaults, **given}
+    try:
+        faults.inject(lab, args.fault, args.link, **params)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{args.fault} on link {args.link} injected"
+          + (f" ({', '.join(f'{k} {v}' for k, v in params.items())})" if params else ""))
     return 0
 
 
@@ -71,17 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="namespaces, interfaces, carrier and active faults")
     st.add_argument("name", nargs="?")
     st.set_defaults(func=cmd_status)
-    fl = sub.add_parser("fault", help="inject or clear a fault on a carrier")
-    fl.add_argument("name")
+    fl = sub.add_parser("fault", help="inject or clear a fault on a carrier", epilog=FAULT_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    fl.add_argument("name", help="the lab (tpXXXX)")
     fl.add_argument("fault", choices=faults.FAULTS)
     fl.add_argument("link", choices=["A", "B"])
-    fl.add_argument("--clear", action="store_true")
-    fl.add_argument("--probability", type=float, default=0.01, help="for loss (default 0.01)")
+    fl.add_argument("--clear", action="store_true",
+                    help="end the fault: pass-through again, its helper stopped (carrier-down: veth up)")
+    for name, (kind, text) in FAULT_OPTIONS.items():
+        option = "--" + name.replace("_", "-")
+        if kind is None:
+            fl.add_argument(option, action="store_true", help=text)
+        else:
+            fl.add_argument(option, type=kind, help=text)
     fl.set_defaults(func=cmd_fault)
     sc = sub.add_parser("scenario", help="measure a failover end to end, or an attack on it; exit 0 only if "
                                          "the scenario's contract holds")
     sc.add_argument("scenario", choices=scenario.ALL_SCENARIOS,
-                    help="a fault on link A (blackhole-tx/-rx: one direction only); spoofed-heartbeats: blackhole while an attacker on carrier A's "
+                    help="a fault on link A (blackhole-tx/-rx: one direction only); delay, jitter, flap, "
+                         f"loss ({DEFAULTS['loss']['probability']}), creep-then-blackhole: a gray fault on link A "
+                         "with `fault --help`'s defaults, exit 0 whether or not it fails over, but "
+                         "creep-then-blackhole (it ends in a blackhole) must fail over; spoofed-heartbeats: "
+                         "blackhole while an attacker on carrier A's "
                          "wire sends forged and replayed heartbeat replies; forged-session: a MoldUDP64 feed "
                          "with one forged packet of another session on line A (ignores the stream options)")
     sc.add_argument("--lab", metavar="NAME", help="use this lab (default: build one, tear it down after)")

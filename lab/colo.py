@@ -32,6 +32,9 @@ EXCHANGE_ADDR = "198.19.0.10"
 FEED_SOURCES = {"A": "198.18.30.1", "B": "198.18.30.2"}
 FEED_DST = TRADER_ADDR
 FEED_PORTS = {"moldudp64": 26400, "mdp3": 26401}  # the lab config's two arbitrated feeds
+# A veth pair in each carrier namespace, made by the first delay fault there: the
+# fault injector redirects into the first, the delay line (lab.delayline) reads the second.
+DELAY_VETH = ("dly0", "dly1")
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,12 @@ u16, u32, u64 = ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
 
 class FaultConfig(ctypes.Structure):
-    _fields_ = [("mode", u32), ("loss_threshold", u32)]
+    _fields_ = [("mode", u32), ("loss_threshold", u32), ("burst_len", u32), ("redirect_ifindex", u32),
+                ("burst_left", u32 * 2)]
 
 
 class FaultCounters(ctypes.Structure):
-    _fields_ = [("passed", u64), ("dropped", u64)]
+    _fields_ = [("passed", u64), ("dropped", u64), ("delayed", u64)]
 
 
 class ReflectPort(ctypes.Structure):

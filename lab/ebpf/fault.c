@@ -5,6 +5,10 @@
  * the gateway receives), sharing one config, so a fault hits either or both
  * directions while the gateway's own link keeps carrier: a gray failure.
  * lab/faults.py loads them and flips fault_cfg through a pinned map.
+ *
+ * DELAY hands what goes to the gateway to a userspace delay line: redirected
+ * into a veth pair in the carrier namespace, read off its far end, held, and
+ * sent back out of this veth with TP_FAULT_DELAY_MARK, which lets it pass.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -13,38 +17,67 @@
 BPF_ARRAY(fault_cfg, struct tp_fault_config, 1);
 BPF_PERCPU_ARRAY(fault_stats, struct tp_fault_counters, 1);
 
-static __always_inline int tp_fault(int from_gw)
+/* LOSS: a frame starts a burst with the configured probability; the burst
+ * also takes the next burst_len - 1 frames of its direction. The count is
+ * shared by all CPUs without atomics: a race only loses a decrement. */
+static __always_inline int tp_lost(struct tp_fault_config *cfg, int from_gw)
+{
+	__u32 *left = &cfg->burst_left[from_gw ? 0 : 1];
+
+	if (*left) {
+		*left -= 1;
+		return 1;
+	}
+	if (bpf_get_prandom_u32() >= cfg->loss_threshold)
+		return 0;
+	if (cfg->burst_len > 1)
+		*left = cfg->burst_len - 1;
+	return 1;
+}
+
+static __always_inline int tp_verdict(struct __sk_buff *skb, struct tp_fault_config *cfg, int from_gw)
+{
+	switch (cfg->mode) {
+	case TP_FAULT_BLACKHOLE:
+		return TC_ACT_SHOT;
+	case TP_FAULT_BLACKHOLE_TX:
+		return from_gw ? TC_ACT_SHOT : TC_ACT_OK;
+	case TP_FAULT_BLACKHOLE_RX:
+		return from_gw ? TC_ACT_OK : TC_ACT_SHOT;
+	case TP_FAULT_LOSS:
+		return tp_lost(cfg, from_gw) ? TC_ACT_SHOT : TC_ACT_OK;
+	case TP_FAULT_DELAY:
+		if (from_gw || skb->mark == TP_FAULT_DELAY_MARK)
+			return TC_ACT_OK;
+		return bpf_redirect(cfg->redirect_ifindex, 0);
+	}
+	return TC_ACT_OK;
+}
+
+static __always_inline int tp_fault(struct __sk_buff *skb, int from_gw)
 {
 	int zero = 0;
 	struct tp_fault_config *cfg = fault_cfg.lookup(&zero);
 	struct tp_fault_counters *counters = fault_stats.lookup(&zero);
-	int drop = 0;
+	int verdict = cfg ? tp_verdict(skb, cfg, from_gw) : TC_ACT_OK;
 
-	if (cfg) {
-		if (cfg->mode == TP_FAULT_BLACKHOLE)
-			drop = 1;
-		else if (cfg->mode == TP_FAULT_BLACKHOLE_TX)
-			drop = from_gw;
-		else if (cfg->mode == TP_FAULT_BLACKHOLE_RX)
-			drop = !from_gw;
-		else if (cfg->mode == TP_FAULT_LOSS)
-			drop = bpf_get_prandom_u32() < cfg->loss_threshold;
-	}
 	if (counters) {
-		if (drop)
+		if (verdict == TC_ACT_SHOT)
 			counters->dropped++;
+		else if (verdict == TC_ACT_REDIRECT)
+			counters->delayed++;
 		else
 			counters->passed++;
 	}
-	return drop ? TC_ACT_SHOT : TC_ACT_OK;
+	return verdict;
 }
 
 int fault_from_gw(struct __sk_buff *skb)
 {
-	return tp_fault(1);
+	return tp_fault(skb, 1);
 }
 
 int fault_to_gw(struct __sk_buff *skb)
 {
-	return tp_fault(0);
+	return tp_fault(skb, 0);
 }

@@ -19,16 +19,27 @@
 #define TP_FAULT_LOSS       2           /* drop when bpf_get_prandom_u32() < loss_threshold */
 #define TP_FAULT_BLACKHOLE_TX 3         /* drop only what the gateway sends (orders, probes) */
 #define TP_FAULT_BLACKHOLE_RX 4         /* drop only what comes to the gateway (replies, market data) */
+#define TP_FAULT_DELAY      5           /* what comes to the gateway goes to the delay line (lab/delayline.py) */
+
+/* The delay line's own frames carry this skb mark (SO_MARK): in DELAY mode
+ * they pass to the gateway instead of going round the line again. No other
+ * lab socket or rule sets it (exch's fwmarks are 1 and 2). */
+#define TP_FAULT_DELAY_MARK 0x74706c79
 
 /* fault_cfg[0] and fault_stats[0] (per CPU). */
 struct tp_fault_config {
 	__u32 mode;                 /* TP_FAULT_* */
-	__u32 loss_threshold;
+	__u32 loss_threshold;       /* LOSS: a frame starts a burst when bpf_get_prandom_u32() < this */
+	__u32 burst_len;            /* LOSS: frames a burst drops in its direction (0 and 1: just that one) */
+	__u32 redirect_ifindex;     /* DELAY: the delay line's veth in the carrier namespace */
+	__u32 burst_left[2];        /* fault.c's state: frames still to drop, [0] from the gateway, [1]
+	                             * towards it; writing the config (zeros here) ends any burst */
 };
 
 struct tp_fault_counters {
 	__u64 passed;
 	__u64 dropped;
+	__u64 delayed;              /* handed to the delay line (counted again as passed when it sends them) */
 };
 
 /* ---- exch's kernel-speed UDP reflector / sink (reflect.c) ---- */
