@@ -281,8 +281,7 @@ class Detection(_Strict):
     clear: StrictInt = Field(200, ge=1, le=1_000_000,
                              description="readings in a row without a quorum that clear a gray link")
     stall_ms: StrictFloat = Field(10.0, gt=0, le=60_000,
-                                  description="a probe sender this late, or health readings this far apart, is a "
-                                              "host stall: no verdicts for as long")
+                                  description="a probe sender this late is a host stall: no verdicts for as long")
     baseline_s: StrictInt = Field(60, ge=1, le=86_400, description="a link's RTT baseline is its lowest window "
                                                                    "median over this long")
 
@@ -305,6 +304,7 @@ class Detection(_Strict):
 
 class Damping(_Strict):
     """Flap damping (appliance.core.damping, which says what the defaults give)."""
+    enabled: StrictBool = Field(True, description="false: a flapping link is never suppressed")
     penalty: StrictInt = Field(1000, ge=1, le=1_000_000, description="added to a link's figure of merit per flap")
     suppress: StrictInt = Field(2000, ge=1, le=1_000_000, description="above this the link is suppressed")
     reuse: StrictInt = Field(750, ge=1, le=1_000_000, description="below this a suppressed link is reusable")
@@ -333,7 +333,7 @@ class Damping(_Strict):
 
     @property
     def params(self) -> DampingParams:
-        return DampingParams(penalty=float(self.penalty), suppress=float(self.suppress), reuse=float(self.reuse),
+        return DampingParams(enabled=self.enabled, penalty=float(self.penalty), suppress=float(self.suppress), reuse=float(self.reuse),
                              half_life_ns=int(self.half_life_s * 1e9), max_suppress_ns=int(self.max_suppress_s * 1e9))
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class DampingParams:
+    enabled: bool = True            # off: no flap counts, no link is ever suppressed
     penalty: float = 1000.0
     suppress: float = 2000.0
     reuse: float = 750.0
@@ -63,6 +64,8 @@ def merit(s: Damping, p: DampingParams, ts_ns: int) -> float:
 def flap(s: Damping, p: DampingParams, ts_ns: int) -> Damping:
     """The state after one flap at ts_ns (settle first, so a suppression that
     has run out is not extended)."""
+    if not p.enabled:
+        return s
     s = settle(s, p, ts_ns)
     m = min(merit(s, p, ts_ns) + p.penalty, p.ceiling)
     suppressed_ns = s.suppressed_ns if s.suppressed else (ts_ns if m > p.suppress else None)

@@ -66,3 +66,11 @@ def test_the_state_is_a_value():
     before = flaps(0)
     flap(before, P, T0)
     assert before == Damping(1000.0, T0, None)
+
+
+def test_disabled_damping_counts_no_flap_and_suppresses_nothing():
+    p = DampingParams(enabled=False)
+    s = Damping()
+    for i in range(10):
+        s = flap(s, p, i * 1_000_000)
+    assert s == Damping() and not s.suppressed
