@@ -8,7 +8,8 @@ import itertools
 import operator
 import sys
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+
+from appliance.core.detect import Window
 
 
 def inet_csum(data: bytes) -> int:
@@ -54,18 +55,10 @@ def next_period(deadline: int, now: int, interval: int) -> tuple[int, int, int]:
     return due, late_ns, 0
 
 
-class WindowSummary(NamedTuple):
-    """What the failure detector reads of one link over one window of probes
-    [lo, hi): both fastpath.detect and this module return it."""
-    sent: int
-    answered: int
-    lost: int
-    rtt_p50_ns: int
-    rtt_p90_ns: int
-    rtt_min_ns: int
-    rtt_max_ns: int
-    jitter_ns: int
-    longest_gap: int
+# What the failure detector reads of one link over one window of probes
+# [lo, hi): both fastpath.detect and this module return the core's own input
+# type, so the two can never disagree on a field.
+WindowSummary = Window
 
 
 def window_error(ring_len: int, lo: int, hi: int) -> str | None:
