@@ -95,6 +95,7 @@ _VALID = {
 }
 IFF_UP = 1
 PR_SET_TIMERSLACK = 29
+HELPER_PRIORITY = 5     # SCHED_FIFO; the daemon's probe sender runs at 10
 _ZERO_KEY = ctypes.c_uint32(0)
 
 
@@ -263,13 +264,17 @@ class HelperStop:
 
 def helper_setup() -> None:
     """A helper process's first step: SIGTERM/SIGINT set HelperStop, and its
-    sleeps end on time (timer slack 1 ns, not the default 50 µs)."""
+    sleeps end on time (timer slack 1 ns, not the default 50 µs) and are not
+    stretched by a loaded host (SCHED_FIFO, below the probe sender's): a
+    carrier's delay does not wait for a CPU, and a delay line that did would
+    turn a 1 ms delay into an occasional 4 ms silence, a dead link."""
     def request_stop(_signum, _frame) -> None:
         HelperStop.requested = True
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(HELPER_PRIORITY))
 
 
 def record_event(lab: Lab, link: str, event: str, mono_ns: int, **fields) -> None:

@@ -196,18 +196,23 @@ def status(name: str | None = None) -> dict:
 
 
 def write_config(lab: Lab, interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,
-                 feeds: bool = False, spare_links: int = 0) -> Path:
+                 feeds: bool = False, spare_links: int = 0, damping: bool = True) -> Path:
     """Write the daemon config for this lab (atomically: a running daemon may re-read it)."""
-    _write_atomically(lab.config_path, render_config(interval_us, multiplier, holddown_ms, feeds, spare_links))
+    _write_atomically(lab.config_path, render_config(interval_us, multiplier, holddown_ms, feeds, spare_links,
+                                                     damping))
     return lab.config_path
 
 
 def render_config(interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,
-                  feeds: bool = False, spare_links: int = 0) -> str:
+                  feeds: bool = False, spare_links: int = 0, damping: bool = True) -> str:
     """The daemon config for the lab topology (also the packet fixtures'
     config); with `feeds`, XDP arbitration of the lab's two market-data feeds.
     The failover tests run without: see the README's known limits.
-    `spare_links` adds that many of SPARE_LINKS (see add_spare_links)."""
+    `spare_links` adds that many of SPARE_LINKS (see add_spare_links).
+    Without `damping`, a link that fails again and again is never held out
+    (for benches that inject a fresh failure every second).
+    Classes: orders (active-backup, A then B), marketdata (active-backup,
+    B then A) and quotes (lowest-latency over A and B)."""
     link_a, link_b = LINKS["A"], LINKS["B"]
     spares = "".join(f"""
 [[links]]
@@ -242,6 +247,11 @@ links = ["A", "B"]
 name = "marketdata"
 links = ["B", "A"]
 
+[[classes]]
+name = "quotes"
+links = ["A", "B"]
+policy = "lowest-latency"
+
 [[rules]]
 class = "orders"
 dst = "{EXCHANGE_NET}"
@@ -253,7 +263,13 @@ class = "marketdata"
 dst = "{EXCHANGE_NET}"
 proto = "udp"
 ports = "9100-9199"
-""" + (FEEDS_CONFIG if feeds else "")
+
+[[rules]]
+class = "quotes"
+dst = "{EXCHANGE_NET}"
+proto = "udp"
+ports = "9200-9299"
+""" + ("" if damping else "\n[damping]\nenabled = false\n") + (FEEDS_CONFIG if feeds else "")
 
 
 FEEDS_CONFIG = f"""
