@@ -11,7 +11,7 @@ from lab import faults, feedrun, processes, topology
 from lab.feedplan import FeedPlan
 
 # Log lines that report rather than decide: not made by the core, not replayed.
-REPORTS = {"attached", "adopted", "health", "feed-summary", "stopped"}
+REPORTS = {"attached", "adopted", "health", "feed-summary", "stopped", "warning"}
 
 
 def decisions_logged(daemon) -> list[dict]:
@@ -19,6 +19,7 @@ def decisions_logged(daemon) -> list[dict]:
 
 
 def replayed(trace) -> list[dict]:
+    """What `twinpath replay` prints for a recorded trace, as decisions."""
     out = subprocess.run([sys.executable, "-m", "appliance.cli", "replay", str(trace)], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     return [json.loads(line) for line in out.splitlines()]

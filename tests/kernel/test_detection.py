@@ -1,0 +1,108 @@
+"""The decisions of issue #11 in the lab, each recorded and replayed: one-way
+blackholes move traffic off the link whose send or receive path died; added
+delay moves a lowest-latency class and not an active-backup one; a flapping
+link is suppressed after the damping threshold and reused after decay.
+`twinpath replay` of each run's trace must print exactly the decisions the
+daemon logged."""
+import time
+
+import pytest
+
+from lab import faults, processes, topology
+from tests.kernel.test_replay import decisions_logged, replayed
+
+
+def moves(events, cls=None) -> list[tuple[str, str, str, str]]:
+    return [(e["class"], e["cause"], e["from"], e["to"]) for e in events
+            if e["event"] == "failover" and cls in (None, e["class"])]
+
+
+def wait_until(daemon, predicate, timeout_s: float) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        events = daemon.events()
+        if predicate(events):
+            return events
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s} s; decisions: {moves(daemon.events())}")
+
+
+def recorded_run(lab, name, config, scenario):
+    """Runs scenario(daemon) on a recording daemon; returns (live decisions, replayed ones)."""
+    work = lab.dir / f"detection-{name}"
+    work.mkdir(parents=True, exist_ok=True)
+    trace = work / "trace.jsonl"
+    daemon = processes.DaemonProcess(lab, config, work / "daemon.jsonl", record=trace)
+    try:
+        daemon.wait_for("ready", 30)
+        scenario(daemon, work)
+    finally:
+        daemon.stop()
+    live = decisions_logged(daemon)
+    return live, replayed(trace)
+
+
+@pytest.mark.parametrize("fault", ["blackhole-tx", "blackhole-rx"])
+def test_a_one_way_blackhole_moves_orders_off_the_link(lab, fault):
+    def scenario(daemon, work):
+        faults.inject(lab, fault, "A")
+        try:
+            receiver, sender = processes.udp_stream(lab, work, 10_000, 0.3, 9000)  # the data path switches on traffic
+            sender.result(timeout_s=15)
+            receiver.result(timeout_s=20)
+        finally:
+            faults.clear(lab, fault, "A")
+        wait_until(daemon, lambda ev: ("orders", "failback", "B", "A") in moves(ev), 15)
+
+    config = topology.write_config(lab, holddown_ms=300, damping=False)
+    live, again = recorded_run(lab, fault, config, scenario)
+    assert moves(live, "orders") == [("orders", "heartbeat", "A", "B"), ("orders", "failback", "B", "A")]
+    assert again == live
+
+
+def test_delay_moves_the_lowest_latency_class_but_not_the_active_backup_one(lab):
+    # Dead interval 10 ms: a lab delay line that hiccups for a few ms must
+    # not kill the link; this is about latency, not death.
+    def scenario(daemon, work):
+        faults.inject(lab, "delay", "A", delay_us=1500)
+        try:
+            wait_until(daemon, lambda ev: moves(ev, "quotes"), 10)
+            time.sleep(1.0)   # orders (active-backup) had time to move too: it must not
+        finally:
+            faults.clear(lab, "delay", "A")
+
+    config = topology.write_config(lab, multiplier=10, holddown_ms=300, damping=False)
+    live, again = recorded_run(lab, "delay", config, scenario)
+    (move,) = [e for e in live if e["event"] == "failover"]
+    assert (move["class"], move["cause"], move["from"], move["to"]) == ("quotes", "lower-latency", "A", "B")
+    evidence = move["evidence"]
+    assert evidence["A"]["rtt"]["value_us"] > 1000 > evidence["B"]["rtt"]["value_us"]
+    assert move["rtt_from_us"] > move["rtt_to_us"] + move["margin_us"]
+    assert again == live
+
+
+def test_a_flapping_link_is_suppressed_then_reused_after_decay(lab):
+    # Damping that decays fast enough for a test: half-life 2 s, so three
+    # flaps (merit ~2800 > 2000) are reusable below 750 within about 4 s.
+    def scenario(daemon, work):
+        faults.inject(lab, "flap", "A", down_ms=50, up_ms=450, count=5)
+        receiver, sender = processes.udp_stream(lab, work, 5000, 3.0, 9000)  # the data path switches on traffic
+        sender.result(timeout_s=15)
+        receiver.result(timeout_s=20)
+        wait_until(daemon, lambda ev: any(e["event"] == "undamped" for e in ev)
+                   and moves(ev, "orders")[-1][3] == "A", 20)
+        faults.clear(lab, "flap", "A")
+
+    config = topology.write_config(lab, holddown_ms=200)
+    config.write_text(config.read_text() + "\n[damping]\nhalf_life_s = 2.0\nmax_suppress_s = 10.0\n")
+    live, again = recorded_run(lab, "flap", config, scenario)
+    damped = [e for e in live if e["event"] == "damped"]
+    assert damped and damped[0]["link"] == "A" and damped[0]["penalty"] > 2000
+    (undamped,) = [e for e in live if e["event"] == "undamped"]
+    assert undamped["link"] == "A"
+    # No failback onto A while it was suppressed; one after it was reused.
+    failbacks = [e["mono_ns"] for e in live if e["event"] == "failover" and e["class"] == "orders"
+                 and e["to"] == "A"]
+    assert not [t for t in failbacks if damped[0]["mono_ns"] <= t < undamped["mono_ns"]]
+    assert [t for t in failbacks if t >= undamped["mono_ns"]]
+    assert again == live
