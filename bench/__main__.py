@@ -13,6 +13,8 @@ Sections, in order:
   failover  fault trials: twinpath at 1 ms x 3 and 200 us x 3, with plain kernel routing
             and (at 1 ms x 3) FRR bfdd at 10 ms x 3 seeing the same faults; TCP order sessions
   stress    false failovers, twinpath vs bfdd, with stress-ng on both cores and no fault
+  detection a soak under stress at 1 ms x 3 and 200 us x 3 (each beside bfdd), every fault
+            scenario of the lab (hard, one-way and gray), the Cython speedup (bench/detection.py)
   latency   ping-pong latency (from the intended send time) and lossless packet rate,
             fast path vs kernel forwarding, alternating
   control   daemon CPU % at 1 ms and 200 us with 2 and 8 links
@@ -37,7 +39,7 @@ from pathlib import Path
 from bench.progress import Progress
 from lab import topology
 
-SECTIONS = ("fastpath", "failover", "stress", "latency", "control", "security")
+SECTIONS = ("fastpath", "failover", "stress", "detection", "latency", "control", "security")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 
@@ -55,16 +57,18 @@ class Plan:
     security_spoof_trials: int   # spoofed-heartbeats runs
     security_forge_trials: int   # forged-session runs
     fuzz_frames: int             # fuzzed frames in all, spread over the product programs
+    soak_s: float                # detection soak, per heartbeat setting
+    detection_trials: int        # per detection scenario
 
 
 # pps steps: fine where the lab's one-core sender tops out (25-45k packets/s on the 2-core VM).
 FULL = Plan(fastpath_rounds=200, trials=200, stress_s=120, latency_blocks=6, latency_block_s=5, latency_rate=10_000,
             pps_steps=(10_000, 20_000, 25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 60_000, 80_000),
             pps_step_s=2.0, control_s=10, security_spoof_trials=20, security_forge_trials=5,
-            fuzz_frames=10_000_000)
+            fuzz_frames=10_000_000, soak_s=600, detection_trials=10)
 QUICK = Plan(fastpath_rounds=30, trials=8, stress_s=15, latency_blocks=2, latency_block_s=2, latency_rate=10_000,
              pps_steps=(10_000, 20_000, 30_000, 40_000, 50_000), pps_step_s=1.0, control_s=3,
-             security_spoof_trials=3, security_forge_trials=1, fuzz_frames=500_000)
+             security_spoof_trials=3, security_forge_trials=1, fuzz_frames=500_000, soak_s=20, detection_trials=2)
 
 
 def failover_blocks(plan: Plan):
@@ -93,6 +97,13 @@ def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path, progress: P
         from bench import stress
         with progress.bar(name, math.ceil(plan.stress_s), "s") as bar:
             return stress.run(lab, work, plan.stress_s, bar.advance)
+    if name == "detection":
+        from bench import detection
+        with progress.bar("detection soak", math.ceil(plan.soak_s) * len(detection.SOAK_SETTINGS), "s") as bar:
+            soak = detection.soak(lab, work, plan.soak_s, bar.advance)
+        with progress.bar("detection scenarios", plan.detection_trials * len(detection.SCENARIOS), "trials") as bar:
+            scenarios = detection.scenarios(lab, work, plan.detection_trials, bar.advance)
+        return {"soak": soak, "scenarios": scenarios, "cython_speedup": detection.cython_speedup()}
     if name == "latency":
         from bench import latency
         with progress.bar(name, latency.advances(plan), "blocks and steps") as bar:

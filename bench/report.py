@@ -74,6 +74,8 @@ def summarise(raw: dict) -> dict:
         out.update(_failover(s["failover"]))
     if "stress" in s:
         out["stress"] = s["stress"]
+    if "detection" in s:
+        out["detection"] = _detection(s["detection"])
     if "fastpath" in s:
         out["fastpath_ns"] = s["fastpath"]
     if "latency" in s:
@@ -246,6 +248,8 @@ def markdown(r: dict, plots: list[str]) -> str:
                   f"| FRR bfdd | {st['bfdd']['setting']} | {st['bfdd']['false_failovers']} |", "",
                   f"twinpath's heartbeat sender was late {st['twinpath']['heartbeat_late_periods']} periods, "
                   f"at most {st['twinpath']['heartbeat_max_late_us']} us.", ""]
+    if "detection" in r:
+        lines += _detection_lines(r["detection"])
     if "fastpath_ns" in r:
         lines += ["## Fast-path cost (BPF_PROG_TEST_RUN, side by side)", "",
                   "| program / path | hook | ns (p50 of rounds) | empty program ns | ratio | p99 ns | repeat |",
@@ -309,6 +313,14 @@ def headline(r: dict) -> str:
     if "stress" in r:
         out.append(f"false failovers under stress-ng: twinpath {r['stress']['twinpath']['false_failovers']}, "
                    f"bfdd {r['stress']['bfdd']['false_failovers']}")
+    if "detection" in r:
+        det = r["detection"]
+        out.append("detection soak (stress-ng, no fault): false failovers " + ", ".join(
+            f"{k} {v['false_failovers']} in {v['seconds']} s (bfdd {v['bfdd']['session_downs']})"
+            for k, v in det["soak"].items()))
+        out.append("detection detect_us p50/p99: " + ", ".join(
+            f"{k} {_fmt(v['detect_us']['p50'])}/{_fmt(v['detect_us']['p99'])}" for k, v in det["scenarios"].items())
+            + f"; Cython window loop {det['cython_speedup']['speedup']}x")
     if "tcp_stall_ms" in r:
         out.append(f"TCP order session across a blackhole failover: stall p50 {_fmt(r['tcp_stall_ms']['p50'], 1)} ms, "
                    f"max {_fmt(r['tcp_stall_ms']['max'], 1)} ms, sessions survived {r['tcp_sessions_survived']:.0%}")
@@ -325,6 +337,36 @@ def headline(r: dict) -> str:
         from bench import security
         out.append(security.headline(r["security"]))
     return "\n".join(out)
+
+
+def _detection(d: dict) -> dict:
+    """detection.soak, .scenarios.<name> and .cython_speedup as the contract
+    names them; per-event detail stays in raw.json."""
+    soak = {setting: {k: v for k, v in r.items() if k != "failover_events"} for setting, r in d["soak"].items()}
+    scenarios = {name: {k: v for k, v in r.items() if k != "wrong_move_events"} for name, r in d["scenarios"].items()}
+    return {"soak": soak, "scenarios": scenarios, "cython_speedup": d["cython_speedup"]}
+
+
+def _detection_lines(det: dict) -> list[str]:
+    lines = ["## Detection (issue #11)", "", "### Soak: no fault, stress-ng --cpu 2 plus traffic", "",
+             "| setting | seconds | false failovers | bfdd 10 ms x 3 session downs | other verdicts | sender late periods |",
+             "|---|---|---|---|---|---|"]
+    for setting, s in det["soak"].items():
+        lines.append(f"| {setting} | {s['seconds']} | {s['false_failovers']} | {s['bfdd']['session_downs']} | "
+                     f"{s['decisions'] or '-'} | {s['heartbeat_late_periods']} |")
+    lines += ["", "### Scenarios: a fault on a carrier link, 1 ms x 3", "",
+              "detect_us: from the fault (creep-then-blackhole: from its blackhole; negative = left before it). "
+              "The class that must move: orders (active-backup), quotes (lowest-latency) for delay.", "",
+              "| scenario | trials | detected | detect_us p50 / p99 / max | failovers | lost orders | "
+              "flaps suppressed | wrong moves | causes |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in det["scenarios"].items():
+        lines.append(f"| {name} | {r['trials']} | {r['detected']} | {_pct(r['detect_us'])} | {r['failovers']} | "
+                     f"{r['lost']} | {r['flaps_suppressed']} | {r['wrong_moves']} | {', '.join(r['causes'])} |")
+    c = det["cython_speedup"]
+    lines += ["", f"Window summaries (fastpath/detect.pyx) on one batch of {c['batch_windows']} windows: "
+                  f"Cython {c['cython_ns_per_window']} ns, Python reference {c['python_ns_per_window']} ns per window, "
+                  f"{c['speedup']}x.", ""]
+    return lines
 
 
 # ---------------------------------------------------------------- plots

@@ -10,6 +10,7 @@ import math
 import signal
 import subprocess
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from lab.processes import DaemonProcess, stop_stream, udp_stream
 
 PORTS = {"orders": 9000, "marketdata": 9100}
 INTERVAL_US, MULTIPLIER = 1000, 3
+DECISIONS = ("gray", "gray-cleared", "hold", "damped", "undamped", "warning", "error")
 
 
 def run(lab: topology.Lab, work: Path, seconds: float, advance: Advance, rate_pps: int = 5000,
@@ -58,6 +60,9 @@ def run(lab: topology.Lab, work: Path, seconds: float, advance: Advance, rate_pp
                      "false_failovers": sum(1 for e in failovers if e["cause"] != "failback"),
                      "failbacks": sum(1 for e in failovers if e["cause"] == "failback"),
                      "failover_events": failovers,
+                     # The core's other verdicts in the same stretch: gray, hold, damped, ...
+                     "decisions": dict(Counter(e["event"] for e in events if e.get("event") in DECISIONS
+                                               and start_ns <= e["mono_ns"] <= end_ns)),
                      "heartbeat_late_periods": stopped.get("late_periods"),
                      "heartbeat_max_late_us": stopped.get("max_late_us"),
                      "streams": {name: {"issued": sent["issued"], "received": got["received"],
