@@ -46,10 +46,24 @@ def cmd_check_config(args) -> int:
     cfg = _load_config(args.config)
     if cfg is None:
         return 2
-    print(f"{args.config}: ok. heartbeat {cfg.heartbeat.interval_us} us x {cfg.heartbeat.multiplier} "
-          f"(dead after {cfg.heartbeat.dead_ns / 1e6:g} ms), failback hold-down {cfg.heartbeat.holddown_ms} ms")
+    hb, det, damp = cfg.heartbeat, cfg.detection, cfg.damping
+    print(f"{args.config}: ok. heartbeat {hb.interval_us} us x {hb.multiplier} "
+          f"(dead after {hb.dead_ns / 1e6:g} ms), failback hold-down {hb.holddown_ms} ms, "
+          f"sender {'SCHED_FIFO ' + str(hb.sender_priority) if hb.sender_priority else 'normal scheduling'}")
+    print(f"  gray: {det.quorum} of rtt (> baseline + max({det.rtt_margin_us} us, {det.rtt_margin_ratio:g} x)), "
+          f"loss (> {det.loss_threshold:g} of {det.loss_window} probes or > {det.loss_burst} in a row), "
+          f"jitter (> {det.jitter_threshold_us} us) for {det.confirm} readings")
+    print("  damping: " + (f"penalty {damp.penalty} per flap, suppress > {damp.suppress}, reuse < {damp.reuse}, "
+                            f"half-life {damp.half_life_s:g} s, at most {damp.max_suppress_s:g} s"
+                            if damp.enabled else "off") +
+          f"; prediction {'on above ' + format(cfg.prediction.threshold, 'g') if cfg.prediction.enabled else 'off'}")
     for c in cfg.classes:
-        print(f"  class {c.name}: links {' > '.join(c.links)}")
+        if c.policy == "lowest-latency":
+            how = (f"lowest-latency, better by max({c.hysteresis_us} us, {c.hysteresis_ratio:g} x) for "
+                   f"{c.confirm} readings, dwell {c.min_dwell_ms} ms")
+        else:
+            how = f"active-backup, {'preempt' if c.preempt else 'no preempt'}"
+        print(f"  class {c.name}: links {' > '.join(c.links)} ({how})")
     for prefix, rules in compile_rules(cfg).items():
         for r in rules:
             print(f"  {prefix} proto {proto_names[r.proto]} ports {r.port_lo}-{r.port_hi} -> "

@@ -322,6 +322,9 @@ def test_check_config_command(tmp_path, capsys):
     assert main(["check-config", str(good)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{good}: ok.") and "198.19.0.0/24 proto udp ports 9000-9099 -> orders" in out
+    # What the daemon will decide with, defaults included, so an engineer sees it before starting it.
+    assert "sender SCHED_FIFO 10" in out and "gray: 2 of rtt" in out and "damping: penalty 1000" in out
+    assert "class orders: links A > B (active-backup, preempt)" in out
     assert main(["check-config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{bad}: invalid configuration:") and "rules.0.ports:" in err
