@@ -174,6 +174,7 @@ MAPS = {
     "tp_links": (u32, Link),
     "tp_health": (u32, Health),
     "tp_rtt_ring": (u32, RttRing),
+    "tp_unsent": (u32, u64),
     "tp_classes": (u32, Class),
     "tp_active": (u32, u64),
     "tp_keys": (u32, Key),

@@ -841,7 +841,7 @@ class GatewayFixture:
 
     def reset(self) -> None:
         bpf = self.gw.bpf
-        for name in ("tp_health", "tp_rtt_ring", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
+        for name in ("tp_health", "tp_rtt_ring", "tp_unsent", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
             bpf[name].clear()
         self.gw.write_policy()
         for i, l in enumerate(self.links):

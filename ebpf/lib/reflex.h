@@ -5,7 +5,8 @@
  * silence, which takes both halves of the evidence: no reply for the dead
  * interval (TP_DEAD_NS = interval x multiplier, compile-time constants set by
  * the loader) AND at least TP_MISSED_PROBES probes sent since the last reply
- * that went unanswered. Time alone is not evidence: a probe sender held off
+ * that went unanswered (or that the kernel refused to send at all, its route
+ * or device down: tp_unsent, from the sender). Time alone is not evidence: a probe sender held off
  * the CPU (a busy host; measured 3-6 ms under stress-ng) leaves every link
  * silent, and when it resumes the first link of its round answers
  * microseconds before the next, which a time-only rule took for the next
@@ -60,7 +61,10 @@ static __always_inline int tp_link_fresh(__u32 link, __u64 now, int is_current, 
 		return 0;
 	if (h->last_reply_ns && now - h->last_reply_ns <= TP_DEAD_NS)
 		return 1;
-	return is_current && h->unanswered < TP_MISSED_PROBES;
+	if (!is_current)
+		return 0;
+	__u64 *unsent = tp_unsent.lookup(&link);
+	return h->unanswered + (unsent ? *unsent : 0) < TP_MISSED_PROBES;
 }
 
 /* The link this class's packet leaves on, switching if the current one is

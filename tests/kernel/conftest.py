@@ -56,7 +56,7 @@ class FixtureGateway:
     def reset(self):
         from appliance.edge.keys import HeartbeatKey
         gw = self.gw
-        for name in ("tp_health", "tp_rtt_ring", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
+        for name in ("tp_health", "tp_rtt_ring", "tp_unsent", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
             gw.bpf[name].clear()
         gw.write_policy()
         gw.write_keys([HeartbeatKey(i, k) for i, k in FIXTURE_KEYS])

@@ -240,6 +240,18 @@ def test_link_is_dead_once_multiplier_minus_one_probes_went_unanswered(gateway):
     assert len(gateway.events) == 1
 
 
+def test_probes_the_kernel_refused_to_send_count_as_unanswered(gateway):
+    # A link whose route or device is down: its probes never reach the
+    # egress program (unanswered stays 0); the sender reports them.
+    import ctypes
+    gateway.set_fresh(A, age_ns=1_000_000_000, unanswered=0)
+    gateway.set_fresh(B, age_ns=0)
+    gateway.gw.bpf["tp_unsent"][ctypes.c_uint32(A)] = ctypes.c_uint64(2)
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["B.nh"]
+    assert len(gateway.events) == 1
+
+
 def test_standby_answering_later_rounds_wins(gateway):
     gateway.set_fresh(A, age_ns=350_000_000)
     gateway.set_fresh(B, age_ns=100_000_000)   # 250 ms newer: later rounds got through
