@@ -238,8 +238,7 @@ class Daemon:
 
             sockets = [open_probe_socket(l.dev, s.local, l.target) for l, s in zip(cfg.links, self.links)]
             sender = Sender(sockets, [layout.probe_template(i, PROBE_IDENT) for i in range(len(cfg.links))],
-                            layout.PROBE_SEQ_OFFSET, cfg.heartbeat.interval_us * 1000,
-                            unsent_fd=self.gw.bpf["tp_unsent"].map_fd)
+                            layout.PROBE_SEQ_OFFSET, cfg.heartbeat.interval_us * 1000)
             monitor = netlink.Monitor()
             start = self._start(receivers)
             self.core = Core(start)

@@ -92,7 +92,7 @@ class Link(ctypes.Structure):
 class Health(ctypes.Structure):
     _fields_ = [("last_reply_ns", u64), ("fresh_since_ns", u64), ("rtt_ewma_ns", u64),
                 ("rtt_last_ns", u64), ("replies", u64), ("probes", u64), ("seq_top", u64), ("seq_seen", u64),
-                ("unanswered", u64)]
+                ("unanswered", u64), ("stamped_seq", u64)]
 
 
 class RttRing(ctypes.Structure):
@@ -174,7 +174,7 @@ MAPS = {
     "tp_links": (u32, Link),
     "tp_health": (u32, Health),
     "tp_rtt_ring": (u32, RttRing),
-    "tp_unsent": (u32, u64),
+    "tp_probe_round": (u32, u64),
     "tp_classes": (u32, Class),
     "tp_active": (u32, u64),
     "tp_keys": (u32, Key),

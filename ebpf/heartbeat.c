@@ -63,6 +63,10 @@ int tp_hb_egress(struct __sk_buff *skb)
 
 	__sync_fetch_and_add(&h->probes, 1);
 	__sync_fetch_and_add(&h->unanswered, 1);
+	h->stamped_seq = probe->seq;
+	__u64 *round = tp_probe_round.lookup(&zero);
+	if (round && probe->seq > *round)
+		*round = probe->seq;   /* one sender: a race only delays this by a round */
 	tp_count(TP_STAT_PROBE_STAMPED);
 	return TC_ACT_OK;
 }

@@ -20,35 +20,12 @@ cdef extern from "layout.h":
 
 cdef extern from *:
     """
-    #include <errno.h>
-    #include <string.h>
-    #include <unistd.h>
-    #include <sys/syscall.h>
-    #include <linux/bpf.h>
     /* The daemon takes the sender's lateness window while the sender runs
      * without the GIL on another thread. */
     static inline unsigned long long tp_take(unsigned long long *p)
     { return __atomic_exchange_n(p, 0ULL, __ATOMIC_RELAXED); }
-    /* tp_unsent[link] = value, one bpf(2) call: only when a link's run of
-     * failed sends starts, grows or ends. */
-    static inline int tp_put_unsent(int fd, unsigned int link, unsigned long long value)
-    {
-        union bpf_attr a;
-        memset(&a, 0, sizeof(a));
-        a.map_fd = fd;
-        a.key = (unsigned long)&link;
-        a.value = (unsigned long)&value;
-        a.flags = BPF_ANY;
-        return syscall(__NR_bpf, BPF_MAP_UPDATE_ELEM, &a, sizeof(a));
-    }
-    /* The kernel refused the probe because the link's route or device is
-     * down: the link cannot send, evidence as good as a lost probe. (A full
-     * socket buffer is the host's, not the link's, and is not counted.) */
-    static inline int tp_link_refused(void) { return errno == ENETUNREACH || errno == ENETDOWN; }
     """
     unsigned long long tp_take(unsigned long long *p) nogil
-    int tp_put_unsent(int fd, unsigned int link, unsigned long long value) nogil
-    int tp_link_refused() nogil
 
 cdef enum:
     MAX_PROBE = 128     # most bytes of ICMP message per link
@@ -133,8 +110,6 @@ cdef class Sender:
     """Sends probes on connected raw ICMP sockets, one per link.
 
     sockets: connected SOCK_RAW/IPPROTO_ICMP sockets (bound to their device).
-    unsent_fd: the tp_unsent map, where each link's run of probes the kernel
-    refused to send (route or device down) is kept for the reflex; -1: none.
     templates: full ICMP message per link (8-byte echo header + payload) with
     checksum and sequence zero. seq_offset: offset of the probe's u64 sequence
     number within the message (native order, like the whole probe struct).
@@ -150,12 +125,10 @@ cdef class Sender:
     cdef unsigned long long window_late_ns  # the longest lateness since take_late_ns()
     cdef unsigned long long sent_[TP_MAX_LINKS]
     cdef unsigned long long errors_[TP_MAX_LINKS]
-    cdef unsigned long long unsent_[TP_MAX_LINKS]  # consecutive probes the kernel refused to send
-    cdef int unsent_fd
     cdef uint64_t seq
     cdef object _sockets
 
-    def __init__(self, sockets, templates, int seq_offset, long long interval_ns, int unsent_fd=-1):
+    def __init__(self, sockets, templates, int seq_offset, long long interval_ns):
         if len(sockets) > TP_MAX_LINKS:
             raise ValueError(f"{len(sockets)} links: at most {TP_MAX_LINKS} (TP_MAX_LINKS, ebpf/lib/layout.h)")
         if not sockets or len(sockets) != len(templates):
@@ -174,8 +147,6 @@ cdef class Sender:
             memcpy(self.buf[i], <const char *>t, len(t))
             self.sent_[i] = 0
             self.errors_[i] = 0
-            self.unsent_[i] = 0
-        self.unsent_fd = unsent_fd
         # Microseconds since boot: a restarted sender never reuses a sequence
         # the previous one used, so the kernel's anti-replay window needs no reset.
         self.seq = mono_ns() // 1000
@@ -218,20 +189,8 @@ cdef class Sender:
             _fill_probe(self.buf[i], self.lens[i], self.seq_off, self.seq)
             if send(self.fds[i], self.buf[i], self.lens[i], 0) == self.lens[i]:
                 self.sent_[i] += 1
-                if self.unsent_[i]:
-                    self.unsent_[i] = 0
-                    self._report_unsent(i)
             else:
                 self.errors_[i] += 1  # e.g. no carrier: keep probing the others
-                if tp_link_refused():
-                    self.unsent_[i] += 1
-                    self._report_unsent(i)
-
-    cdef void _report_unsent(self, int i) noexcept nogil:
-        # The egress program never sees a probe the kernel refused to route,
-        # so tp_health.unanswered cannot count it: the reflex adds tp_unsent.
-        if self.unsent_fd >= 0:
-            tp_put_unsent(self.unsent_fd, i, self.unsent_[i])
 
     cdef void _loop(self) noexcept nogil:
         cdef long long deadline

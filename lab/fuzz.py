@@ -841,7 +841,7 @@ class GatewayFixture:
 
     def reset(self) -> None:
         bpf = self.gw.bpf
-        for name in ("tp_health", "tp_rtt_ring", "tp_unsent", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
+        for name in ("tp_health", "tp_rtt_ring", "tp_probe_round", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
             bpf[name].clear()
         self.gw.write_policy()
         for i, l in enumerate(self.links):
@@ -1109,7 +1109,7 @@ class HbEgressHarness(_HeartbeatHarness):
         problems = _compare_stats(fx.gstats(), rf.stats, layout.STATS)
         for link in range(layout.MAX_LINKS):
             got = fx.health(link)
-            for name in ("probes", "unanswered"):
+            for name in ("probes", "unanswered", "stamped_seq"):
                 if getattr(got, name) != getattr(rf.health[link], name):
                     problems.append(f"tp_health[{link}].{name} = {getattr(got, name)}, "
                                     f"reference {getattr(rf.health[link], name)}")

@@ -368,6 +368,7 @@ class HealthModel:
     def __init__(self):
         self.probes = 0
         self.unanswered = 0
+        self.stamped_seq = 0
         self.replies = 0
         self.hist_base = 0           # RTT samples from before the harness last zeroed the entry
         self.seq_top = 0
@@ -426,6 +427,7 @@ class HbEgressRef(_HeartbeatRef):
         self.stats["probe_stamped"] += 1
         self.health[link].probes += 1
         self.health[link].unanswered += 1
+        self.health[link].stamped_seq = _U64LE.unpack_from(f, OFF_SEQ)[0]
         in_sum = ones_sum(f, ICMP_OFF, 48)
 
         def check(out: bytes) -> str | None:

@@ -129,6 +129,7 @@ struct tp_health {
 	__u64 seq_seen;             /* bit i: seq_top - i was accepted (anti-replay window) */
 	__u64 unanswered;           /* probes stamped since the last accepted reply: a link is dead
 	                             * only once probes went unanswered, not merely because time passed */
+	__u64 stamped_seq;          /* sequence of the last probe stamped on this link */
 };
 
 /* tp_rtt_ring[link]: the link's last TP_RTT_RING accepted replies, in slot

@@ -8,9 +8,10 @@
 BPF_ARRAY(tp_links, struct tp_link, TP_MAX_LINKS);
 BPF_ARRAY(tp_health, struct tp_health, TP_MAX_LINKS);
 BPF_ARRAY(tp_rtt_ring, struct tp_rtt_ring, TP_MAX_LINKS);
-/* Per link, the probes the kernel refused to send in a row (its route or
- * device down), written by the daemon's sender: no egress stamp counts them. */
-BPF_ARRAY(tp_unsent, __u64, TP_MAX_LINKS);
+/* [0]: the highest probe sequence stamped on any link (all links of a round
+ * share one): a link whose own stamped_seq lags it sent no probe in those
+ * rounds (lib/reflex.h). */
+BPF_ARRAY(tp_probe_round, __u64, 1);
 BPF_ARRAY(tp_keys, struct tp_key, TP_KEY_SLOTS);
 BPF_ARRAY(tp_classes, struct tp_class, TP_MAX_CLASSES);
 /* The class's current link: CAS'd by the data path on reflex failover,

@@ -4,15 +4,22 @@
  * Dead (the current link): carrier lost, next hop unknown, or heartbeat
  * silence, which takes both halves of the evidence: no reply for the dead
  * interval (TP_DEAD_NS = interval x multiplier, compile-time constants set by
- * the loader) AND at least TP_MISSED_PROBES probes sent since the last reply
- * that went unanswered (or that the kernel refused to send at all, its route
- * or device down: tp_unsent, from the sender). Time alone is not evidence: a probe sender held off
- * the CPU (a busy host; measured 3-6 ms under stress-ng) leaves every link
- * silent, and when it resumes the first link of its round answers
- * microseconds before the next, which a time-only rule took for the next
- * link dying (every false failover of bench/stress before this rule). A
- * sender that is on time sends MISSED_PROBES probes well inside the dead
- * interval, so a real failure is detected no later than before.
+ * the loader) AND at least TP_MISSED_PROBES rounds of probes missed since the
+ * last reply: stamped on this link and unanswered, or not stamped on it at
+ * all while other links' probes of those rounds were (the kernel swallowed
+ * them before egress: a neighbour flushed by carrier loss, a route ignored
+ * with the link down; the sender sees no error). Time alone is not
+ * evidence: a probe sender held off the CPU (a busy host; measured 3-6 ms
+ * under stress-ng) leaves every link silent, and when it resumes the first
+ * link of its round answers microseconds before the next, which a
+ * time-only rule took for the next link dying (every false failover of
+ * bench/stress before this rule); that next link lags the round by one,
+ * never by MISSED_PROBES. A sender that is on time sends MISSED_PROBES
+ * probes well inside the dead interval, so a real failure is detected no
+ * later than before. A probe still in flight counts as unanswered: with an
+ * RTT near the interval, choose a longer interval. (With maps pinned across
+ * a restart, a new sender's first round must not be read against the old
+ * one's stamped_seq.)
  *
  * Fresh (a standby): carrier up, next hop known, and a reply within the dead
  * interval. For a heartbeat failover it must also have answered probes sent
@@ -63,8 +70,10 @@ static __always_inline int tp_link_fresh(__u32 link, __u64 now, int is_current, 
 		return 1;
 	if (!is_current)
 		return 0;
-	__u64 *unsent = tp_unsent.lookup(&link);
-	return h->unanswered + (unsent ? *unsent : 0) < TP_MISSED_PROBES;
+	__u32 zero = 0;
+	__u64 *round = tp_probe_round.lookup(&zero);
+	__u64 unstamped = round && *round > h->stamped_seq ? *round - h->stamped_seq : 0;
+	return h->unanswered + unstamped < TP_MISSED_PROBES;
 }
 
 /* The link this class's packet leaves on, switching if the current one is

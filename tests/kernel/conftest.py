@@ -56,7 +56,7 @@ class FixtureGateway:
     def reset(self):
         from appliance.edge.keys import HeartbeatKey
         gw = self.gw
-        for name in ("tp_health", "tp_rtt_ring", "tp_unsent", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
+        for name in ("tp_health", "tp_rtt_ring", "tp_probe_round", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
             gw.bpf[name].clear()
         gw.write_policy()
         gw.write_keys([HeartbeatKey(i, k) for i, k in FIXTURE_KEYS])
@@ -75,7 +75,7 @@ class FixtureGateway:
             local=ipaddress.IPv4Address(ADDR[f"{name}.local"]),
             target=ipaddress.IPv4Address(ADDR[f"{name}.target"]), ttl_security=ttl_security))
 
-    def set_fresh(self, link_id, age_ns, fresh_for_ns=10**9, unanswered=3):
+    def set_fresh(self, link_id, age_ns, fresh_for_ns=10**9, unanswered=3, stamped_seq=0):
         """The link's last reply age_ns ago (None: never), with `unanswered`
         probes sent since (by default a sender that kept probing)."""
         import ctypes
@@ -85,7 +85,7 @@ class FixtureGateway:
         last = now - age_ns if age_ns is not None else 0
         self.gw.bpf["tp_health"][ctypes.c_uint32(link_id)] = layout.Health(
             last_reply_ns=last, fresh_since_ns=max(last - fresh_for_ns, 0) if last else 0,
-            unanswered=unanswered)
+            unanswered=unanswered, stamped_seq=stamped_seq)
 
     def run(self, prog, packet: bytes):
         from lab.libbpf import prog_test_run

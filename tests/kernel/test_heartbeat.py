@@ -81,6 +81,8 @@ def test_egress_stamps_kernel_time_signs_and_keeps_checksum_valid(gateway):
     assert_icmp_checksum_valid(out)
     assert gateway.gw.health()[A].probes == 1
     assert gateway.gw.health()[A].unanswered == unanswered + 1
+    assert gateway.gw.health()[A].stamped_seq == 1234
+    assert gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)].value == 1234
 
 
 @pytest.mark.parametrize("pkt", [

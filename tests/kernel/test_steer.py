@@ -1,5 +1,7 @@
 """Packet fixtures for tp_steer: scapy builds the packet, BPF_PROG_TEST_RUN
 runs the program, the test checks the verdict and the bytes it left."""
+import ctypes
+
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -240,13 +242,16 @@ def test_link_is_dead_once_multiplier_minus_one_probes_went_unanswered(gateway):
     assert len(gateway.events) == 1
 
 
-def test_probes_the_kernel_refused_to_send_count_as_unanswered(gateway):
-    # A link whose route or device is down: its probes never reach the
-    # egress program (unanswered stays 0); the sender reports them.
-    import ctypes
-    gateway.set_fresh(A, age_ns=1_000_000_000, unanswered=0)
-    gateway.set_fresh(B, age_ns=0)
-    gateway.gw.bpf["tp_unsent"][ctypes.c_uint32(A)] = ctypes.c_uint64(2)
+def test_rounds_whose_probe_never_reached_egress_count_as_missed(gateway):
+    # Carrier loss flushes the link's neighbour: its probes wait for ARP and
+    # are dropped before the egress program, with no error to the sender.
+    # Other links' probes of those rounds were stamped: the rounds are missed.
+    gateway.set_fresh(A, age_ns=1_000_000_000, unanswered=0, stamped_seq=100)
+    gateway.set_fresh(B, age_ns=0, stamped_seq=102)
+    gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)] = ctypes.c_uint64(101)
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["A.nh"]            # one round: a sender preempted mid-round looks the same
+    gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)] = ctypes.c_uint64(102)
     verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
     assert Ether(out).dst == MAC["B.nh"]
     assert len(gateway.events) == 1
