@@ -37,6 +37,7 @@ from appliance.core.classify import compile_rules
 from appliance.core.damping import DampingParams
 from appliance.core.detect import DetectParams
 from appliance.core.links import LinkParams
+from appliance.core.predict import FEATURES, Model
 
 # The feed protocols arbitration parses (layout.FEED_PROTOCOLS).
 FeedProtocol = Literal["moldudp64", "mdp3"]
@@ -337,14 +338,51 @@ class Damping(_Strict):
                              half_life_ns=int(self.half_life_s * 1e9), max_suppress_ns=int(self.max_suppress_s * 1e9))
 
 
+class PredictionModel(_Strict):
+    """A trained failure-prediction model (appliance.core.predict.Model):
+    the "model" object of bench/predict_train.py's weights file, as a table."""
+    features: list[StrictStr]
+    mean: list[StrictFloat]
+    scale: list[StrictFloat]
+    coef: list[StrictFloat]
+    intercept: StrictFloat
+    threshold: StrictFloat = Field(gt=0, lt=1, description="its operating point, chosen in training")
+    hold_ms: StrictInt = Field(ge=0, le=60_000, description="how long a prediction stands: its horizon")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.features != list(FEATURES):
+            raise _Problems([("features", (f"must be {list(FEATURES)} (what this twinpath computes), "
+                                           f"got {self.features}"))])
+        problems = [(key, f"must have {len(FEATURES)} values, got {len(getattr(self, key))}")
+                    for key in ("mean", "scale", "coef") if len(getattr(self, key)) != len(FEATURES)]
+        if not problems and not all(s > 0 for s in self.scale):
+            problems.append(("scale", "every value must be above 0"))
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    @property
+    def params(self) -> Model:
+        return Model(features=tuple(self.features), mean=tuple(self.mean), scale=tuple(self.scale),
+                     coef=tuple(self.coef), intercept=self.intercept, threshold=self.threshold,
+                     hold_ms=self.hold_ms)
+
+
 class Prediction(_Strict):
-    """The failure-prediction hook (appliance.core.policy): off unless enabled."""
+    """Failure prediction (appliance.core.policy, appliance.core.predict):
+    off unless enabled. Enabled with a model, each link's probability comes
+    from its own probe windows; without one, only from the "predict" input."""
     enabled: StrictBool = Field(False, description="let a link's predicted failure move classes early")
-    threshold: StrictFloat = Field(0.9, gt=0, lt=1, description="a prediction above this probability counts")
+    threshold: StrictFloat = Field(0.9, gt=0, lt=1, description="a prediction above this probability counts "
+                                                                "(default with a model: the model's own)")
+    model: PredictionModel | None = None
 
     @property
     def params(self) -> policy.Prediction:
-        return policy.Prediction(enabled=self.enabled, threshold=self.threshold)
+        threshold = self.model.threshold if self.model and "threshold" not in self.model_fields_set \
+            else self.threshold
+        return policy.Prediction(enabled=self.enabled, threshold=threshold)
 
 
 class FeedConfig(_Strict):
@@ -440,7 +478,8 @@ class Config(_Strict):
                           dead_ns=hb.dead_ns, holddown_ns=hb.holddown_ms * 1_000_000,
                           ready_timeout_ns=ready_timeout_ns, class_policies=[c.params for c in self.classes],
                           detection=self.detection.params, damping=self.damping.params,
-                          prediction=self.prediction.params)
+                          prediction=self.prediction.params,
+                          model=self.prediction.model.params if self.prediction.model else None)
 
 
 _PLAIN_MESSAGES = {

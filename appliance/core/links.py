@@ -10,7 +10,10 @@
   away from a link and a gray declaration each count as one flap of a link
   that was usable;
 - where each class runs (appliance.core.policy), including the operator's
-  force, drain and release and the prediction hook;
+  force, drain and release and the prediction hook: with prediction enabled
+  and a model, each link's probability of failing comes from its own
+  windows (appliance.core.predict); an outside "predict" input stands beside
+  it, and the higher of the two counts;
 - readiness: steering attaches once every link has answered, or after
   ready_timeout_ns (appliance.edge.dataplane.Gateway.attach_steer says why).
 
@@ -26,6 +29,7 @@ from typing import Any
 from appliance.core import policy
 from appliance.core.damping import Damping, DampingParams, flap, merit, reuse_ns, settle
 from appliance.core.detect import DetectParams, LinkDetector, StallWatch, Window
+from appliance.core.predict import LinkPredictor, Model
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class LinkParams:
     detection: DetectParams = DetectParams()
     damping: DampingParams = DampingParams()
     prediction: policy.Prediction = policy.Prediction()
+    model: Model | None = None    # the failure-prediction model, recorded with the start so replay uses it
 
     def policy_of(self, class_id: int) -> policy.ClassPolicy:
         return self.class_policies[class_id] if self.class_policies else policy.ClassPolicy()
@@ -57,6 +62,8 @@ class LinkParams:
         for key, kind in (("detection", DetectParams), ("damping", DampingParams), ("prediction", policy.Prediction)):
             if key in raw:
                 raw[key] = kind(**raw[key])
+        if raw.get("model") is not None:
+            raw["model"] = Model.from_json(raw["model"])
         return cls(**raw)
 
 
@@ -79,7 +86,8 @@ class LinkCore:
         # Failed since start or since its last flap: failing again is no new flap.
         self.failed = [True] * len(p.names)
         self.drained = [False] * len(p.names)
-        self.predicted = [0.0] * len(p.names)
+        self.predicted = [0.0] * len(p.names)   # from the "predict" input
+        self.predictors = [LinkPredictor(p.model) for _ in p.names] if p.prediction.enabled and p.model else []
         self.classes = [policy.ClassState() for _ in p.class_names]
         self.seen: list[policy.LinkObservation] | None = None   # the last health reading
 
@@ -246,8 +254,12 @@ class LinkCore:
     def _views(self, ts_ns: int) -> list[policy.LinkView]:
         return [policy.LinkView(fresh_for_ns=self._fresh_for_ns(link, ts_ns), rtt_ns=d.rtt_ns, loss=d.loss,
                                 gray=d.gray, suppressed=self.damping[link].suppressed, drained=self.drained[link],
-                                predicted=self.predicted[link])
+                                predicted=self._predicted(link, ts_ns))
                 for link, d in enumerate(self.detectors)]
+
+    def _predicted(self, link: int, ts_ns: int) -> float:
+        modelled = self.predictors[link].probability(ts_ns) if self.predictors else 0.0
+        return max(self.predicted[link], modelled)
 
     def _decide(self, ts_ns: int, class_id: int, current: int, views: list[policy.LinkView]) -> list[tuple]:
         switch, self.classes[class_id] = policy.decide(
@@ -264,10 +276,12 @@ class LinkCore:
             "evidence": self._evidence(ts_ns, sw.from_link, sw.to_link)}, ("active", sw.class_id, sw.to_link))
 
     def _evidence(self, ts_ns: int, *links: int) -> dict[str, dict]:
-        """What the core knew of each link: its detectors and its damping."""
+        """What the core knew of each link: its detectors, its damping and (with a model) its prediction."""
         return {self.p.names[l]: {**self.detectors[l].evidence(),
                                   "penalty": round(merit(self.damping[l], self.p.damping, ts_ns)),
-                                  "suppressed": self.damping[l].suppressed} for l in links}
+                                  "suppressed": self.damping[l].suppressed,
+                                  **({"prediction": self.predictors[l].evidence(ts_ns)} if self.predictors else {})}
+                for l in links}
 
     def _detect(self, ts_ns: int, windows: list[list[int] | None], sender_late_ns: int) -> list[tuple]:
         out = []
@@ -281,7 +295,10 @@ class LinkCore:
         for link, raw in enumerate(windows):
             if raw is None:
                 continue
-            verdict = self.detectors[link].observe(ts_ns, Window(*raw))
+            window = Window(*raw)
+            if self.predictors:
+                self.predictors[link].observe(ts_ns, window)
+            verdict = self.detectors[link].observe(ts_ns, window)
             if verdict:
                 name = self.p.names[link]
                 out.append(("gray" if verdict == "gray" else "gray-cleared",

@@ -1,7 +1,10 @@
+import json
 import re
+from pathlib import Path
 
 import pytest
 
+import appliance.core
 from appliance.core.config import ConfigError, parse
 from appliance.core.damping import DampingParams
 from appliance.core.detect import DetectParams
@@ -312,6 +315,19 @@ def test_load_names_the_file(tmp_path):
         load(tmp_path / "absent.toml")
     path.write_text(BASE)
     assert load(path).source == str(path)
+
+
+def test_enabled_prediction_without_a_model_gets_the_shipped_one(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text(BASE)
+    assert load(path).prediction.model is None                      # off: nothing loaded
+    path.write_text(BASE + "\n[prediction]\nenabled = true\n")
+    cfg = load(path)
+    shipped = json.loads((Path(appliance.core.__file__).parent / "predict_weights.json").read_text())["model"]
+    assert cfg.prediction.model.coef == shipped["coef"]
+    assert cfg.prediction.params.threshold == shipped["threshold"]   # the model's operating point
+    path.write_text(BASE + "\n[prediction]\nenabled = true\nthreshold = 0.5\n")
+    assert load(path).prediction.params.threshold == 0.5             # unless the config sets one
 
 
 def test_check_config_command(tmp_path, capsys):
