@@ -14,7 +14,8 @@ Sections, in order:
             and (at 1 ms x 3) FRR bfdd at 10 ms x 3 seeing the same faults; TCP order sessions
   stress    false failovers, twinpath vs bfdd, with stress-ng on both cores and no fault
   detection a soak under stress at 1 ms x 3 and 200 us x 3 (each beside bfdd), every fault
-            scenario of the lab (hard, one-way and gray), the Cython speedup (bench/detection.py)
+            scenario of the lab (hard, one-way and gray), the prediction model on fresh traces
+            and its benefit, the Cython speedup (bench/detection.py)
   latency   ping-pong latency (from the intended send time) and lossless packet rate,
             fast path vs kernel forwarding, alternating
   control   daemon CPU % at 1 ms and 200 us with 2 and 8 links
@@ -59,16 +60,19 @@ class Plan:
     fuzz_frames: int             # fuzzed frames in all, spread over the product programs
     soak_s: float                # detection soak, per heartbeat setting
     detection_trials: int        # per detection scenario
+    benefit_trials: int          # creep-then-blackhole per prediction mode and creep (bench/predict_benefit.py)
 
 
 # pps steps: fine where the lab's one-core sender tops out (25-45k packets/s on the 2-core VM).
 FULL = Plan(fastpath_rounds=200, trials=200, stress_s=120, latency_blocks=6, latency_block_s=5, latency_rate=10_000,
             pps_steps=(10_000, 20_000, 25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 60_000, 80_000),
             pps_step_s=2.0, control_s=10, security_spoof_trials=20, security_forge_trials=5,
-            fuzz_frames=10_000_000, soak_s=600, detection_trials=10)
+            fuzz_frames=10_000_000, soak_s=600, detection_trials=10,
+            benefit_trials=5)
 QUICK = Plan(fastpath_rounds=30, trials=8, stress_s=15, latency_blocks=2, latency_block_s=2, latency_rate=10_000,
              pps_steps=(10_000, 20_000, 30_000, 40_000, 50_000), pps_step_s=1.0, control_s=3,
-             security_spoof_trials=3, security_forge_trials=1, fuzz_frames=500_000, soak_s=20, detection_trials=2)
+             security_spoof_trials=3, security_forge_trials=1, fuzz_frames=500_000, soak_s=20, detection_trials=2,
+             benefit_trials=2)
 
 
 def failover_blocks(plan: Plan):
@@ -103,7 +107,11 @@ def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path, progress: P
             soak = detection.soak(lab, work, plan.soak_s, bar.advance)
         with progress.bar("detection scenarios", plan.detection_trials * len(detection.SCENARIOS), "trials") as bar:
             scenarios = detection.scenarios(lab, work, plan.detection_trials, bar.advance)
-        return {"soak": soak, "scenarios": scenarios, "cython_speedup": detection.cython_speedup()}
+        quick = plan is QUICK
+        with progress.bar("detection model", detection.model_runs(quick) + plan.benefit_trials * 4,
+                          "runs and trials") as bar:
+            model = detection.model(lab, work, quick, plan.benefit_trials, bar.advance)
+        return {"soak": soak, "scenarios": scenarios, "model": model, "cython_speedup": detection.cython_speedup()}
     if name == "latency":
         from bench import latency
         with progress.bar(name, latency.advances(plan), "blocks and steps") as bar:

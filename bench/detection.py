@@ -13,6 +13,11 @@ link failed, and how fast does it see each kind of failure.
              from its blackhole, so a move before it is negative); wrong_moves
              counts moves with no fault behind them, moves onto the faulted
              link, and (delay) moves of an active-backup class.
+  model      the shipped failure-prediction model (appliance/core/predict.py) on
+             lab traces recorded now from seeds its training never saw
+             (bench/predict_train.fresh: precision, recall, median_lead_ms), and
+             creep-then-blackhole with prediction off and on
+             (bench/predict_benefit: orders lost either way).
   cython_speedup  bench/detect_speed.py: the window loop against its reference.
 
 Damping is off except in flap (each trial here is a fresh failure a second
@@ -169,6 +174,28 @@ def summarize(sc: Scenario, windows: list[tuple[str, int, int, int]], events: li
         "wrong_move_events": sorted(wrong, key=lambda e: e["mono_ns"]),
         "causes": sorted({e["cause"] for e in moves}),
     }
+
+
+# The quick plan's trace kinds: one failure of each shape that reaches the
+# blackhole fast, and the benign case that fooled the first model.
+QUICK_MODEL_KINDS = ["creep-blackhole", "loss-blackhole", "normal", "delay-step"]
+
+
+def model_runs(quick: bool) -> int:
+    from bench import predict_traces
+    return len(predict_traces.plan(1, 1, MODEL_SEED, QUICK_MODEL_KINDS if quick else None))
+
+
+MODEL_SEED = 2
+
+
+def model(lab: topology.Lab, work: Path, quick: bool, benefit_trials: int, advance: Advance) -> dict:
+    """advance() after each recorded run and each benefit trial."""
+    from bench import predict_benefit, predict_train
+    out = predict_train.fresh(lab, work / "predict-traces", fail_runs=1, benign_runs=1, seed=MODEL_SEED,
+                              kinds=QUICK_MODEL_KINDS if quick else None, advance=advance)
+    out["benefit"] = predict_benefit.run(lab, work / "predict-benefit", benefit_trials, advance)
+    return out
 
 
 def cython_speedup() -> dict:

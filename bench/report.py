@@ -321,6 +321,12 @@ def headline(r: dict) -> str:
         out.append("detection detect_us p50/p99: " + ", ".join(
             f"{k} {_fmt(v['detect_us']['p50'])}/{_fmt(v['detect_us']['p99'])}" for k, v in det["scenarios"].items())
             + f"; Cython window loop {det['cython_speedup']['speedup']}x")
+        if "model" in det:
+            m = det["model"]
+            out.append(f"prediction model on fresh traces: precision {m['precision']}, recall {m['recall']}, "
+                       f"median lead {_fmt(m['median_lead_ms'])} ms; orders lost in creep-then-blackhole "
+                       + ", ".join(f"{c} {v['reactive']['lost_total']} reactive / {v['predictive']['lost_total']} "
+                                   f"predictive" for c, v in m["benefit"].items()))
     if "tcp_stall_ms" in r:
         out.append(f"TCP order session across a blackhole failover: stall p50 {_fmt(r['tcp_stall_ms']['p50'], 1)} ms, "
                    f"max {_fmt(r['tcp_stall_ms']['max'], 1)} ms, sessions survived {r['tcp_sessions_survived']:.0%}")
@@ -344,7 +350,14 @@ def _detection(d: dict) -> dict:
     names them; per-event detail stays in raw.json."""
     soak = {setting: {k: v for k, v in r.items() if k != "failover_events"} for setting, r in d["soak"].items()}
     scenarios = {name: {k: v for k, v in r.items() if k != "wrong_move_events"} for name, r in d["scenarios"].items()}
-    return {"soak": soak, "scenarios": scenarios, "cython_speedup": d["cython_speedup"]}
+    out = {"soak": soak, "scenarios": scenarios, "cython_speedup": d["cython_speedup"]}
+    if "model" in d:
+        m = d["model"]
+        benefit = {creep: {mode: {k: r[mode][k] for k in ("lost", "lost_total", "left_before_blackhole_ms",
+                                                          "causes", "false_moves")} for mode in ("reactive", "predictive")}
+                   for creep, r in m["benefit"].items() if isinstance(r, dict) and "reactive" in r}
+        out["model"] = {**{k: v for k, v in m.items() if k != "benefit"}, "benefit": benefit}
+    return out
 
 
 def _detection_lines(det: dict) -> list[str]:
@@ -362,6 +375,21 @@ def _detection_lines(det: dict) -> list[str]:
     for name, r in det["scenarios"].items():
         lines.append(f"| {name} | {r['trials']} | {r['detected']} | {_pct(r['detect_us'])} | {r['failovers']} | "
                      f"{r['lost']} | {r['flaps_suppressed']} | {r['wrong_moves']} | {', '.join(r['causes'])} |")
+    if "model" in det:
+        m = det["model"]
+        lines += ["", "### Failure prediction (appliance/core/predict.py, shipped weights)", "",
+                  f"On {m['runs']} lab runs recorded now from seeds its training never saw: precision {m['precision']}, "
+                  f"recall {m['recall']} ({m['predicted']} of {m['failures']} failures), median lead "
+                  f"{_fmt(m['median_lead_ms'])} ms (horizon {m['horizon_ms']} ms), false alarms per hour of "
+                  f"failure-free runs {m['false_alarms_per_hour']}.", "",
+                  "creep-then-blackhole, prediction off (reactive: gray detectors and reflex) and on:", "",
+                  "| creep | mode | orders lost (total) | left A before the blackhole, ms (min / p50 / max) | "
+                  "causes | false moves |", "|---|---|---|---|---|---|"]
+        for creep, modes in m["benefit"].items():
+            for mode, r in modes.items():
+                lines.append(f"| {creep} | {mode} | {r['lost_total']} | "
+                             f"{_pct(r['left_before_blackhole_ms'], ('min', 'p50', 'max'))} | "
+                             f"{', '.join(r['causes'])} | {r['false_moves']} |")
     c = det["cython_speedup"]
     lines += ["", f"Window summaries (fastpath/detect.pyx) on one batch of {c['batch_windows']} windows: "
                   f"Cython {c['cython_ns_per_window']} ns, Python reference {c['python_ns_per_window']} ns per window, "
