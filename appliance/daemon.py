@@ -207,6 +207,7 @@ class Daemon:
         return Start(
             links=cfg.link_params(READY_TIMEOUT_NS),
             feeds=FeedParams(names=[f.name for f in cfg.feeds], dsts=[str(f.dst) for f in cfg.feeds],
+                             line_links=[cfg.link_index(n) for n in arb.lines] if cfg.feeds else None,
                              grace_ns=int(arb.grace_ms * 1e6), silence_ns=int(arb.silence_ms * 1e6),
                              behind_seqs=arb.behind_seqs),
             carrier=[s.carrier for s in self.links], nexthop=[s.dst_mac for s in self.links],

@@ -277,7 +277,7 @@ class Detection(_Strict):
     loss_threshold: StrictFloat = Field(0.05, gt=0, lt=1, description="the loss detector trips above this fraction")
     loss_burst: StrictInt = Field(2, ge=1, le=100_000, description="... or on a run of more lost probes than this")
     jitter_threshold_us: StrictInt = Field(250, ge=1, le=10_000_000, description="the jitter detector trips above")
-    quorum: StrictInt = Field(2, description="detectors (of rtt, loss, jitter) that must agree")
+    quorum: StrictInt = Field(2, description="detectors (of rtt, loss, jitter, feed) that must agree")
     confirm: StrictInt = Field(4, ge=1, le=100_000, description="readings in a row they must agree to declare gray")
     clear: StrictInt = Field(200, ge=1, le=1_000_000,
                              description="readings in a row without a quorum that clear a gray link")
@@ -288,10 +288,10 @@ class Detection(_Strict):
 
     @field_validator("quorum")
     @classmethod
-    def _two_or_three(cls, v: int) -> int:
-        if not 2 <= v <= 3:
-            raise ValueError(f"must be 2 or 3 (of the 3 detectors; one alone is noise and never moves traffic), "
-                             f"got {v}")
+    def _two_to_four(cls, v: int) -> int:
+        if not 2 <= v <= 4:
+            raise ValueError(f"must be 2, 3 or 4 (of the detectors rtt, loss, jitter and feed; one alone is noise "
+                             f"and never moves traffic), got {v}")
         return v
 
     @property

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.core.feeds import FeedCore, FeedParams
+from appliance.core.feeds import LINE_NAMES, FeedCore, FeedParams
 from appliance.core.links import LinkCore, LinkParams
 
 # Inputs from outside the gateway's own machinery (the operator's control
@@ -94,7 +94,14 @@ class Core:
         if expected and sorted(fields) != sorted(expected):
             return [Decision(ts_ns, "refused", {"input": kind, "reason": f"takes {', '.join(expected)}; got "
                                                                          f"{', '.join(sorted(fields)) or 'nothing'}"})]
-        return [Decision(ts_ns, *d) for d in handler(ts_ns, **fields)]
+        decisions = [Decision(ts_ns, *d) for d in handler(ts_ns, **fields)]
+        line_links = self.feeds.p.line_links
+        if kind == "feed-lines" and line_links:
+            for d in decisions:
+                if d.event == "line-health":
+                    link = line_links[LINE_NAMES.index(d.fields["line"])]
+                    self.links.feed_line(link, f"{d.fields['feed']}/{d.fields['line']}", d.fields["status"])
+        return decisions
 
 
 def replay(start: Start, inputs: Iterable[tuple[str, int, dict[str, Any]]]) -> Iterator[Decision]:

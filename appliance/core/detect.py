@@ -20,6 +20,8 @@ link keeps:
   of consecutive losses longer than loss_burst among them.
 - jitter: the window's jitter (of windows with two answers or more),
   smoothed with gain 1/4, above its threshold.
+- feed: a market-data line this link carries is silent or behind while its
+  peer line flows (A/B arbitration's line health, appliance.core.feeds).
 
 One detector can be noise: a link is declared gray only when at least
 `quorum` agree for `confirm` consecutive readings, and cleared once fewer
@@ -97,6 +99,9 @@ class LinkDetector:
         self._run = 0            # consecutive losses at the end of the windows so far
         self._agree = self._healthy = 0
         self._signals: dict[str, Signal] = {}
+        # Market-data lines this link carries that are silent or behind while
+        # their peer line flows ("feed/line" -> status): its receive path.
+        self.feed_lines: dict[str, str] = {}
 
     @property
     def baseline_ns(self) -> int | None:
@@ -180,7 +185,8 @@ class LinkDetector:
         lossy = (self._judged >= p.loss_window and loss > p.loss_threshold) or self.burst > p.loss_burst
         jittery = self.jitter_ns is not None and self.jitter_ns > p.jitter_threshold_ns
         return {"rtt": rtt, "loss": Signal(loss, p.loss_threshold, lossy),
-                "jitter": Signal(self.jitter_ns, p.jitter_threshold_ns, jittery)}
+                "jitter": Signal(self.jitter_ns, p.jitter_threshold_ns, jittery),
+                "feed": Signal(len(self.feed_lines), None, bool(self.feed_lines))}
 
     def evidence(self) -> dict:
         """For the log: each detector's value, threshold and whether it
@@ -197,6 +203,7 @@ class LinkDetector:
                      "tripped": loss.tripped},
             "jitter": {"value_us": _us(jitter.value), "threshold_us": _us(jitter.threshold),
                        "tripped": jitter.tripped},
+            "feed": {"lines": dict(sorted(self.feed_lines.items())), "tripped": s["feed"].tripped},
         }
 
 

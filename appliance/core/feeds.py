@@ -243,6 +243,10 @@ class FeedParams:
     grace_ns: int          # how long a gap may wait for the other line's copy
     silence_ns: int
     behind_seqs: int
+    # The link carrying line A and line B: a line's health is evidence about
+    # its link (appliance.core.detect's `feed` signal). None in traces
+    # recorded before it was.
+    line_links: list[int] | None = None
 
 
 LINE_NAMES = ("A", "B")

@@ -159,6 +159,16 @@ class LinkCore:
                 out.append(("ready", {"fresh": dict(zip(self.p.names, fresh))}, ("steer",)))
         return out
 
+    def feed_line(self, link: int, line: str, status: str) -> None:
+        """A/B arbitration's health of a market-data line carried by `link`
+        ("feed/line"): evidence about the link's receive path, counted by its
+        `feed` detector from the next reading on."""
+        lines = self.detectors[link].feed_lines
+        if status == "ok":
+            lines.pop(line, None)
+        else:
+            lines[line] = status
+
     # -- operator inputs (the control socket) and the prediction hook --------
     def force(self, ts_ns: int, class_name: str, link_name: str) -> list[tuple]:
         """Pin a class to a link, moving it there now."""

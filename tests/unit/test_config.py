@@ -222,7 +222,7 @@ BAD_CONFIGS = {
     "hysteresis negative": (_class('policy = "lowest-latency"\nhysteresis_us = -1'), "classes.0.hysteresis_us",
                             "greater than or equal to 0"),
     "quorum of one": (_table("detection", "quorum = 1"), "detection.quorum", "one alone is noise"),
-    "quorum of four": (_table("detection", "quorum = 4"), "detection.quorum", "must be 2 or 3"),
+    "quorum of five": (_table("detection", "quorum = 5"), "detection.quorum", "must be 2, 3 or 4"),
     "loss threshold 1": (_table("detection", "loss_threshold = 1.0"), "detection.loss_threshold", "less than 1"),
     "stall as string": (_table("detection", 'stall_ms = "10"'), "detection.stall_ms", "must be a number"),
     "unknown detection key": (_table("detection", "quorom = 2"), "detection.quorom", "unknown key"),

@@ -603,3 +603,44 @@ def test_every_failover_carries_its_cause_and_evidence():
             for link in m["evidence"].values():
                 for detector in ("rtt", "loss", "jitter"):
                     assert {"threshold", "tripped"} <= {k.removesuffix("_us") for k in link[detector]}, m
+
+
+FEEDS_AB = FeedParams(**{**FEEDS.__dict__, "line_links": [0, 1]})   # line A on link A, line B on link B
+SLOW = win(3000)   # rtt alone trips: no quorum
+
+
+def feed_on_links() -> Clock:
+    clock = Clock(Core(start(feeds=FEEDS_AB)), T0 + 400 * MS)
+    clock.readings(20, [0], [win(), win()])
+    return clock
+
+
+def test_a_market_data_line_behind_on_a_link_joins_its_quorum():
+    clock = feed_on_links()
+    assert "gray" not in [d.event for d in clock.readings(6, [0], [SLOW, win()])]   # rtt alone: noise
+    ts = clock.ts
+    behind = clock.consume("feed-lines", {"feed": 0, "samples": [[ts, 10], [ts, 300]], "delivery": None})
+    assert ("line-health", "A", "behind") in [(d.event, d.fields.get("line"), d.fields.get("status"))
+                                              for d in behind]
+    out = clock.readings(4, [0], [SLOW, win()])
+    assert [d.event for d in out] == ["gray", "failover"]
+    feed = out[0].fields["evidence"]["feed"]
+    assert feed == {"lines": {"itch/A": "behind"}, "tripped": True}
+    assert out[1].fields["cause"] == "gray" and out[1].fields["evidence"]["A"]["feed"]["tripped"]
+
+
+def test_a_market_data_line_alone_declares_nothing_and_its_recovery_clears_the_signal():
+    clock = feed_on_links()
+    ts = clock.ts
+    clock.consume("feed-lines", {"feed": 0, "samples": [[ts, 10], [ts, 300]], "delivery": None})
+    assert "gray" not in [d.event for d in clock.readings(10, [0], [win(), win()])]
+    ts = clock.ts
+    clock.consume("feed-lines", {"feed": 0, "samples": [[ts, 300], [ts, 300]], "delivery": None})
+    assert clock.core.links.detectors[0].feed_lines == {}
+
+
+def test_without_line_links_a_feed_says_nothing_about_links():
+    clock = warmed()
+    ts = clock.ts
+    clock.consume("feed-lines", {"feed": 0, "samples": [[ts, 10], [ts, 300]], "delivery": None})
+    assert clock.core.links.detectors[0].feed_lines == {}
