@@ -1,6 +1,8 @@
 """fastpath.detect's Cython against fastpath.reference, no privileges needed."""
 import array
 import ctypes
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +232,23 @@ def test_speed_measurement_compares_equal_answers():
     assert result["batch_windows"] == 300
     # Far below the 20x goal, so a busy machine cannot fail it; measure() itself checks the answers are equal.
     assert result["speedup"] > 2
+
+
+RECORDED = json.loads((Path(__file__).parent / "data" / "rtt_rings.json").read_text())
+
+
+@pytest.mark.parametrize("snapshot", RECORDED, ids=[s["condition"] for s in RECORDED])
+def test_cython_equals_the_reference_on_rings_recorded_in_the_lab(snapshot):
+    """tp_rtt_ring as a lab daemon's kernel filled it (link A: normal, then
+    300 us delay with 800 us jitter, then 20 % loss; read with bpftool), every
+    window ending at its newest sequence and a sliding 20-probe window."""
+    seqs, rtts = array.array("Q", snapshot["seq"]), array.array("Q", snapshot["rtt_ns"])
+    top = max(snapshot["seq"]) + 1
+    windows = [(top - n, top) for n in range(0, 257)] + [(lo, lo + 20) for lo in range(top - 256, top - 19)]
+    got = [detect.summarize(seqs, rtts, lo, hi) for lo, hi in windows]
+    assert got == [reference.summarize(snapshot["seq"], snapshot["rtt_ns"], lo, hi) for lo, hi in windows]
+    whole = got[256]
+    if snapshot["condition"].startswith("loss"):
+        assert whole.lost > 20          # the recording saw the fault it names
+    else:
+        assert whole.lost < 5 and whole.rtt_max_ns > whole.rtt_min_ns
