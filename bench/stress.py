@@ -21,6 +21,7 @@ from lab.processes import DaemonProcess, stop_stream, udp_stream
 
 PORTS = {"orders": 9000, "marketdata": 9100}
 INTERVAL_US, MULTIPLIER = 1000, 3
+STREAM_SLACK_S = 30
 DECISIONS = ("gray", "gray-cleared", "hold", "damped", "undamped", "warning", "error")
 
 
@@ -36,7 +37,9 @@ def run(lab: topology.Lab, work: Path, seconds: float, advance: Advance, rate_pp
         bfd = stack.enter_context(Bfdd(lab, lab.dir / "bfd-stress", links=("A", "B"), interval_ms=10, multiplier=3))
         streams = {}
         for name, port in PORTS.items():
-            streams[name] = udp_stream(lab, work, rate_pps, seconds + 2, port)
+            # Sized well past the stress: the stream is stopped early, never
+            # racing its own end (a sender exiting as SIGTERM lands fails).
+            streams[name] = udp_stream(lab, work, rate_pps, seconds + STREAM_SLACK_S, port)
             stack.callback(streams[name][0].stop)
             stack.callback(streams[name][1].stop)
         time.sleep(0.5)
