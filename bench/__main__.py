@@ -129,7 +129,7 @@ def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path, progress: P
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="reduced run (about 7 minutes)")
+    ap.add_argument("--quick", action="store_true", help="reduced run (about 14 minutes)")
     ap.add_argument("--out", type=Path, metavar="DIR",
                     help=f"result directory (default {RESULTS_ROOT}/<timestamp>[-quick])")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION", help="run only these sections")
