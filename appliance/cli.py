@@ -7,6 +7,8 @@ import signal
 import sys
 import threading
 
+from appliance import ctl
+
 
 def _load_config(path: str):
     """The config, or None after printing why it is unusable."""
@@ -24,19 +26,52 @@ def cmd_run(args) -> int:
     this gateway (preflight) and when another daemon runs this gateway;
     either is refused before anything is attached."""
     from appliance.core.config import ConfigError
+    from appliance.edge.control import ControlError
     from appliance.edge.gatelock import GatewayBusy
+    from appliance.edge.pins import PinError
     cfg = _load_config(args.config)
     if cfg is None:
         return 2
-    from appliance.daemon import Daemon, JsonLog
+    from appliance.daemon import Daemon
+    from appliance.edge import jsonlog
     stop = threading.Event()
+    daemon = Daemon(cfg, jsonlog.configure(), stats_interval_s=args.stats_interval, record=args.record)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.reload_requested.set())
     try:
-        Daemon(cfg, JsonLog(), stats_interval_s=args.stats_interval, record=args.record).run(stop)
-    except (ConfigError, GatewayBusy) as e:
+        daemon.run(stop)
+    except (ConfigError, GatewayBusy, PinError, ControlError) as e:
         print(e, file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_detach(args) -> int:
+    """Everything twinpath added to this gateway goes; refused while a
+    daemon runs it (that daemon would re-attach, or lose its maps)."""
+    from pyroute2 import IPRoute
+
+    from appliance.edge import gatelock
+    from appliance.edge.dataplane import detach_all
+    from appliance.edge.pins import PinDir, default_pin_dir
+    pin_dir = args.pin_dir
+    if args.config:
+        cfg = _load_config(args.config)
+        if cfg is None:
+            return 2
+        pin_dir = pin_dir or cfg.state.pin_dir
+    pins = PinDir(pin_dir or default_pin_dir())
+    try:
+        with gatelock.GatewayLock(), IPRoute() as ipr:
+            removed = detach_all(ipr, pins)
+    except gatelock.GatewayBusy as e:
+        print(e, file=sys.stderr)
+        return 2
+    if not removed:
+        print(f"nothing to detach: no twinpath state at {pins.path}")
+    for line in removed:
+        print(f"removed {line}")
     return 0
 
 
@@ -94,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "traffic over redundant links and fails over in the kernel when a link goes quiet."))
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    run = sub.add_parser("run", help="run the daemon (attaches the fast path; SIGTERM/Ctrl-C detach)")
+    run = sub.add_parser("run", help="run the daemon (attaches the fast path; on SIGTERM/Ctrl-C it stays "
+                                     "attached and forwarding on its last state unless state.on_stop = \"detach\")")
     run.add_argument("--config", required=True, metavar="FILE.toml")
     run.add_argument("--stats-interval", type=float, default=10.0, metavar="S",
                      help="seconds between 'health' log lines (default 10)")
@@ -107,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check-config", help="validate a config and show the compiled rules")
     chk.add_argument("config", metavar="FILE.toml")
     chk.set_defaults(func=cmd_check_config)
+
+    det = sub.add_parser("detach", help="remove every program, pin and qdisc twinpath added to this gateway "
+                                        "(traffic returns to kernel routing); refused while a daemon runs")
+    det.add_argument("--config", metavar="FILE.toml", help="take the pin directory from this config")
+    det.add_argument("--pin-dir", metavar="DIR", help="the pin directory (default: state.pin_dir, else "
+                                                      "/sys/fs/bpf/twinpath/gw-<netns inode>)")
+    det.set_defaults(func=cmd_detach)
+
+    ctl.add_commands(sub)
 
     rep = sub.add_parser("replay", help="re-run the decision core on a trace from `run --record` and print its "
                                         "decisions as the daemon logged them")

@@ -6,40 +6,46 @@ sender) and the pure core (appliance.core.decision): every input goes to the
 core through Daemon._consume, which records it when asked (--record) and
 applies and logs the core's decisions.
 
-Threads: the heartbeat sender (Cython, no GIL); a netlink thread that hands
+The heartbeat sender is a process of its own (appliance.edge.probesender),
+sharing its counters with the daemon. Threads: a netlink thread that hands
 carrier and next-hop changes to the core the moment they arrive; and the main
 thread, which reads failover and arbitration events from the ring buffers and
-the links' and feeds' state every tick. If the daemon dies, the attached
-programs keep forwarding on the last state it wrote (fail static); with no
-heartbeats every link goes stale together, and the data path then never
-switches.
+the links' and feeds' state every tick. If the daemon dies or stops, the
+attached programs keep forwarding on the last state it wrote, from pinned
+maps (fail static), and the sender keeps probing, so the data path still
+leaves a dead link on its own; the next daemon adopts all of it.
 """
 from __future__ import annotations
 
 import itertools
-import json
+import logging
 import os
-import sys
+import socket
 import threading
 import time
-from datetime import datetime, timezone
-from typing import TextIO
+from contextlib import ExitStack
 
 from pyroute2 import IPRoute
 
 from appliance import layout
 from appliance.core import policy, telemetry
-from appliance.core.config import Config
-from appliance.core.decision import Core, Start
+from appliance.core.config import Config, ConfigError
+from appliance.core.decision import Core, Decision, Start
 from appliance.core.feeds import FeedParams
-from appliance.edge import gatelock, netlink, preflight
+from appliance.edge import gatelock, netlink, preflight, probesender
 from appliance.edge.arbitration import Arbiter, multicast_mac
-from appliance.edge.dataplane import PROBE_IDENT, Gateway, LinkState, open_probe_socket
+from appliance.edge.control import ControlServer, EventHub, socket_path
+from appliance.edge.dataplane import PROBE_IDENT, Gateway, LinkState, detach_all, open_probe_socket
 from appliance.edge.feedwatch import FeedWatch
+from appliance.edge.jsonlog import EventLog, JsonFormatter
 from appliance.edge.keys import HeartbeatKey
+from appliance.edge.metrics import MetricsServer
+from appliance.edge.observe import Observer
+from appliance.edge.pins import PinDir, default_pin_dir
+from appliance.edge.probesender import SenderProcess
 from appliance.edge.probewindows import ProbeWindows
 from appliance.edge.trace import Recorder
-from fastpath.heartbeat import Sender
+from fastpath.heartbeat import Stats
 
 TICK_S = 0.005
 FEED_TICK_S = 0.01       # gap grace windows and line health
@@ -47,24 +53,29 @@ FEED_SUMMARY_S = 1.0
 READY_TIMEOUT_NS = 5_000_000_000  # steering attaches by then even if a link never answered
 
 
-class JsonLog:
-    """One JSON object per line: time (UTC wall clock), mono_ns (the clock
-    the data path stamps with), event, fields."""
+# The control protocol's argument names -> the core's (appliance.core.decision.EXTERNAL_INPUTS).
+OPERATOR_ARGS = {"class": "class_name", "link": "link_name"}
 
-    def __init__(self, stream: TextIO = sys.stdout):
-        self._stream = stream
-        self._lock = threading.Lock()
 
-    def emit(self, event: str, **fields) -> None:
-        record = {"time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-                  "mono_ns": time.monotonic_ns(), "event": event, **fields}
-        with self._lock:
-            self._stream.write(json.dumps(record) + "\n")
-            self._stream.flush()
+def _describe(d: Decision) -> str:
+    f = d.fields
+    if d.event == "failover":
+        return f"class {f['class']} moved {f['from']} -> {f['to']} ({f['cause']})"
+    return d.event + "".join(f" {k}={v}" for k, v in f.items() if k != "evidence")
+
+
+def sd_notify(state: str) -> None:
+    """Tells systemd (Type=notify) `state`, if it started us."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.sendto(state.encode(), address)
 
 
 class Daemon:
-    def __init__(self, cfg: Config, log: JsonLog, stats_interval_s: float = 10.0, record: str | None = None):
+    def __init__(self, cfg: Config, log: EventLog, stats_interval_s: float = 10.0, record: str | None = None):
         self.cfg = cfg
         self.log = log
         self.stats_interval_s = stats_interval_s
@@ -80,16 +91,44 @@ class Daemon:
         self._on_ready = None
         self.arbiter: Arbiter | None = None
         self.trader: LinkState | None = None  # the trader-facing link and feed receivers' MACs
+        self._reload_lock = threading.Lock()
+        self.reload_requested = threading.Event()   # SIGHUP: the main loop reloads
+        self.observer = Observer(self)
+        self.sender_stats: Stats | None = None
+        self.sender_pid: int | None = None
         self._errors = itertools.count(1)  # exceptions in event handlers, logged as 'error' (see _guarded)
 
     # -- the core's one entry ----------------------------------------------
-    def _consume(self, kind: str, ts_ns: int, /, **fields) -> None:
+    def _consume(self, kind: str, ts_ns: int, /, **fields) -> list[Decision]:
         with self._core_lock:
             if self.recorder:
                 self.recorder.input(kind, ts_ns, fields)
-            for decision in self.core.consume(kind, ts_ns, fields):
+            decisions = self.core.consume(kind, ts_ns, fields)
+            for decision in decisions:
                 self._apply(decision.effect)
+                if decision.event == "failover":
+                    self.observer.tally.count(decision.fields, decision.ts_ns)
                 self.log.emit(decision.event, mono_ns=decision.ts_ns, **decision.fields)
+            return decisions
+
+    # -- the control socket (appliance.edge.control calls these from its threads)
+    def status(self) -> dict:
+        if self.core is None:
+            raise RuntimeError("the daemon is still starting")
+        return self.observer.status()
+
+    def command(self, cmd: str, args: dict, peer) -> dict:
+        """force, release, drain, undrain: the core's operator inputs; reload."""
+        if cmd == "reload":
+            return self.reload("control", peer={"uid": peer.uid, "pid": peer.pid})
+        if self.core is None:
+            return {"ok": False, "error": "the daemon is still starting"}
+        decisions = self._consume(cmd, time.monotonic_ns(), **{OPERATOR_ARGS[name]: v for name, v in args.items()})
+        refused = [d.fields["reason"] for d in decisions if d.event == "refused"]
+        if refused:
+            return {"ok": False, "error": "; ".join(refused)}
+        return {"ok": True, "decisions": [d.record() for d in decisions],
+                "message": "; ".join(_describe(d) for d in decisions) or "nothing to change"}
 
     def _apply(self, effect: tuple | None) -> None:
         if effect is None:
@@ -150,26 +189,14 @@ class Daemon:
         self._consume("reflex", ev.ts_ns, class_id=ev.class_id, from_link=ev.from_link, to_link=ev.to_link,
                       cause=layout.CAUSES.get(ev.cause, str(ev.cause)), silence_ns=ev.silence_ns)
 
-    def _tick(self, sender: Sender, windows: ProbeWindows) -> None:
+    def _tick(self, sender: Stats, windows: ProbeWindows) -> None:
         health, active = self.gw.health(), self.gw.active()
         rings = [self.gw.rtt_ring(i) for i in range(len(self.links))]
         self._consume("health", time.monotonic_ns(), links=[[h.last_reply_ns, h.fresh_since_ns] for h in health],
                       active=active, windows=windows.read(rings, sender.last_seq),
                       sender_late_ns=sender.take_late_ns())
 
-    def _run_sender(self, sender: Sender) -> None:
-        """The heartbeat thread: real-time first (when configured), because
-        a sender held off the CPU makes every link silent at once."""
-        priority = self.cfg.heartbeat.sender_priority
-        if priority:
-            try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-            except OSError as e:
-                self.log.emit("warning", what="sender_priority", priority=priority,
-                              error=f"SCHED_FIFO refused ({e.strerror}): the sender runs with normal scheduling")
-        sender.run()
-
-    def _report_health(self, sender: Sender, hist_before: list[list[int]]) -> list[list[int]]:
+    def _report_health(self, sender: Stats, hist_before: list[list[int]]) -> list[list[int]]:
         now = time.monotonic_ns()
         hists = [self.gw.rtt_histogram(i) for i in range(len(self.links))]
         links = {}
@@ -197,9 +224,17 @@ class Daemon:
         """One daemon per gateway (gatelock.GatewayBusy), and a config this
         host can run (preflight: ConfigError), both before anything is
         compiled or attached; the lock is held until run returns."""
-        with gatelock.GatewayLock():
+        with gatelock.GatewayLock(), ExitStack() as services:
             with IPRoute() as ipr:
                 keys = preflight.check(self.cfg, ipr)
+            # Both bound before anything is attached: a port or socket in use changes nothing.
+            if self.cfg.metrics.port:
+                services.enter_context(MetricsServer(self.cfg.metrics.port, self.observer.snapshot))
+            hub = EventHub()
+            events = hub.handler(JsonFormatter())
+            logging.getLogger().addHandler(events)
+            services.callback(logging.getLogger().removeHandler, events)
+            services.enter_context(ControlServer(socket_path(self.cfg.control.socket), self, hub, self.log.emit))
             self._run(stop, keys)
 
     def _start(self, receivers: list[str | None]) -> Start:
@@ -223,14 +258,17 @@ class Daemon:
                 self.links.append(LinkState(ifindex, mac, netlink.neighbour_mac(ipr, ifindex, link.gateway),
                                             carrier, local=netlink.source_address(ipr, ifindex, link.target),
                                             target=link.target, ttl_security=link.ttl_security))
-            self.gw = Gateway(cfg)
+            self.pins = PinDir(cfg.state.pin_dir or default_pin_dir())
+            self.gw = Gateway(cfg, pins=self.pins)
             for i, state in enumerate(self.links):
+                # The kernel forgets a next hop only the data path talks to; a restart
+                # keeps the pinned one rather than make a live link look dead.
+                state.dst_mac = state.dst_mac or self.gw.pinned_nexthop(i, state.ifindex)
                 self.gw.write_link(i, state)
-            self.gw.write_policy()
+            # A restart carries on where the running data path is, not from the preferred links.
             adopted = self.gw.previous_active(ipr)
-            if adopted:  # a restart: carry on where the running data path is, not from the preferred links
-                for class_id, link_id in enumerate(adopted):
-                    self.gw.set_active(class_id, link_id)
+            self.gw.write_policy(adopted or self.gw.preferred_active())
+            if adopted:
                 self.log.emit("adopted", active={self.class_names[c]: self.link_names[l]
                                                  for c, l in enumerate(adopted)})
             self.gw.write_keys(keys)
@@ -238,8 +276,12 @@ class Daemon:
             receivers = self._load_arbiter(ipr) if cfg.feeds else []
 
             sockets = [open_probe_socket(l.dev, s.local, l.target) for l, s in zip(cfg.links, self.links)]
-            sender = Sender(sockets, [layout.probe_template(i, PROBE_IDENT) for i in range(len(cfg.links))],
-                            layout.PROBE_SEQ_OFFSET, cfg.heartbeat.interval_us * 1000)
+            sender = SenderProcess(sockets, [layout.probe_template(i, PROBE_IDENT) for i in range(len(cfg.links))],
+                                   layout.PROBE_SEQ_OFFSET, cfg.heartbeat.interval_us * 1000,
+                                   cfg.heartbeat.sender_priority)
+            self.sender_stats = sender.stats
+            self.log.emit("pinned", pin_dir=str(self.pins.path),
+                          migrated={**self.gw.migrated, **(self.arbiter.migrated if self.arbiter else {})})
             monitor = netlink.Monitor()
             start = self._start(receivers)
             self.core = Core(start)
@@ -249,58 +291,153 @@ class Daemon:
             if cfg.feeds:
                 feedwatch = FeedWatch(cfg, self.arbiter, self.core.feeds, self._consume, self.log)
                 self.arbiter.open_events(self._guarded("arb-event", feedwatch.on_event))
-            self._on_ready = lambda: self.gw.attach_steer(ipr)
-            threads = [threading.Thread(target=self._run_sender, args=(sender,), name="heartbeat", daemon=True),
-                       threading.Thread(target=self._watch_netlink, args=(monitor, stop),
-                                        name="netlink", daemon=True)]
+            self._on_ready = lambda: self._steer_attached(ipr)
+            netlink_thread = threading.Thread(target=self._watch_netlink, args=(monitor, stop), name="netlink",
+                                              daemon=True)
             try:
                 # Heartbeats and probes first; steering once the links have
                 # answered (the core's readiness), see Gateway.attach_steer.
+                previous = probesender.stop_recorded(self.pins)
+                self.pins.resync()
                 self.gw.attach_heartbeats(ipr)
-                for t in threads:
-                    t.start()
+                self._start_sender(sender, previous)
+                netlink_thread.start()
                 if self.arbiter:
+                    self.pins.resync()
                     self.arbiter.attach(ipr, [cfg.links[cfg.link_index(n)].dev for n in cfg.arbitration.lines])
                 self.log.emit("attached", startup_ms=round((time.monotonic() - t0) * 1000, 1),
                               links={l.name: l.dev for l in cfg.links}, ingress=cfg.steer.ingress,
                               interval_us=cfg.heartbeat.interval_us, multiplier=cfg.heartbeat.multiplier,
-                              sender_priority=cfg.heartbeat.sender_priority,
+                              sender_priority=cfg.heartbeat.sender_priority, sender_pid=sender.pid,
                               feeds={f.name: {"protocol": f.protocol, "dst": f"{f.dst}:{f.port}",
                                               "receiver_mac": receivers[i]}
                                      for i, f in enumerate(cfg.feeds)})
                 self._resolve_missing_nexthops(ipr)
-                self._main_loop(stop, sender, feedwatch)
+                self._main_loop(stop, sender.stats, feedwatch)
             finally:
-                if self.arbiter:
-                    self.arbiter.detach(ipr)
-                self.gw.detach(ipr)
-                sender.stop()
+                stats = sender.stats
+                self.log.emit("stopped", sent=stats.sent, late_periods=stats.late_periods,
+                              max_late_us=round(stats.max_late_ns / 1000, 1))
+                if cfg.state.on_stop == "detach":
+                    self.log.emit("detached", removed=detach_all(ipr, self.pins))
+                else:
+                    self.log.emit("fail-static", pin_dir=str(self.pins.path), sender_pid=sender.pid, note=(
+                        "the data path keeps forwarding on its last state, and the probe sender keeps "
+                        "probing, so the data path still fails over; the next daemon takes both over; "
+                        "`twinpath detach` removes them"))
+                self.pins.close()
                 stop.set()
-                for t in threads:
-                    if t.is_alive():
-                        t.join(timeout=1.0)
+                if netlink_thread.is_alive():
+                    netlink_thread.join(timeout=1.0)
                 monitor.close()
                 for s in sockets:
                     s.close()
+                sender.close()
                 if self.recorder:
                     self.recorder.close()
-                self.log.emit("stopped", sent=sender.sent, late_periods=sender.late_periods,
-                              max_late_us=round(sender.max_late_ns / 1000, 1))
+
+    def _start_sender(self, sender: SenderProcess, previous: int | None) -> None:
+        """One sender per gateway: the previous daemon's (`previous`, still
+        probing so that its data path could still fail over) was stopped
+        before our heartbeat programs replaced its own, so that no link's
+        replies moved to the new programs while another's still reached
+        the old ones: with a map migrated to a new layout, the old steer
+        program would have seen only that other link answering and moved
+        traffic to it. With no probes at all every link ages alike, which
+        never moves traffic (lib/reflex.h). The links owe no rounds to the
+        previous sender; ours starts."""
+        self.gw.reset_probe_rounds(sender.stats.last_seq)
+        sender.start()
+        sender.record(self.pins)
+        self.sender_pid = sender.pid
+        if previous:
+            self.log.emit("sender-replaced", previous_pid=previous, pid=sender.pid)
+
+    def _steer_attached(self, ipr: IPRoute) -> None:
+        """Steering attached: every program of this daemon now runs, so the
+        maps migrated from an older layout have no reader left."""
+        self.gw.attach_steer(ipr)
+        retired = self.pins.retire()
+        if retired:
+            self.log.emit("migrated", retired=retired)
+        sd_notify("READY=1")
 
     def _load_arbiter(self, ipr: IPRoute) -> list[str | None]:
         """Arbitration for the configured feeds; returns each feed's receiver
         MAC. One not known yet is filled in when the kernel learns it (the
         core's feed-receiver); until then that feed takes kernel routing."""
-        self.arbiter = Arbiter(int(self.cfg.arbitration.heartbeat_dedup_ms * 1e6))
+        self.arbiter = Arbiter(int(self.cfg.arbitration.heartbeat_dedup_ms * 1e6), self.pins)
         self.arbiter.sync_clock()
         ifindex, mac, carrier = netlink.link_info(ipr, self.cfg.steer.ingress)
         self.trader = LinkState(ifindex, mac, carrier=carrier)
         receivers = []
         for feed_id, feed in enumerate(self.cfg.feeds):
-            receivers.append(multicast_mac(feed.dst) if feed.dst.is_multicast else
-                             netlink.neighbour_mac(ipr, ifindex, feed.dst))
+            receivers.append(self._receiver_mac(ipr, feed))
             self._write_feed(feed_id, receivers[-1])
+        pruned = self.arbiter.prune_feeds([(f.dst, f.port) for f in self.cfg.feeds])
+        if pruned:
+            self.log.emit("feeds-removed", feeds=pruned, why="pinned from an earlier configuration")
         return receivers
+
+    def _receiver_mac(self, ipr: IPRoute, feed) -> str | None:
+        """The group's MAC, the receiver's neighbour entry, or else the one
+        the pinned feed entry already forwards to: the kernel forgets a
+        neighbour that only XDP talks to, and a restart must not send the
+        feed back to kernel routing (both copies) over it."""
+        if feed.dst.is_multicast:
+            return multicast_mac(feed.dst)
+        return netlink.neighbour_mac(ipr, self.trader.ifindex, feed.dst) or self.arbiter.feed_mac(feed.dst, feed.port)
+
+    # -- reload -------------------------------------------------------------
+    def reload(self, source: str, peer: dict | None = None) -> dict:
+        """Re-reads the config file and applies it whole, or not at all: a
+        file that does not parse or fit this gateway, or a change that cannot
+        be applied live (appliance.core.reload), is refused and the running
+        configuration stays. Called from the main loop (SIGHUP) or the control
+        socket; one at a time."""
+        from appliance.core import reload as reload_plan
+        from appliance.edge.configfile import load
+        who = {"source": source, **({"peer": peer} if peer else {})}
+        with self._reload_lock:
+            try:
+                new = load(self.cfg.source)
+                with IPRoute() as ipr:
+                    keys = preflight.check(new, ipr)
+            except ConfigError as e:
+                self.log.emit("reload-refused", **who, reasons=str(e).splitlines())
+                return {"ok": False, "error": str(e)}
+            plan = reload_plan.plan(self.cfg, new)
+            refused = plan.refused + [f"{c.where}: {c.what}: recompiling the programs live is not supported yet; "
+                                      f"{reload_plan.RESTART}" for c in plan.changes if c.how == "programs"]
+            if refused:
+                self.log.emit("reload-refused", **who, reasons=refused)
+                return {"ok": False, "error": "; ".join(refused), "refused": refused}
+            with IPRoute() as ipr:
+                self._apply_config(new, keys, ipr)
+            changes = [c.where + ": " + c.what for c in plan.changes]
+            self.log.emit("reloaded", **who, changes=changes)
+            return {"ok": True, "changes": changes}
+
+    def _apply_config(self, new: Config, keys: list[HeartbeatKey], ipr: IPRoute) -> None:
+        """Maps first (links, classes, rules, keys, feeds appended), then the
+        core's parameters as one recorded input, then any next hop the new
+        config names."""
+        old, self.cfg, self.gw.cfg = self.cfg, new, new
+        for i, link in enumerate(new.links):
+            self.links[i].ttl_security = link.ttl_security
+            self.gw.write_link(i, self.links[i])
+        active = self.gw.active()
+        for cid, c in enumerate(new.classes):
+            links = [new.link_index(n) for n in c.links]
+            self.gw.write_class(cid, active[cid] if active[cid] in links else links[0])
+        self.gw.write_rules()
+        if new.heartbeat.key_file:   # without one the run keeps its random key
+            self.gw.write_keys(keys)
+        for feed_id in range(len(old.feeds), len(new.feeds)):
+            self._write_feed(feed_id, self._receiver_mac(ipr, new.feeds[feed_id]))
+        start = self._start([None] * len(new.feeds))
+        self._consume("reconfigure", time.monotonic_ns(), links=start.links.to_json(), feeds=start.feeds.__dict__)
+        self._resolve_missing_nexthops(ipr)
 
     def _resolve_missing_nexthops(self, ipr: IPRoute) -> None:
         """Probes make the kernel ARP for each far end; pick up the answers
@@ -310,13 +447,16 @@ class Daemon:
             if mac:
                 self._consume("neighbour", time.monotonic_ns(), link=i, ip=str(link.gateway), mac=mac)
 
-    def _main_loop(self, stop: threading.Event, sender: Sender, feedwatch: FeedWatch | None) -> None:
+    def _main_loop(self, stop: threading.Event, sender: Stats, feedwatch: FeedWatch | None) -> None:
         next_health = time.monotonic() + self.stats_interval_s
         next_feed_tick = time.monotonic()
         next_feed_summary = next_feed_tick + FEED_SUMMARY_S
         hists = [[0] * layout.HIST_BUCKETS for _ in self.links]
         windows = ProbeWindows(self.cfg.heartbeat.multiplier)
         while not stop.is_set():
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload("SIGHUP")
             self.gw.poll(int(TICK_S * 1000))
             self._tick(sender, windows)
             now = time.monotonic()

@@ -104,7 +104,7 @@ def gateway_cases() -> tuple[object, dict[str, Case]]:
 
     # 100 ms timers: link A stays fresh for a whole round without a live sender.
     gw = Gateway(config.parse(render_config(interval_us=100_000), "bench"))
-    gw.write_policy()
+    gw.write_policy(gw.preferred_active())
     key = HeartbeatKey(1, bytes(range(16)))
     gw.write_keys([key])
     local, target = ipaddress.IPv4Address(LINKS["A"].gw_addr), ipaddress.IPv4Address(LINKS["A"].target)

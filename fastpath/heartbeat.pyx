@@ -21,11 +21,11 @@ cdef extern from "layout.h":
 cdef extern from *:
     """
     /* The daemon takes the sender's lateness window while the sender runs
-     * without the GIL on another thread. */
-    static inline unsigned long long tp_take(unsigned long long *p)
+     * without the GIL, on another thread or in another process. */
+    static inline uint64_t tp_take(uint64_t *p)
     { return __atomic_exchange_n(p, 0ULL, __ATOMIC_RELAXED); }
     """
-    unsigned long long tp_take(unsigned long long *p) nogil
+    uint64_t tp_take(uint64_t *p) nogil
 
 cdef enum:
     MAX_PROBE = 128     # most bytes of ICMP message per link
@@ -106,6 +106,88 @@ def next_period(long long deadline, long long now, long long interval):
     return p.deadline, p.late_ns, p.skipped
 
 
+cdef struct Shared:
+    uint64_t seq                # the latest round's sequence (every link's probe carries it)
+    uint64_t window_late_ns     # the longest lateness since the last take_late_ns()
+    uint64_t periods
+    uint64_t late_periods
+    uint64_t skipped_periods
+    uint64_t max_late_ns
+    uint64_t sent[TP_MAX_LINKS]
+    uint64_t errors[TP_MAX_LINKS]
+
+STATS_SIZE = sizeof(Shared)
+
+
+cdef class Stats:
+    """A sender's counters, in memory the sender and the daemon may share
+    across processes (appliance.edge.probesender maps one memfd in both);
+    by default a private buffer. Fields are 64-bit and written by one
+    sender: a reader sees each whole, never torn."""
+    cdef Shared *st
+    cdef object _buf
+    cdef int n
+
+    def __init__(self, int n_links, buf=None):
+        cdef unsigned char[::1] mem
+        if not 1 <= n_links <= TP_MAX_LINKS:
+            raise ValueError(f"{n_links} links: 1 to {TP_MAX_LINKS} (TP_MAX_LINKS, ebpf/lib/layout.h)")
+        if buf is None:
+            buf = bytearray(STATS_SIZE)
+        mem = buf
+        if mem.shape[0] < STATS_SIZE:
+            raise ValueError(f"stats buffer of {mem.shape[0]} bytes: need {STATS_SIZE}")
+        self._buf = buf
+        self.st = <Shared *>&mem[0]
+        self.n = n_links
+
+    def reset(self, uint64_t last_seq):
+        """Counters to zero; the first round sent will be last_seq + 1."""
+        cdef int i
+        for i in range(TP_MAX_LINKS):
+            self.st.sent[i] = 0
+            self.st.errors[i] = 0
+        self.st.periods = self.st.late_periods = self.st.skipped_periods = self.st.max_late_ns = 0
+        self.st.window_late_ns = 0
+        self.st.seq = last_seq
+
+    @property
+    def last_seq(self):
+        """The sequence of the latest round sent (every link's probe carries it)."""
+        return self.st.seq
+
+    def take_late_ns(self):
+        """The longest the sender was late for a round since the last call:
+        how long this host kept the sender off the CPU. (A value stored just
+        as it is taken may be kept for the next call: an overstatement, never
+        a loss.)"""
+        return tp_take(&self.st.window_late_ns)
+
+    @property
+    def periods(self):
+        return self.st.periods
+
+    @property
+    def late_periods(self):
+        return self.st.late_periods
+
+    @property
+    def skipped_periods(self):
+        return self.st.skipped_periods
+
+    @property
+    def max_late_ns(self):
+        return self.st.max_late_ns
+
+    @property
+    def sent(self):
+        return [self.st.sent[i] for i in range(self.n)]
+
+    @property
+    def errors(self):
+        return [self.st.errors[i] for i in range(self.n)]
+
+
 cdef class Sender:
     """Sends probes on connected raw ICMP sockets, one per link.
 
@@ -113,6 +195,10 @@ cdef class Sender:
     templates: full ICMP message per link (8-byte echo header + payload) with
     checksum and sequence zero. seq_offset: offset of the probe's u64 sequence
     number within the message (native order, like the whole probe struct).
+    stats: where the counters go (Stats; a private one by default).
+    last_seq: the first round sends last_seq + 1; by default microseconds
+    since boot, so a restarted sender never reuses a sequence the previous
+    one used and the kernel's anti-replay window needs no reset.
     """
     cdef int fds[TP_MAX_LINKS]
     cdef uint8_t buf[TP_MAX_LINKS][MAX_PROBE]
@@ -121,14 +207,12 @@ cdef class Sender:
     cdef int seq_off
     cdef long long interval_ns
     cdef volatile int stopping
-    cdef public unsigned long long periods, late_periods, skipped_periods, max_late_ns
-    cdef unsigned long long window_late_ns  # the longest lateness since take_late_ns()
-    cdef unsigned long long sent_[TP_MAX_LINKS]
-    cdef unsigned long long errors_[TP_MAX_LINKS]
-    cdef uint64_t seq
+    cdef Shared *st
+    cdef readonly Stats stats
     cdef object _sockets
 
-    def __init__(self, sockets, templates, int seq_offset, long long interval_ns):
+    def __init__(self, sockets, templates, int seq_offset, long long interval_ns, Stats stats=None,
+                 last_seq=None):
         if len(sockets) > TP_MAX_LINKS:
             raise ValueError(f"{len(sockets)} links: at most {TP_MAX_LINKS} (TP_MAX_LINKS, ebpf/lib/layout.h)")
         if not sockets or len(sockets) != len(templates):
@@ -137,6 +221,8 @@ cdef class Sender:
             raise ValueError("interval below 10 us is not supported")
         for t in templates:
             _check_template(t, seq_offset)
+        self.stats = stats if stats is not None else Stats(len(sockets))
+        self.st = self.stats.st
         self._sockets = list(sockets)  # keep the fds alive
         self.n = len(sockets)
         self.seq_off = seq_offset
@@ -145,13 +231,7 @@ cdef class Sender:
             self.fds[i] = s.fileno()
             self.lens[i] = len(t)
             memcpy(self.buf[i], <const char *>t, len(t))
-            self.sent_[i] = 0
-            self.errors_[i] = 0
-        # Microseconds since boot: a restarted sender never reuses a sequence
-        # the previous one used, so the kernel's anti-replay window needs no reset.
-        self.seq = mono_ns() // 1000
-        self.periods = self.late_periods = self.skipped_periods = self.max_late_ns = 0
-        self.window_late_ns = 0
+        self.stats.reset(mono_ns() // 1000 if last_seq is None else last_seq)
         self.stopping = 0
 
     def stop(self):
@@ -159,23 +239,34 @@ cdef class Sender:
 
     @property
     def last_seq(self):
-        """The sequence of the latest round sent (every link's probe carries it)."""
-        return self.seq
+        return self.stats.last_seq
 
     def take_late_ns(self):
-        """The longest the sender was late for a round since the last call:
-        how long this host kept the sender off the CPU. (A value stored just
-        as it is taken may be kept for the next call: an overstatement, never
-        a loss.)"""
-        return tp_take(&self.window_late_ns)
+        return self.stats.take_late_ns()
+
+    @property
+    def periods(self):
+        return self.st.periods
+
+    @property
+    def late_periods(self):
+        return self.st.late_periods
+
+    @property
+    def skipped_periods(self):
+        return self.st.skipped_periods
+
+    @property
+    def max_late_ns(self):
+        return self.st.max_late_ns
 
     @property
     def sent(self):
-        return [self.sent_[i] for i in range(self.n)]
+        return self.stats.sent
 
     @property
     def errors(self):
-        return [self.errors_[i] for i in range(self.n)]
+        return self.stats.errors
 
     def run(self):
         """Blocks until stop(); call it from a dedicated thread."""
@@ -184,13 +275,14 @@ cdef class Sender:
 
     cdef void _send_all(self) noexcept nogil:
         cdef int i
-        self.seq += 1
+        cdef uint64_t seq = self.st.seq + 1
         for i in range(self.n):
-            _fill_probe(self.buf[i], self.lens[i], self.seq_off, self.seq)
+            _fill_probe(self.buf[i], self.lens[i], self.seq_off, seq)
             if send(self.fds[i], self.buf[i], self.lens[i], 0) == self.lens[i]:
-                self.sent_[i] += 1
+                self.st.sent[i] += 1
             else:
-                self.errors_[i] += 1  # e.g. no carrier: keep probing the others
+                self.st.errors[i] += 1  # e.g. no carrier: keep probing the others
+        self.st.seq = seq
 
     cdef void _loop(self) noexcept nogil:
         cdef long long deadline
@@ -199,15 +291,15 @@ cdef class Sender:
         deadline = mono_ns()
         while not self.stopping:
             self._send_all()
-            self.periods += 1
+            self.st.periods += 1
             p = _next_period(deadline, mono_ns(), self.interval_ns)
             deadline = p.deadline
             if p.late_ns:
-                self.late_periods += 1
-                if <unsigned long long>p.late_ns > self.max_late_ns:
-                    self.max_late_ns = p.late_ns
-                if <unsigned long long>p.late_ns > self.window_late_ns:
-                    self.window_late_ns = p.late_ns
-                self.skipped_periods += p.skipped
+                self.st.late_periods += 1
+                if <unsigned long long>p.late_ns > self.st.max_late_ns:
+                    self.st.max_late_ns = p.late_ns
+                if <unsigned long long>p.late_ns > self.st.window_late_ns:
+                    self.st.window_late_ns = p.late_ns
+                self.st.skipped_periods += p.skipped
             if not p.skipped:
                 sleep_until(deadline)

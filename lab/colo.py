@@ -107,6 +107,11 @@ class Lab:
         return BPFFS_ROOT / self.name
 
     @property
+    def gw_pin_dir(self) -> Path:
+        """The daemon's pins (its config's state.pin_dir)."""
+        return self.pin_dir / "gw"
+
+    @property
     def bpffs_stage(self) -> Path:
         """Where spawn() binds the host's bpffs on its way into a namespace."""
         return self.dir / "bpffs"

@@ -843,7 +843,7 @@ class GatewayFixture:
         bpf = self.gw.bpf
         for name in ("tp_health", "tp_rtt_ring", "tp_probe_round", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
             bpf[name].clear()
-        self.gw.write_policy()
+        self.gw.write_policy(self.gw.preferred_active())
         for i, l in enumerate(self.links):
             bpf["tp_links"][ctypes.c_uint32(i)] = l.to_map()
         for slot, k in enumerate(self.keys):

@@ -1,12 +1,14 @@
 """libbpf calls only the lab, the bench and the tests make: running a program
-on a packet without attaching it (BPF_PROG_TEST_RUN), pinning objects in
-bpffs, writing maps from outside their loader, per-CPU sizes. They share the
-product's library handle and error check (appliance.edge.bpfsys)."""
+on a packet without attaching it (BPF_PROG_TEST_RUN). Pinning, map writes and
+per-CPU sizes are the product's (appliance.edge.bpfsys), re-exported here for
+the lab's loaders."""
 from __future__ import annotations
 
 import ctypes
 
-from appliance.edge.bpfsys import LIBBPF, check
+from appliance.edge.bpfsys import LIBBPF, check, map_update, obj_get, obj_pin, possible_cpus
+
+__all__ = ["prog_test_run", "map_update", "obj_get", "obj_pin", "possible_cpus"]
 
 
 class TestRunOpts(ctypes.Structure):
@@ -31,9 +33,6 @@ class TestRunOpts(ctypes.Structure):
 
 
 LIBBPF.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(TestRunOpts)]
-LIBBPF.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
-LIBBPF.bpf_obj_get.argtypes = [ctypes.c_char_p]
-LIBBPF.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
 
 
 def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1,
@@ -48,21 +47,3 @@ def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1,
                        repeat=repeat)
     check(LIBBPF.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
     return opts.retval, data_out.raw[:opts.data_size_out], opts.duration
-
-
-def obj_pin(fd: int, path: str) -> None:
-    check(LIBBPF.bpf_obj_pin(fd, path.encode()), f"pin {path}")
-
-
-def obj_get(path: str) -> int:
-    """A new fd for a pinned object; the caller closes it."""
-    return check(LIBBPF.bpf_obj_get(path.encode()), f"open pinned {path}")
-
-
-def map_update(fd: int, key: ctypes._SimpleCData | ctypes.Structure,
-               value: ctypes._SimpleCData | ctypes.Structure) -> None:
-    check(LIBBPF.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), 0), "map update")
-
-
-def possible_cpus() -> int:
-    return check(LIBBPF.libbpf_num_possible_cpus(), "counting possible CPUs")

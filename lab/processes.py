@@ -74,10 +74,12 @@ class DaemonProcess:
     """`twinpath run` inside gw, logging JSON lines to a file."""
 
     def __init__(self, lab: topology.Lab, config: Path, log_path: Path, stats_interval_s: float = 1.0,
-                 record: Path | None = None):
+                 record: Path | None = None, module: str = "appliance.cli"):
+        """module: what runs `run` (lab.upgrade: a build with a changed layout)."""
+        self.lab, self.config = lab, config
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.proc = lab.spawn("gw", [sys.executable, "-m", "appliance.cli", "run", "--config", str(config),
+        self.proc = lab.spawn("gw", [sys.executable, "-m", module, "run", "--config", str(config),
                                      "--stats-interval", str(stats_interval_s),
                                      *(["--record", str(record)] if record else [])],
                               stdout=self._log, stderr=subprocess.STDOUT)
@@ -105,7 +107,11 @@ class DaemonProcess:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
-    def stop(self) -> None:
+    def stop(self, detach: bool = True) -> None:
+        """SIGTERM, which leaves the data path and the probe sender running
+        (fail static); then, unless detach is False, `twinpath detach`, so
+        that the next daemon in this lab starts from nothing, as a test or
+        a bench trial expects."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -113,7 +119,11 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
+        if detach:
+            self.lab.run("gw", [sys.executable, "-m", "appliance.cli", "detach", "--config", str(self.config)],
+                         timeout=30)
 
 
 def traffic_argv(*args: str) -> list[str]:

@@ -14,7 +14,8 @@ blackhole, must fail over. Their results add fault_events: what the fault's
 helper recorded (flap's transitions, creep's blackhole, the helper's exit
 counts), in µs from the fault.
 
-The attack scenarios (lab.attacks) run here too: spoofed-heartbeats
+The operations scenarios (daemon-restart, daemon-kill, reload, upgrade) are
+lab.ops's. The attack scenarios (lab.attacks) run here too: spoofed-heartbeats
 is blackhole, measured the same way, with an attacker on link A's wire;
 forged-session is a market-data feed with a forged packet on line A.
 """
@@ -25,7 +26,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from lab import attacks, faults, topology
+from lab import attacks, faults, ops, topology
 from lab.processes import ORDERS_PORT, DaemonProcess, ScenarioError, udp_stream
 from lab.traffic import analyze_stream
 
@@ -40,7 +41,7 @@ GRAY_SCENARIOS = {
     "creep-then-blackhole": {"creep_s": 3.0, "creep_delay_us": 3000, "creep_loss": 0.3},
 }
 ATTACK_SCENARIOS = ("spoofed-heartbeats", "forged-session")  # lab.attacks
-ALL_SCENARIOS = SCENARIOS + tuple(GRAY_SCENARIOS) + ATTACK_SCENARIOS
+ALL_SCENARIOS = SCENARIOS + tuple(GRAY_SCENARIOS) + ATTACK_SCENARIOS + ops.OPS_SCENARIOS
 # A gray fault's helper takes about 0.5 s to start (more on a loaded machine):
 # the stream runs this much longer, so after_s still follows the fault.
 HELPER_START_S = 2.0
@@ -57,6 +58,9 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
         raise ScenarioError(f"unknown scenario {name!r}; choose from {', '.join(ALL_SCENARIOS)}")
     if name == "forged-session":
         return attacks.run_forged_session(lab)
+    if name in ops.OPS_SCENARIOS:
+        return ops.run(name, lab, rate_pps=rate_pps, before_s=before_s, after_s=after_s, interval_us=interval_us,
+                       multiplier=multiplier)
     spoofed = name == "spoofed-heartbeats"
     fault = "blackhole" if spoofed else name
     params = GRAY_SCENARIOS.get(name, {})
@@ -138,12 +142,16 @@ def contract_holds(result: dict) -> bool:
     a gray fault that does not end in a blackhole has no contract yet."""
     if result["scenario"] in GRAY_SCENARIOS and result["scenario"] != "creep-then-blackhole":
         return True
+    if result["scenario"] in ops.OPS_SCENARIOS:
+        return not ops.contract_failures(result)
     return not attacks.contract_failures(result)
 
 
 def summary(result: dict) -> str:
     """The human-readable account `make demo` prints."""
     r = result
+    if r["scenario"] in ops.OPS_SCENARIOS:
+        return ops.summary(r)
     if r["scenario"] == "forged-session":
         failures = attacks.contract_failures(r)
         return "\n".join([

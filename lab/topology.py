@@ -73,6 +73,8 @@ from lab.colo import (
     carrier_routes_via_gw,
 )
 
+NETNS_RUN_DIR = Path("/run/netns")   # where `ip netns` (and pyroute2) mount named namespaces
+
 LAB_NAME_RE = re.compile(r"^tp[0-9a-f]{4}$")
 NS_NAME_RE = re.compile(r"^(tp[0-9a-f]{4})-(trader|gw|carA|carB|exch)$")
 
@@ -134,6 +136,8 @@ def down(name: str) -> None:
     lab = Lab(_check_name(name))
     namespaces = {lab.ns(role) for role in ROLES} & set(netns.listnetns())
     _kill_processes(namespaces)
+    if lab.ns("gw") in namespaces:  # a daemon run with the default pin directory (pins.default_pin_dir)
+        _remove_tree(BPFFS_ROOT / f"gw-{os.stat(NETNS_RUN_DIR / lab.ns('gw')).st_ino}")
     for ns in namespaces:
         try:
             netns.remove(ns)
@@ -197,10 +201,20 @@ def status(name: str | None = None) -> dict:
 
 def write_config(lab: Lab, interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,
                  feeds: bool = False, spare_links: int = 0, damping: bool = True) -> Path:
-    """Write the daemon config for this lab (atomically: a running daemon may re-read it)."""
+    """Write the daemon config for this lab (atomically: a running daemon may
+    re-read it), with the daemon's pins in the lab's own bpffs directory, so
+    down() removes them. (The control socket's default already differs per
+    network namespace.)"""
     _write_atomically(lab.config_path, render_config(interval_us, multiplier, holddown_ms, feeds, spare_links,
-                                                     damping))
+                                                     damping) + lab_state_config(lab))
     return lab.config_path
+
+
+def lab_state_config(lab: Lab) -> str:
+    return f"""
+[state]
+pin_dir = "{lab.gw_pin_dir}"
+"""
 
 
 def render_config(interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,

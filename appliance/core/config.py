@@ -109,6 +109,12 @@ def _unicast(value) -> ipaddress.IPv4Address:
     return addr
 
 
+def _absolute_path(v: str | None) -> str | None:
+    if v is not None and (not v or "\0" in v or not v.startswith("/")):
+        raise ValueError(f"must be an absolute path, got {v!r}")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -127,11 +133,7 @@ class Heartbeat(_Strict):
     @field_validator("key_file")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not v or "\0" in v or not v.startswith("/"):
-            raise ValueError(f"must be an absolute path, got {v!r}")
-        return v
+        return _absolute_path(v)
 
     @property
     def dead_ns(self) -> int:
@@ -385,6 +387,39 @@ class Prediction(_Strict):
         return policy.Prediction(enabled=self.enabled, threshold=threshold)
 
 
+class Control(_Strict):
+    """The operator's Unix socket (appliance.edge.control): root only."""
+    socket: StrictStr | None = Field(None, description="its path; absent: /run/twinpath/control-<netns inode>.sock, "
+                                                       "the one `twinpath status` finds from the same namespace")
+
+    @field_validator("socket")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        return _absolute_path(v)
+
+
+class Metrics(_Strict):
+    """The Prometheus endpoint (appliance.edge.metrics), on 127.0.0.1 only."""
+    port: StrictInt = Field(9464, ge=0, le=65535, description="TCP port on 127.0.0.1; 0: no endpoint")
+
+
+class State(_Strict):
+    """Where the data path's state lives between daemons (appliance.edge.pins)."""
+    pin_dir: StrictStr | None = Field(None, description="bpffs directory of the pinned programs and maps; absent: "
+                                                        "/sys/fs/bpf/twinpath/gw-<netns inode>")
+    on_stop: Literal["fail-static", "detach"] = Field(
+        "fail-static", description="what SIGTERM leaves: the data path forwarding on its last state, "
+                                   "or nothing of twinpath (as `twinpath detach`)")
+
+    @field_validator("pin_dir")
+    @classmethod
+    def _under_bpffs(cls, v: str | None) -> str | None:
+        _absolute_path(v)
+        if v is not None and not v.startswith("/sys/fs/bpf/"):
+            raise ValueError(f"must be a directory under /sys/fs/bpf/, got {v!r}")
+        return v
+
+
 class FeedConfig(_Strict):
     name: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$")
     protocol: FeedProtocol
@@ -420,6 +455,9 @@ class Config(_Strict):
     detection: Detection = Detection()
     damping: Damping = Damping()
     prediction: Prediction = Prediction()
+    control: Control = Control()
+    metrics: Metrics = Metrics()
+    state: State = State()
     _source: str = PrivateAttr("<config>")
 
     @property

@@ -5,7 +5,7 @@ fields)`: a netlink carrier or neighbour change, a reflex failover the data
 path reported, a reading of the links' health (with each link's probe window
 and the probe sender's lateness), an operator's force, release, drain or
 undrain, a failure prediction, an arbitration event, a reading of a feed's
-lines. The output is a list of `Decision`s: the log line it makes (event,
+lines, a reload's new parameters. The output is a list of `Decision`s: the log line it makes (event,
 fields, and as mono_ns the timestamp of the input that caused it) and the
 effect the edge applies to the data path, if any.
 
@@ -83,7 +83,14 @@ class Core:
             "receiver": self.feeds.receiver,
             "arb-event": self.feeds.event,
             "feed-lines": self.feeds.lines,
+            "reconfigure": self._reconfigure,
         }
+
+    def _reconfigure(self, ts_ns: int, links: dict, feeds: dict) -> list[tuple]:
+        """A reload: both cores' new parameters, as a recorded input so that
+        replay re-makes the decisions after it too."""
+        return [*self.links.reconfigure(ts_ns, LinkParams.from_json(links)),
+                *self.feeds.reconfigure(ts_ns, FeedParams(**feeds))]
 
     def consume(self, kind: str, ts_ns: int, fields: dict[str, Any]) -> list[Decision]:
         try:

@@ -265,6 +265,25 @@ class FeedCore:
         self.stalls = [StallWatch(p.silence_ns) for _ in p.names]
         self.totals = [{"gaps": 0, "filled": 0, "lost_seqs": 0} for _ in p.names]
 
+    def reconfigure(self, ts_ns: int, params: FeedParams) -> list[tuple]:
+        """A reload's new thresholds, and feeds appended (appliance.core.reload
+        refuses any other change of feeds); open gaps and line status carry over."""
+        if params.names[:len(self.p.names)] != self.p.names:
+            return [("refused", {"input": "reconfigure", "reason": "feeds removed or reordered: restart the daemon"},
+                     None)]
+        for _ in params.names[len(self.p.names):]:
+            self.receivers.append(None)
+            self.books.append(GapBook(params.grace_ns))
+            self.health.append(LineHealth(params.silence_ns, params.behind_seqs))
+            self.stalls.append(StallWatch(params.silence_ns))
+            self.totals.append({"gaps": 0, "filled": 0, "lost_seqs": 0})
+        self.p = params
+        for book, health, stall in zip(self.books, self.health, self.stalls):
+            book.grace_ns = params.grace_ns
+            health.silence_ns, health.behind_seqs = params.silence_ns, params.behind_seqs
+            stall.window_ns = params.silence_ns
+        return []
+
     def receiver(self, ts_ns: int, ip: str, mac: str | None) -> list[tuple]:
         """A receiver's MAC appeared or changed: its feeds' winners go
         straight to it. One that disappears is kept (fail static)."""

@@ -90,6 +90,7 @@ class LinkCore:
         self.predictors = [LinkPredictor(p.model) for _ in p.names] if p.prediction.enabled and p.model else []
         self.classes = [policy.ClassState() for _ in p.class_names]
         self.seen: list[policy.LinkObservation] | None = None   # the last health reading
+        self.seen_ns = 0                                            # ... and when it was taken
 
     def _link_effect(self, link: int) -> tuple:
         return ("link", link, self.carriers[link], self.nexthops[link])
@@ -141,19 +142,19 @@ class LinkCore:
         them) each link's window of probes since the last reading and the
         probe sender's longest lateness since then: gray verdicts, damping,
         each class's policy, then readiness."""
-        self.seen = self.observations(links)
+        self.seen, self.seen_ns = self.observations(links), ts_ns
         out = []
         if windows is not None:
             out += self._detect(ts_ns, windows, sender_late_ns)
         for link in range(len(self.p.names)):
-            if self.failed[link] and self._fresh_for_ns(link, ts_ns) >= 0 and not self.detectors[link].gray:
+            if self.failed[link] and self._fresh_for_ns(link) >= 0 and not self.detectors[link].gray:
                 self.failed[link] = False
             out += self._settle(ts_ns, link)
-        views = self._views(ts_ns)
+        views = self.views(ts_ns)
         for class_id, current in enumerate(active):
             out += self._decide(ts_ns, class_id, current, views)
         if not self.ready:
-            fresh = [self._fresh_for_ns(link, ts_ns) >= 0 for link in range(len(self.p.names))]
+            fresh = [self._fresh_for_ns(link) >= 0 for link in range(len(self.p.names))]
             if all(fresh) or ts_ns > self.ready_by_ns:
                 self.ready = True
                 out.append(("ready", {"fresh": dict(zip(self.p.names, fresh))}, ("steer",)))
@@ -170,6 +171,31 @@ class LinkCore:
             lines[line] = status
 
     # -- operator inputs (the control socket) and the prediction hook --------
+    def reconfigure(self, ts_ns: int, params: LinkParams) -> list[tuple]:
+        """A reload's new parameters (appliance.core.reload applied only what
+        is live: the same links and classes). Detector history, damping and
+        each class's place carry over; a class whose current link left its
+        list moves to its new preferred link."""
+        if params.names != self.p.names or params.class_names != self.p.class_names:
+            return [self._refused({"input": "reconfigure"}, "links or classes differ: restart the daemon")]
+        self.p = params
+        for d in self.detectors:
+            d.p = params.detection
+        self.stall.stall_ns = params.detection.stall_ns
+        if not (params.prediction.enabled and params.model):
+            self.predictors = []
+        elif not self.predictors or self.predictors[0].model != params.model:
+            self.predictors = [LinkPredictor(params.model) for _ in params.names]
+        out = []
+        for cid, links in enumerate(params.class_links):
+            state = self.classes[cid]
+            if state.forced is not None and state.forced not in links:
+                self.classes[cid] = state = replace(state, forced=None)
+            if state.link is not None and state.link not in links:
+                out.append(self._switched(ts_ns, policy.Switch(cid, state.link, links[0], "reconfigured",
+                                                               self._fresh_for_ns(links[0]))))
+        return out
+
     def force(self, ts_ns: int, class_name: str, link_name: str) -> list[tuple]:
         """Pin a class to a link, moving it there now."""
         request = {"input": "force", "class": class_name, "link": link_name}
@@ -182,7 +208,7 @@ class LinkCore:
             reason = f"{link_name} is not one of class {class_name}'s links ({self._named(prefs)})"
         elif self.drained[link]:
             reason = f"{link_name} is drained"
-        elif self._fresh_for_ns(link, ts_ns) < 0:
+        elif self._fresh_for_ns(link) < 0:
             reason = f"{link_name} is not fresh now (no carrier, next hop or recent heartbeat reply)"
         if reason:
             return [self._refused(request, reason)]
@@ -191,7 +217,7 @@ class LinkCore:
         out = [("forced", {"class": class_name, "link": link_name}, None)]
         if state.link != link:
             out.append(self._switched(ts_ns, policy.Switch(class_id, state.link, link, "forced",
-                                                           self._fresh_for_ns(link, ts_ns))))
+                                                           self._fresh_for_ns(link))))
         return out
 
     def release(self, ts_ns: int, class_name: str) -> list[tuple]:
@@ -216,7 +242,7 @@ class LinkCore:
         link = self.p.names.index(link_name)
         if self.drained[link]:
             return [self._refused(request, f"{link_name} is already drained")]
-        views = self._views(ts_ns)
+        views = self.views(ts_ns)
         for class_id, prefs in enumerate(self.p.class_links):
             name = self.p.class_names[class_id]
             if self.classes[class_id].forced == link:
@@ -225,7 +251,7 @@ class LinkCore:
                 return [self._refused(request, f"{link_name} is the last usable link of class {name}")]
         self.drained[link] = True
         out = [("drained", {"link": link_name}, None)]
-        views = self._views(ts_ns)
+        views = self.views(ts_ns)
         for class_id, state in enumerate(self.classes):
             if state.link == link:
                 out += self._decide(ts_ns, class_id, link, views)
@@ -257,12 +283,15 @@ class LinkCore:
         return []
 
     # -- helpers -------------------------------------------------------------
-    def _fresh_for_ns(self, link: int, ts_ns: int) -> int:
-        """-1 before the first health reading: nothing is known fresh."""
-        return -1 if self.seen is None else policy.fresh_for_ns(self.seen[link], ts_ns, self.p.dead_ns)
+    def _fresh_for_ns(self, link: int) -> int:
+        """As of the last health reading (an operator's input between two
+        readings is judged on what the last one showed); -1 before the first:
+        nothing is known fresh."""
+        return -1 if self.seen is None else policy.fresh_for_ns(self.seen[link], self.seen_ns, self.p.dead_ns)
 
-    def _views(self, ts_ns: int) -> list[policy.LinkView]:
-        return [policy.LinkView(fresh_for_ns=self._fresh_for_ns(link, ts_ns), rtt_ns=d.rtt_ns, loss=d.loss,
+    def views(self, ts_ns: int) -> list[policy.LinkView]:
+        """Every link as the policy sees it now (also what `twinpath status` shows)."""
+        return [policy.LinkView(fresh_for_ns=self._fresh_for_ns(link), rtt_ns=d.rtt_ns, loss=d.loss,
                                 gray=d.gray, suppressed=self.damping[link].suppressed, drained=self.drained[link],
                                 predicted=self._predicted(link, ts_ns))
                 for link, d in enumerate(self.detectors)]

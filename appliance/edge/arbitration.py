@@ -2,8 +2,11 @@
 attaching it to both lines (XDP, pyroute2), writing feeds, reading counters
 and events. Decisions about what the numbers mean live in appliance.core.feeds.
 
-XDP programs stay attached when the daemon dies, and keep arbitrating on the
-state they have: fail static. A feed whose receiver MAC is unknown passes to
+XDP programs stay attached when the daemon dies or stops, and keep
+arbitrating on the state they have: fail static. The state (feeds, claims,
+windows, counters) is pinned (appliance.edge.pins): the next daemon's
+programs replace these in place and carry on from the same claims, so a
+sequence delivered before a restart is not delivered again after it. A feed whose receiver MAC is unknown passes to
 kernel routing (both copies reach the trader, whose handler skips repeats).
 """
 from __future__ import annotations
@@ -16,18 +19,20 @@ from bcc import BPF
 from pyroute2 import IPRoute
 
 from appliance import layout
-from appliance.edge.bpfsource import assemble
+from appliance.edge.dataplane import load_pinned
 from appliance.edge.netlink import attach_xdp, detach_xdp
+from appliance.edge.pins import PinDir
 
 ARB_SOURCES = ["arbitrate.c"]
 LINE_PROGRAMS = ("tp_arb_line_a", "tp_arb_line_b")  # line A = 0, line B = 1
 CLEAR_PROGRAM = "tp_arb_clear"  # tp_arb_progs[2]: the rare paths' claim clearing (ebpf/lib/feed_maps.h)
 
 
-def compile_arbiter(hb_dedup_ns: int) -> BPF:
+def compile_arbiter(hb_dedup_ns: int, pins: PinDir | None = None) -> tuple[BPF, dict[str, int]]:
     """The dedup window is a compile-time constant, like the gateway's timers:
-    no per-packet config lookup."""
-    return BPF(text=assemble(ARB_SOURCES, {"TP_HB_DEDUP_NS": f"{int(hb_dedup_ns)}ULL"}).encode())
+    no per-packet config lookup. Returns the module and the entries migrated
+    per map (dataplane.load_pinned)."""
+    return load_pinned(ARB_SOURCES, {"TP_HB_DEDUP_NS": f"{int(hb_dedup_ns)}ULL"}, pins)
 
 
 def multicast_mac(group: ipaddress.IPv4Address) -> str:
@@ -52,8 +57,9 @@ def mono_to_real_ns() -> int:
 class Arbiter:
     """The loaded arbitration program and its maps."""
 
-    def __init__(self, hb_dedup_ns: int):
-        self.bpf = compile_arbiter(hb_dedup_ns)
+    def __init__(self, hb_dedup_ns: int, pins: PinDir | None = None):
+        self.pins = pins
+        self.bpf, self.migrated = compile_arbiter(hb_dedup_ns, pins)
         self.lines = [self.bpf.load_func(name, BPF.XDP) for name in LINE_PROGRAMS]
         self.clear = self.bpf.load_func(CLEAR_PROGRAM, BPF.XDP)
         # Tail-call targets: a session switch, a believed far-ahead sequence
@@ -75,6 +81,26 @@ class Arbiter:
         self.bpf["tp_feeds"][self.feed_key(addr, port)] = layout.Feed(
             id=feed_id, proto=layout.FEED_PROTOCOLS[protocol], ifindex=ifindex if dst_mac else 0,
             src_mac=layout.mac_array(src_mac), dst_mac=layout.mac_array(dst_mac))
+
+    def feed_mac(self, addr: ipaddress.IPv4Address, port: int) -> str | None:
+        """The receiver MAC a feed's entry holds (a pinned one: a previous
+        daemon's), or None."""
+        try:
+            feed = self.bpf["tp_feeds"][self.feed_key(addr, port)]
+        except KeyError:
+            return None
+        return ":".join(f"{b:02x}" for b in feed.dst_mac) if feed.ifindex else None
+
+    def prune_feeds(self, keep: list[tuple[ipaddress.IPv4Address, int]]) -> list[str]:
+        """Removes feeds a pinned map still has but the config does not;
+        returns them as "addr:port"."""
+        wanted = {bytes(self.feed_key(a, p)) for a, p in keep}
+        table, gone = self.bpf["tp_feeds"], []
+        for key in [k for k in table.keys() if bytes(k) not in wanted]:
+            gone.append(f"{ipaddress.IPv4Address(key.addr.to_bytes(4, 'little'))}:"
+                        f"{int.from_bytes(key.port.to_bytes(2, 'little'), 'big')}")
+            del table[key]
+        return gone
 
     def sync_clock(self) -> None:
         """Re-pairs CLOCK_REALTIME with CLOCK_MONOTONIC (NTP may step the first)."""
@@ -123,6 +149,8 @@ class Arbiter:
     def attach(self, ipr: IPRoute, line_devs: list[str]) -> None:
         for prog, dev in zip(self.lines, line_devs):
             self._attached.append(attach_xdp(ipr, dev, prog))
+            if self.pins:
+                self.pins.pin_program("xdp", self._attached[-1], prog.fd)
 
     def detach(self, ipr: IPRoute) -> None:
         for idx in reversed(self._attached):

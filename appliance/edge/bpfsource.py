@@ -17,11 +17,17 @@ from ebpf import EBPF_DIR
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
+# Where entry files and "..." includes are looked up, first match wins.
+ROOTS: list[Path] = [EBPF_DIR]
+
+
 def assemble(entry_files: list[str], defines: dict[str, int] | None = None,
-             roots: tuple[Path, ...] = (EBPF_DIR,)) -> str:
+             roots: tuple[Path, ...] | None = None) -> str:
     """One C text from the given entry files, with `defines` emitted first
     as #define lines. Entry files and "..." includes are looked up in
-    `roots`, first match wins (the lab puts its own directory before ours)."""
+    `roots` (default ROOTS), first match wins (the lab puts its own
+    directory before ours)."""
+    roots = tuple(ROOTS) if roots is None else roots
     seen: set[Path] = set()
     out = [f"#define {k} {v}" for k, v in (defines or {}).items()]
 

@@ -1,14 +1,23 @@
 """Thin ctypes access to libbpf (Debian's libbpf1) for what BCC lacks and the
-daemon needs: a loaded program's kernel id, the maps it uses, reading them.
-(The lab's and tests' own calls, BPF_PROG_TEST_RUN and pinning, are in
-lab/libbpf.py on the same library handle.)"""
+daemon needs: a loaded program's kernel id, the maps it uses, reading and
+writing them, pinning (appliance.edge.pins). (The lab's and tests' own call,
+BPF_PROG_TEST_RUN, is in lab/libbpf.py on the same library handle.)"""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 LIBBPF = ctypes.CDLL("libbpf.so.1", use_errno=True)
 LIBBPF.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+LIBBPF.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
+LIBBPF.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
+LIBBPF.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+LIBBPF.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+LIBBPF.bpf_obj_get.argtypes = [ctypes.c_char_p]
+LIBBPF.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
+                                  ctypes.c_uint32, ctypes.c_void_p]
+BPF_MAP_TYPE_HASH = 1
 
 
 def check(rc: int, what: str) -> int:
@@ -23,6 +32,49 @@ def map_lookup(fd: int, key, value) -> None:
     """Reads the element into `value` (for per-CPU maps, an array of one
     element per possible CPU)."""
     check(LIBBPF.bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)), "map lookup")
+
+
+def map_update(fd: int, key, value) -> None:
+    check(LIBBPF.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), 0), "map update")
+
+
+def map_delete(fd: int, key) -> None:
+    """Deletes the element; one already gone is fine."""
+    rc = LIBBPF.bpf_map_delete_elem(fd, ctypes.byref(key))
+    if rc < 0 and (ctypes.get_errno() or -rc) != errno.ENOENT:
+        check(rc, "map delete")
+
+
+def map_keys(fd: int, key_size: int) -> list[bytes]:
+    """Every key of a map, as raw bytes (arrays: every index)."""
+    keys, prev, key = [], None, ctypes.create_string_buffer(key_size)
+    while True:
+        rc = LIBBPF.bpf_map_get_next_key(fd, prev, key)
+        if rc < 0:
+            if (ctypes.get_errno() or -rc) == errno.ENOENT:
+                return keys
+            check(rc, "map get next key")
+        keys.append(key.raw)
+        prev = ctypes.create_string_buffer(key.raw, key_size)
+
+
+def map_create_hash(name: str, key_size: int, value_size: int, max_entries: int) -> int:
+    """A new hash map's fd; the caller closes (or pins) it."""
+    return check(LIBBPF.bpf_map_create(BPF_MAP_TYPE_HASH, name.encode(), key_size, value_size, max_entries, None),
+                 f"create map {name}")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    check(LIBBPF.bpf_obj_pin(fd, path.encode()), f"pin {path}")
+
+
+def obj_get(path: str) -> int:
+    """A new fd for a pinned object; the caller closes it."""
+    return check(LIBBPF.bpf_obj_get(path.encode()), f"open pinned {path}")
+
+
+def possible_cpus() -> int:
+    return check(LIBBPF.libbpf_num_possible_cpus(), "counting possible CPUs")
 
 
 class _ProgInfo(ctypes.Structure):
@@ -88,6 +140,21 @@ MAX_PROG_MAPS = 64
 def _info(fd: int, info: ctypes.Structure) -> None:
     size = ctypes.c_uint32(ctypes.sizeof(info))
     check(LIBBPF.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "BPF_OBJ_GET_INFO_BY_FD")
+
+
+def map_info(fd: int) -> tuple[int, int, int, int, int]:
+    """(type, id, key size, value size, max entries) of the map behind fd."""
+    info = _MapInfo()
+    _info(fd, info)
+    return info.type, info.id, info.key_size, info.value_size, info.max_entries
+
+
+def prog_tag(prog_fd: int) -> bytes:
+    """The kernel's hash of the program's instructions (map references
+    zeroed): equal for the same program loaded twice."""
+    info = _ProgInfo()
+    _info(prog_fd, info)
+    return bytes(info.tag)
 
 
 def prog_maps(prog_fd: int) -> dict[str, tuple[int, int, int]]:

@@ -2,7 +2,10 @@
 the programs (BCC), attaching them (pyroute2 tc), and reading/writing maps.
 
 TC filters hold their own reference to the programs and maps, so forwarding
-continues on the last written state if the daemon dies: fail static.
+continues on the last written state if the daemon dies or stops: fail
+static. The maps are pinned (appliance.edge.pins), so the next daemon
+compiles against the same state and replaces each program in place (tc
+replace: there is no moment without one).
 """
 from __future__ import annotations
 
@@ -18,9 +21,19 @@ from pyroute2 import IPRoute
 from appliance import layout
 from appliance.core.classify import compile_rules
 from appliance.core.config import Config
-from appliance.edge import bpfsys
+from appliance.edge import bpfsys, probesender
 from appliance.edge.bpfsource import assemble
-from appliance.edge.netlink import TC_EGRESS, TC_INGRESS, attach_bpf, detach_bpf, ifindex, tc_filter_prog_id
+from appliance.edge.netlink import (
+    TC_EGRESS,
+    TC_INGRESS,
+    attach_bpf,
+    detach_bpf,
+    detach_xdp,
+    ifindex,
+    remove_clsact_if_empty,
+    tc_filter_prog_id,
+)
+from appliance.edge.pins import PinDir, declared_maps
 
 PROBE_IDENT = 0x7470        # ICMP echo identifier of twinpath probes ("tp")
 FILTER_PRIO = 0x7470        # our tc filter priority, so detach removes only ours
@@ -28,11 +41,25 @@ SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h; Python's socket module lacks them
 GATEWAY_SOURCES = ["steer.c", "heartbeat.c"]
 
 
-def compile_gateway(interval_ns: int, dead_ns: int, ident: int = PROBE_IDENT) -> BPF:
+def compile_gateway(interval_ns: int, dead_ns: int, ident: int = PROBE_IDENT, pins: PinDir | None = None) -> BPF:
     """Steer and heartbeat programs in one BCC module, sharing their maps.
-    Timers are compile-time constants: no per-packet config lookup."""
+    Timers are compile-time constants: no per-packet config lookup. With
+    `pins`, the maps are the pinned ones (see load_pinned)."""
     defines = {"TP_INTERVAL_NS": f"{interval_ns}ULL", "TP_DEAD_NS": f"{dead_ns}ULL", "TP_PROBE_IDENT": ident}
-    return BPF(text=assemble(GATEWAY_SOURCES, defines).encode())
+    return load_pinned(GATEWAY_SOURCES, defines, pins)[0]
+
+
+def load_pinned(sources: list[str], defines: dict, pins: PinDir | None) -> tuple[BPF, dict[str, int]]:
+    """A BCC module whose maps are pinned in `pins` (reused, created, or
+    migrated from an older layout: appliance.edge.pins), and the entries
+    migrated per map. Without pins, a module with maps of its own."""
+    if pins is None:
+        return BPF(text=assemble(sources, defines).encode()), {}
+    text = assemble(sources, {**defines, "TP_PIN_DIR": f'"{pins.path}"'})
+    declared = declared_maps(text)
+    plan = pins.plan(declared)
+    bpf = BPF(text=text.encode())
+    return bpf, pins.adopt(bpf, declared, plan)
 
 
 def addr_u32(addr: ipaddress.IPv4Address | None) -> int:
@@ -62,9 +89,15 @@ class LinkState:
 class Gateway:
     """The loaded gateway programs and their maps, for one configuration."""
 
-    def __init__(self, cfg: Config, bpf: BPF | None = None):
+    def __init__(self, cfg: Config, bpf: BPF | None = None, pins: PinDir | None = None):
         self.cfg = cfg
-        self.bpf = bpf or compile_gateway(cfg.heartbeat.interval_us * 1000, cfg.heartbeat.dead_ns)
+        self.pins = pins
+        self.migrated: dict[str, int] = {}
+        if bpf is None:
+            bpf, self.migrated = load_pinned(GATEWAY_SOURCES, {
+                "TP_INTERVAL_NS": f"{cfg.heartbeat.interval_us * 1000}ULL",
+                "TP_DEAD_NS": f"{cfg.heartbeat.dead_ns}ULL", "TP_PROBE_IDENT": PROBE_IDENT}, pins)
+        self.bpf = bpf
         self.steer = self.bpf.load_func("tp_steer", BPF.SCHED_CLS)
         self.hb_egress = self.bpf.load_func("tp_hb_egress", BPF.SCHED_CLS)
         self.hb_ingress = self.bpf.load_func("tp_hb_ingress", BPF.SCHED_CLS)
@@ -73,6 +106,13 @@ class Gateway:
     # -- maps -------------------------------------------------------------
     def write_link(self, link_id: int, state: LinkState) -> None:
         self.bpf["tp_links"][ctypes.c_uint32(link_id)] = state.to_map()
+
+    def pinned_nexthop(self, link_id: int, ifindex: int) -> str | None:
+        """The next-hop MAC the link's (pinned) entry holds for this device, or None."""
+        entry = self.bpf["tp_links"][ctypes.c_uint32(link_id)]
+        if entry.ifindex != ifindex or not entry.flags & layout.LINK_NEXTHOP:
+            return None
+        return ":".join(f"{b:02x}" for b in entry.dst_mac)
 
     def write_keys(self, keys) -> None:
         """Heartbeat MAC keys (appliance.edge.keys.HeartbeatKey): the first signs,
@@ -88,17 +128,31 @@ class Gateway:
                                    id=k.id)
             table[ctypes.c_uint32(slot)] = value
 
-    def write_policy(self) -> None:
-        """Classes, their preferred links and the rule trie, from the config."""
-        cfg = self.cfg
-        classes, active = self.bpf["tp_classes"], self.bpf["tp_active"]
-        for cid, c in enumerate(cfg.classes):
-            ids = [cfg.link_index(n) for n in c.links]
-            classes[ctypes.c_uint32(cid)] = layout.Class(
-                n_links=len(ids), links=(ctypes.c_uint32 * layout.MAX_LINKS)(*ids))
-            active[ctypes.c_uint32(cid)] = ctypes.c_uint64(ids[0])
+    def class_value(self, class_id: int) -> layout.Class:
+        """A class's tp_classes entry as the config has it."""
+        ids = [self.cfg.link_index(n) for n in self.cfg.classes[class_id].links]
+        return layout.Class(n_links=len(ids), links=(ctypes.c_uint32 * layout.MAX_LINKS)(*ids))
+
+    def write_policy(self, active: list[int]) -> None:
+        """Classes, each class's current link (`active`: the preferred
+        links, or those of the data path a restart adopted) and the rule
+        trie, from the config."""
+        for cid in range(len(self.cfg.classes)):
+            self.write_class(cid, active[cid])
+        self.write_rules()
+
+    def write_class(self, class_id: int, link_id: int) -> None:
+        """A class's links from the config, and its current link."""
+        self.bpf["tp_classes"][ctypes.c_uint32(class_id)] = self.class_value(class_id)
+        self.set_active(class_id, link_id)
+
+    def write_rules(self) -> None:
+        """The rule trie as the config has it: every prefix written, then
+        the prefixes it no longer has (a pinned trie's, or before a reload)
+        deleted. A packet meanwhile matches either rule set, never none."""
         trie = self.bpf["tp_rules"]
-        for prefix, rules in compile_rules(cfg).items():
+        keep = set()
+        for prefix, rules in compile_rules(self.cfg).items():
             value = layout.PrefixRules(n_rules=len(rules))
             for i, r in enumerate(rules):
                 value.rules[i] = layout.Rule(proto=r.proto, class_id=r.class_id,
@@ -106,12 +160,30 @@ class Gateway:
             key = layout.LpmKey(prefixlen=prefix.prefixlen,
                                 addr=int.from_bytes(prefix.network_address.packed, "little"))
             trie[key] = value
+            keep.add(bytes(key))
+        for key in [k for k in trie.keys() if bytes(k) not in keep]:
+            del trie[key]
+
+    def preferred_active(self) -> list[int]:
+        return [self.cfg.link_index(c.links[0]) for c in self.cfg.classes]
+
+    def reset_probe_rounds(self, last_seq: int) -> None:
+        """Before a new sender's first round (its sequences continue from
+        `last_seq`): no link owes the previous sender's rounds (lib/reflex.h's
+        missed-round rule reads stamped_seq against tp_probe_round)."""
+        health, zero = self.bpf["tp_health"], ctypes.c_uint32(0)
+        for i in range(len(self.cfg.links)):
+            h = health[ctypes.c_uint32(i)]   # BCC's own view: the whole value, whatever this build's layout
+            h.unanswered, h.stamped_seq = 0, last_seq
+            health[ctypes.c_uint32(i)] = h
+        self.bpf["tp_probe_round"][zero] = ctypes.c_uint64(last_seq)
 
     def previous_active(self, ipr: IPRoute) -> list[int] | None:
         """Each class's link as the steer program already attached (a previous
         daemon's, still forwarding on its last state) has it; None when there
-        is none, or its maps' layout or classes differ from ours: a changed
-        configuration starts from the preferred links."""
+        is none, or its maps' layout or classes differ from the config's: a
+        changed configuration starts from the preferred links. Read before
+        write_policy, which writes the pinned maps that program may share."""
         idx = ifindex(ipr, self.cfg.steer.ingress)
         prog_id = tc_filter_prog_id(ipr, idx, TC_INGRESS, FILTER_PRIO)
         if not prog_id:
@@ -129,13 +201,12 @@ class Gateway:
             if not classes or not active or classes[1:] != (4, ctypes.sizeof(layout.Class)) or \
                     active[1:] != (4, ctypes.sizeof(ctypes.c_uint64)):
                 return None
-            ours = self.bpf["tp_classes"]
             links = []
             for cid in range(len(self.cfg.classes)):
                 theirs, where = layout.Class(), ctypes.c_uint64()
                 bpfsys.map_lookup(classes[0], ctypes.c_uint32(cid), theirs)
                 bpfsys.map_lookup(active[0], ctypes.c_uint32(cid), where)
-                if bytes(theirs) != bytes(ours[ctypes.c_uint32(cid)]) or where.value not in theirs.links[:theirs.n_links]:
+                if bytes(theirs) != bytes(self.class_value(cid)) or where.value not in theirs.links[:theirs.n_links]:
                     return None
                 links.append(where.value)
             return links
@@ -197,13 +268,49 @@ class Gateway:
         self._attach_one(ipr, self.cfg.steer.ingress, TC_INGRESS, self.steer)
 
     def _attach_one(self, ipr: IPRoute, dev: str, parent: str, fn) -> None:
-        self._attached.append((attach_bpf(ipr, dev, parent, fn, FILTER_PRIO), parent))
+        attached = attach_bpf(ipr, dev, parent, fn, FILTER_PRIO)
+        if self.pins:
+            self.pins.pin_program(TC_HOOKS[parent], attached, fn.fd)
+            if attached.created_qdisc:
+                self.pins.note_qdisc(attached)
+        self._attached.append((attached, parent))
 
     def detach(self, ipr: IPRoute) -> None:
         """Removes our filters only; traffic returns to kernel routing."""
         for idx, parent in reversed(self._attached):
             detach_bpf(ipr, idx, parent, FILTER_PRIO)
         self._attached.clear()
+
+
+TC_HOOKS = {TC_INGRESS: "tc-ingress", TC_EGRESS: "tc-egress"}
+
+
+def detach_all(ipr: IPRoute, pins: PinDir) -> list[str]:
+    """Everything twinpath added to this gateway, as its pins record it:
+    the probe sender, each program still attached where it was pinned from (one another tool
+    has put there since is left), each clsact qdisc twinpath created once no
+    filter is left on it, and the pins. Returns what was removed."""
+    if not pins.path.is_dir():
+        return []
+    pins.open()
+    removed = []
+    sender = probesender.stop_recorded(pins)
+    if sender:
+        removed.append(f"probe sender pid {sender}")
+    for hook, idx, prog_id in pins.programs():
+        if hook == "xdp":
+            gone = detach_xdp(ipr, idx, prog_id)
+        else:
+            parent = next(p for p, h in TC_HOOKS.items() if h == hook)
+            gone = detach_bpf(ipr, idx, parent, FILTER_PRIO, prog_id)
+        if gone:
+            removed.append(f"{hook} program {prog_id} on ifindex {idx}")
+    for idx in pins.qdiscs():
+        if remove_clsact_if_empty(ipr, idx):
+            removed.append(f"clsact qdisc on ifindex {idx}")
+    removed.append(f"{len(pins.pins())} pinned maps and programs under {pins.path}")
+    pins.remove()
+    return removed
 
 
 def open_probe_socket(dev: str, local: ipaddress.IPv4Address, target: ipaddress.IPv4Address) -> socket.socket:

@@ -67,14 +67,16 @@ class Attached(int):
     callers that keep ifindexes keep working."""
 
     prog_id: int
+    created_qdisc: bool   # attach_bpf added the clsact qdisc (it was not there)
 
-    def __new__(cls, ifindex: int, prog_id: int):
+    def __new__(cls, ifindex: int, prog_id: int, created_qdisc: bool = False):
         self = super().__new__(cls, ifindex)
         self.prog_id = prog_id
+        self.created_qdisc = created_qdisc
         return self
 
     def __repr__(self) -> str:
-        return f"Attached(ifindex={int(self)}, prog_id={self.prog_id})"
+        return f"Attached(ifindex={int(self)}, prog_id={self.prog_id}, created_qdisc={self.created_qdisc})"
 
 
 TC_HANDLE = 1         # our filters' handle (":1") within their priority
@@ -94,15 +96,38 @@ def attach_bpf(ipr: IPRoute, dev: str, parent: str, prog, prio: int) -> Attached
     predecessor's filter in one netlink operation, with no moment without a
     program."""
     idx = ifindex(ipr, dev)
+    created = True
     try:
         ipr.tc("add", "clsact", idx)
     except Exception as e:  # an existing clsact (ours or another tool's) is fine
         if getattr(e, "code", None) != errno.EEXIST:
             raise
+        created = False
     name = prog.name.decode() if isinstance(prog.name, bytes) else prog.name
     ipr.tc("replace-filter", "bpf", idx, f":{TC_HANDLE}", fd=prog.fd, name=name,
            parent=parent, classid=1, direct_action=True, prio=prio)
-    return Attached(idx, _prog_id_of(prog))
+    return Attached(idx, _prog_id_of(prog), created)
+
+
+def remove_clsact_if_empty(ipr: IPRoute, idx: int) -> bool:
+    """Deletes idx's clsact qdisc if no filter is left on it (deleting it
+    would remove another tool's filters with it). True if deleted."""
+    for parent in (TC_INGRESS, TC_EGRESS):
+        try:
+            if ipr.get_filters(index=int(idx), parent=parent):
+                return False
+        except Exception as e:
+            if getattr(e, "code", None) in (errno.ENODEV, errno.ENOENT):
+                return False
+            if getattr(e, "code", None) != errno.EINVAL:
+                raise
+    try:
+        ipr.tc("del", "clsact", int(idx))
+    except Exception as e:
+        if getattr(e, "code", None) in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            return False
+        raise
+    return True
 
 
 def _tca_bpf_id(options) -> int | None:

@@ -1,15 +1,18 @@
-/* Maps of the arbitration program (BCC syntax), one BCC module of its own. */
+/* Maps of the arbitration program (BCC syntax), one BCC module of its own.
+ * Its state (feeds, claims, windows, counters) is pinned (lib/pin.h); the
+ * event ring, the tail-call table and the per-packet scratch are not. */
 #ifndef TP_FEED_MAPS_H
 #define TP_FEED_MAPS_H
 
 #include "lib/layout.h"
+#include "lib/pin.h"
 
-BPF_HASH(tp_feeds, struct tp_feed_key, struct tp_feed, TP_ARB_FEEDS);
-BPF_ARRAY(tp_feed_state, struct tp_feed_state, TP_ARB_FEEDS);
-BPF_ARRAY(tp_feed_claims, struct tp_feed_claims, TP_ARB_FEEDS);
-BPF_ARRAY(tp_arb_config, struct tp_arb_config, 1);
-BPF_PERCPU_ARRAY(tp_line_stats, struct tp_line_stats, TP_ARB_FEEDS * TP_ARB_LINES);
-BPF_PERCPU_ARRAY(tp_arb_gstats, __u64, TP_ARB_LINES * TP_ARB_STAT_MAX);
+TP_MAP("hash", struct tp_feed_key, struct tp_feed, tp_feeds, TP_ARB_FEEDS, 1, 0);
+TP_MAP("array", int, struct tp_feed_state, tp_feed_state, TP_ARB_FEEDS, 1, 0);
+TP_MAP("array", int, struct tp_feed_claims, tp_feed_claims, TP_ARB_FEEDS, 1, 0);
+TP_MAP("array", int, struct tp_arb_config, tp_arb_config, 1, 1, 0);
+TP_MAP("percpu_array", int, struct tp_line_stats, tp_line_stats, TP_ARB_FEEDS * TP_ARB_LINES, 1, 0);
+TP_MAP("percpu_array", int, __u64, tp_arb_gstats, TP_ARB_LINES * TP_ARB_STAT_MAX, 1, 0);
 BPF_RINGBUF_OUTPUT(tp_arb_events, 16);
 
 /* The rare paths (a session switch, a believed far-ahead sequence, a claim

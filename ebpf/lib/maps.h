@@ -1,26 +1,28 @@
 /* Map declarations shared by every gateway program (BCC syntax). Compiled in
- * one BCC module so steer and heartbeat see the same maps. */
+ * one BCC module so steer and heartbeat see the same maps; every map but the
+ * event ring is pinned (lib/pin.h: bump a version when its layout changes). */
 #ifndef TP_MAPS_H
 #define TP_MAPS_H
 
 #include "lib/layout.h"
+#include "lib/pin.h"
 
-BPF_ARRAY(tp_links, struct tp_link, TP_MAX_LINKS);
-BPF_ARRAY(tp_health, struct tp_health, TP_MAX_LINKS);
-BPF_ARRAY(tp_rtt_ring, struct tp_rtt_ring, TP_MAX_LINKS);
+TP_MAP("array", int, struct tp_link, tp_links, TP_MAX_LINKS, 1, 0);
+TP_MAP("array", int, struct tp_health, tp_health, TP_MAX_LINKS, 1, 0);
+TP_MAP("array", int, struct tp_rtt_ring, tp_rtt_ring, TP_MAX_LINKS, 1, 0);
 /* [0]: the highest probe sequence stamped on any link (all links of a round
  * share one): a link whose own stamped_seq lags it sent no probe in those
  * rounds (lib/reflex.h). */
-BPF_ARRAY(tp_probe_round, __u64, 1);
-BPF_ARRAY(tp_keys, struct tp_key, TP_KEY_SLOTS);
-BPF_ARRAY(tp_classes, struct tp_class, TP_MAX_CLASSES);
+TP_MAP("array", int, __u64, tp_probe_round, 1, 1, 0);
+TP_MAP("array", int, struct tp_key, tp_keys, TP_KEY_SLOTS, 1, 0);
+TP_MAP("array", int, struct tp_class, tp_classes, TP_MAX_CLASSES, 1, 0);
 /* The class's current link: CAS'd by the data path on reflex failover,
  * written by the daemon on failback. */
-BPF_ARRAY(tp_active, __u64, TP_MAX_CLASSES); /* u64: BCC emits 64-bit cmpxchg only */
-BPF_LPM_TRIE(tp_rules, struct tp_lpm_key, struct tp_prefix_rules, TP_MAX_PREFIXES);
-BPF_PERCPU_ARRAY(tp_steer_stats, struct tp_counters, TP_MAX_CLASSES * TP_MAX_LINKS);
-BPF_PERCPU_ARRAY(tp_rtt_hist, __u64, TP_MAX_LINKS * TP_HIST_BUCKETS);
-BPF_PERCPU_ARRAY(tp_gstats, __u64, TP_STAT_MAX);
+TP_MAP("array", int, __u64, tp_active, TP_MAX_CLASSES, 1, 0); /* u64: BCC emits 64-bit cmpxchg only */
+TP_MAP("lpm_trie", struct tp_lpm_key, struct tp_prefix_rules, tp_rules, TP_MAX_PREFIXES, 1, BPF_F_NO_PREALLOC);
+TP_MAP("percpu_array", int, struct tp_counters, tp_steer_stats, TP_MAX_CLASSES * TP_MAX_LINKS, 1, 0);
+TP_MAP("percpu_array", int, __u64, tp_rtt_hist, TP_MAX_LINKS * TP_HIST_BUCKETS, 1, 0);
+TP_MAP("percpu_array", int, __u64, tp_gstats, TP_STAT_MAX, 1, 0);
 BPF_RINGBUF_OUTPUT(tp_events, 8);
 
 static __always_inline void tp_count(__u32 stat)

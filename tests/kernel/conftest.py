@@ -58,7 +58,7 @@ class FixtureGateway:
         gw = self.gw
         for name in ("tp_health", "tp_rtt_ring", "tp_probe_round", "tp_steer_stats", "tp_rtt_hist", "tp_gstats"):
             gw.bpf[name].clear()
-        gw.write_policy()
+        gw.write_policy(gw.preferred_active())
         gw.write_keys([HeartbeatKey(i, k) for i, k in FIXTURE_KEYS])
         for link_id, name in enumerate("AB"):
             self.set_link(link_id, carrier=True, nexthop=True)

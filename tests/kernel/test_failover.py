@@ -4,6 +4,7 @@ Assertions are about behaviour (which link, how many packets lost, nothing
 duplicated or reordered), with margins that do not depend on machine speed.
 """
 import json
+import os
 import signal
 import time
 
@@ -109,11 +110,15 @@ def test_tcp_order_session_survives_blackhole_failover(lab, workdir, daemon):
 
 
 def test_stalled_daemon_switches_nothing_and_forwarding_continues(lab, workdir, daemon):
+    sender = daemon.wait_for("attached", 1)["sender_pid"]
+
     def stall():
         time.sleep(0.3)
-        daemon.signal(signal.SIGSTOP)   # heartbeats stop: every link goes stale at once
+        for pid in (daemon.proc.pid, sender):   # heartbeats stop: every link goes stale at once
+            os.kill(pid, signal.SIGSTOP)
         time.sleep(0.5)
-        daemon.signal(signal.SIGCONT)
+        for pid in (sender, daemon.proc.pid):
+            os.kill(pid, signal.SIGCONT)
 
     result, arrivals = stream(lab, workdir, 9000, 1.2, during=stall)
     assert failovers(daemon) == []

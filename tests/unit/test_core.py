@@ -644,3 +644,58 @@ def test_without_line_links_a_feed_says_nothing_about_links():
     ts = clock.ts
     clock.consume("feed-lines", {"feed": 0, "samples": [[ts, 10], [ts, 300]], "delivery": None})
     assert clock.core.links.detectors[0].feed_lines == {}
+
+
+def reconfigure(core, ts, links=LINKS, feeds=FEEDS):
+    return core.consume("reconfigure", ts, {"links": links.to_json(), "feeds": feeds.__dict__})
+
+
+def test_a_reload_takes_a_new_holddown_from_its_input_on():
+    core = Core(start())
+    assert reconfigure(core, T0, LinkParams(**{**LINKS.__dict__, "holddown_ns": 600 * MS})) == []
+    due = T0 + 300 * MS    # the old hold-down: no failback any more
+    assert [d.event for d in core.consume("health", due, {"links": fresh(due, True, True), "active": [1]})] \
+        == ["ready"]
+    later = T0 + 600 * MS
+    back = core.consume("health", later, {"links": fresh(later, True, True), "active": [1]})
+    assert back[0].fields["cause"] == "failback"
+
+
+def test_a_reload_that_drops_the_current_link_of_a_class_moves_it():
+    core = Core(start())
+    core.consume("health", T0 + MS, {"links": fresh(T0 + MS, True, True), "active": [0]})
+    moved = reconfigure(core, T0 + 2 * MS, LinkParams(**{**LINKS.__dict__, "class_links": [[1]]}))
+    assert [(d.event, d.fields["cause"], d.effect) for d in moved] == [("failover", "reconfigured", ("active", 0, 1))]
+
+
+def test_a_reload_with_other_links_or_classes_is_refused_by_the_core():
+    core = Core(start())
+    refused = reconfigure(core, T0, LinkParams(**{**LINKS.__dict__, "names": ["A", "C"]}))
+    assert [d.event for d in refused] == ["refused"]
+
+
+def test_a_reload_appends_a_feed_and_changes_thresholds():
+    core = Core(start())
+    more = FeedParams(names=["itch", "mdp"], dsts=["198.18.1.1", "198.18.1.2"], grace_ns=10 * MS,
+                      silence_ns=100 * MS, behind_seqs=10)
+    assert reconfigure(core, T0, feeds=more) == []
+    assert core.feeds.books[0].grace_ns == 10 * MS and len(core.feeds.health) == 2
+    assert [d.event for d in reconfigure(core, T0, feeds=FEEDS)] == ["refused"]
+
+
+def test_a_reload_replays_like_the_live_run(tmp_path):
+    path = tmp_path / "trace.jsonl"
+    rec = trace.Recorder(str(path), start())
+    inputs = [("health", T0 + MS, {"links": fresh(T0 + MS, True, True), "active": [0]}),
+              ("reconfigure", T0 + 2 * MS, {"links": LinkParams(**{**LINKS.__dict__, "class_links": [[1, 0]],
+                                                                   "holddown_ns": MS}).to_json(),
+                                            "feeds": FEEDS.__dict__}),
+              ("health", T0 + 5 * MS, {"links": fresh(T0 + 5 * MS, True, True), "active": [0]})]
+    core, live = Core(start()), []
+    for kind, ts, fields in inputs:
+        rec.input(kind, ts, fields)
+        live += core.consume(kind, ts, json.loads(json.dumps(fields)))
+    rec.close()
+    again = list(replay(*trace.read(str(path))))
+    assert [d.record() for d in again] == [d.record() for d in live]
+    assert any(d.event == "failover" for d in live)

@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCT_PACKAGES = {"appliance", "fastpath", "ebpf"}
-RUNTIME_REQUIRES = {"pyroute2", "pydantic"}
+RUNTIME_REQUIRES = {"pyroute2", "pydantic", "prometheus-client"}
 
 
 @pytest.fixture(scope="module")

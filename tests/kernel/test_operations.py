@@ -1,0 +1,110 @@
+"""Operations in the lab, with orders and an A/B feed flowing: a restart,
+a reload, an upgrade across a layout change lose and duplicate nothing; a
+daemon killed with SIGKILL leaves a data path that still fails over; stop
+leaves the data path forwarding (fail static) and `twinpath detach` then
+removes exactly what twinpath added."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from appliance.edge import bpfsys
+from lab import ops, processes, topology
+
+
+def ops_result(lab, name):
+    result = ops.run(name, lab)
+    assert result["sent"] > 0 and result["feed_sent"] > 0, result
+    return result
+
+
+@pytest.mark.parametrize("name", ["daemon-restart", "upgrade", "reload"])
+def test_an_operation_loses_and_duplicates_nothing(lab, name):
+    r = ops_result(lab, name)
+    assert (r["lost"], r["duplicated"], r["delivered_twice"]) == (0, 0, 0), r
+    assert r["feed_missing"] == [], r
+    assert not r["failed_over"], r
+    if name == "upgrade":
+        assert r["operation"]["migrated"] == {"tp_health": 8}, r["operation"]
+    if name == "daemon-restart":
+        assert r["operation"]["migrated"] == {}, r["operation"]
+
+
+def test_a_killed_daemon_leaves_a_data_path_that_still_fails_over(lab):
+    r = ops_result(lab, "daemon-kill")
+    assert r["failed_over"] and r["to_link"] == "B", r
+    assert r["duplicated"] == 0 and r["delivered_twice"] == 0, r
+
+
+def tc_filters(lab, dev):
+    out = lab.run("gw", ["tc", "filter", "show", "dev", dev, "ingress"]).stdout
+    out += lab.run("gw", ["tc", "filter", "show", "dev", dev, "egress"]).stdout
+    return out
+
+
+def test_stop_is_fail_static_and_detach_removes_only_what_twinpath_added(lab, tmp_path):
+    config = topology.write_config(lab, feeds=True)
+    daemon = processes.DaemonProcess(lab, config, tmp_path / "daemon.jsonl")
+    daemon.wait_for("ready", 60)
+    sender_pid = daemon.wait_for("attached", 1)["sender_pid"]
+    # Another tool's filter in the clsact twinpath created on the trader side (egress, where twinpath has
+    # none): detach must leave it, and the qdisc with it.
+    lab.run("gw", ["tc", "filter", "add", "dev", "int", "egress", "prio", "7", "protocol", "all", "u32", "match",
+                   "u32", "0", "0"])
+    daemon.stop(detach=False)
+    assert any(e.get("event") == "fail-static" for e in daemon.events())
+    assert "tp_hb_ingress" in tc_filters(lab, "lnkA") and "tp_steer" in tc_filters(lab, "int")
+    assert (lab.gw_pin_dir / "tp_active_v1").exists()
+    assert subprocess.run(["kill", "-0", str(sender_pid)]).returncode == 0, "the sender keeps probing"
+
+    out = lab.run("gw", [sys.executable, "-m", "appliance.cli", "detach", "--config", str(config)]).stdout
+    assert f"probe sender pid {sender_pid}" in out
+    for dev in ("lnkA", "lnkB", "int"):
+        assert "tp_" not in tc_filters(lab, dev)
+    assert "u32" in tc_filters(lab, "int")
+    link = lab.run("gw", ["ip", "-d", "link", "show", "lnkA"]).stdout
+    assert "xdp" not in link
+    assert not lab.gw_pin_dir.exists()
+    again = lab.run("gw", [sys.executable, "-m", "appliance.cli", "detach", "--config", str(config)]).stdout
+    assert "nothing to detach" in again
+    lab.run("gw", ["tc", "qdisc", "del", "dev", "int", "clsact"])
+
+
+def test_detach_is_refused_while_a_daemon_runs(lab, tmp_path):
+    config = topology.write_config(lab)
+    daemon = processes.DaemonProcess(lab, config, tmp_path / "daemon.jsonl")
+    try:
+        daemon.wait_for("ready", 60)
+        done = lab.run("gw", [sys.executable, "-m", "appliance.cli", "detach", "--config", str(config)],
+                       check=False)
+        assert done.returncode == 2 and "already runs this gateway" in done.stderr
+        assert "tp_steer" in tc_filters(lab, "int")
+    finally:
+        daemon.stop()
+
+
+def test_a_restart_reuses_the_pinned_maps(lab, tmp_path):
+    config = topology.write_config(lab)
+    first = processes.DaemonProcess(lab, config, tmp_path / "first.jsonl")
+    first.wait_for("ready", 60)
+    first.signal(signal.SIGTERM)
+    first.proc.wait(timeout=10)
+    fd = bpfsys.obj_get(str(lab.gw_pin_dir / "tp_active_v1"))
+    try:
+        map_id = bpfsys.map_info(fd)[1]
+    finally:
+        os.close(fd)
+    second = processes.DaemonProcess(lab, config, tmp_path / "second.jsonl")
+    try:
+        second.wait_for("ready", 60)
+        replaced = second.wait_for("sender-replaced", 1)
+        assert replaced["previous_pid"] == first.wait_for("attached", 1)["sender_pid"]
+        fd = bpfsys.obj_get(str(lab.gw_pin_dir / "tp_active_v1"))
+        try:
+            assert bpfsys.map_info(fd)[1] == map_id
+        finally:
+            os.close(fd)
+    finally:
+        second.stop()

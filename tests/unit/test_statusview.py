@@ -1,0 +1,65 @@
+from appliance.statusview import render
+
+FULL = {
+    "daemon": {"pid": 4242, "uptime_s": 7385.2, "config": "/etc/twinpath/gw.toml", "interval_us": 1000,
+               "multiplier": 3, "pin_dir": "/sys/fs/bpf/twinpath"},
+    "links": {
+        "A": {"state": "up", "rtt_p50_us": 41.3, "rtt_p99_us": 88.6, "rtt_max_us": 310.0, "loss": 0.0,
+              "heartbeat_age_ms": 0.42, "carrier": True, "drained": False, "reasons": []},
+        "B": {"state": "gray", "rtt_p50_us": 120.0, "rtt_p99_us": 4410.2, "rtt_max_us": 9800.0, "loss": 0.0231,
+              "heartbeat_age_ms": 1.1, "carrier": True, "drained": False, "reasons": ["rtt", "loss"]}},
+    "classes": {
+        "orders": {"link": "A", "policy": "active-backup", "preferred": "A", "forced": None, "failovers": 3,
+                   "last_cause": "heartbeat", "last_failover_age_s": 184.0, "packets": 1234567, "bytes": 98765432},
+        "market-data": {"link": "B", "policy": "lowest-latency", "preferred": "A", "forced": "B", "failovers": 12,
+                        "last_cause": "forced", "last_failover_age_s": 5.0, "packets": 42, "bytes": 2688}},
+    "feeds": {"mold": {"won_pct": {"A": 61.2, "B": 38.8}, "gaps": 0, "lost": 0,
+                       "lines": {"A": "ok", "B": "behind"}}},
+}
+
+UNKNOWNS = {
+    "daemon": {"pid": 1, "uptime_s": None, "config": None, "interval_us": None, "multiplier": None, "pin_dir": None},
+    "links": {"A": {"state": "down", "rtt_p50_us": None, "rtt_p99_us": None, "rtt_max_us": None, "loss": None,
+                    "heartbeat_age_ms": None, "carrier": False, "drained": True, "reasons": ["carrier"]}},
+    "classes": {"orders": {"link": None, "policy": "active-backup", "preferred": "A", "forced": None, "failovers": 0,
+                           "last_cause": None, "last_failover_age_s": None, "packets": 0, "bytes": 0}},
+    "feeds": {},
+}
+
+
+def test_full_status():
+    assert render(FULL) == """\
+twinpath daemon pid 4242, up 2h03m, config /etc/twinpath/gw.toml, heartbeat 1000 us x 3, pins /sys/fs/bpf/twinpath
+
+link  state  rtt p50 us  p99 us  max us   loss  heartbeat age ms  carrier  drained  reasons
+A     up             41      89     310  0.00%               0.4  up       no       -
+B     gray          120    4410    9800  2.31%               1.1  up       no       rtt, loss
+
+class        link  policy          preferred  forced  failovers  last cause  last failover  packets   bytes
+orders       A     active-backup   A          -               3  heartbeat   3m04s ago         1.2M  98.8MB
+market-data  B     lowest-latency  A          B              12  forced      5s ago              42   2.7kB
+
+feed  won A  won B  gaps  lost  line A  line B
+mold  61.2%  38.8%     0     0  ok      behind"""
+
+
+def test_unknown_values_show_as_dashes_and_empty_sections_are_left_out():
+    assert render(UNKNOWNS) == """\
+twinpath daemon pid 1, up -, config -, heartbeat -, pins -
+
+link  state  rtt p50 us  p99 us  max us  loss  heartbeat age ms  carrier  drained  reasons
+A     down            -       -       -     -                 -  down     yes      carrier
+
+class   link  policy         preferred  forced  failovers  last cause  last failover  packets  bytes
+orders  -     active-backup  A          -               0  -           -                    0     0B"""
+
+
+def test_absent_fields_and_sections_do_not_break_it():
+    text = render({"daemon": {"pid": 9}, "links": {"A": {"state": "stale"}}})
+    assert text.splitlines()[0] == "twinpath daemon pid 9, up -, config -, heartbeat -, pins -"
+    assert text.splitlines()[-1].split() == ["A", "stale", "-", "-", "-", "-", "-", "-", "-", "-"]
+    assert "class" not in text and "feed" not in text
+
+
+def test_fits_a_terminal():
+    assert max(len(line) for line in render(FULL).splitlines()) <= 120
