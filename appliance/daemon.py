@@ -70,8 +70,11 @@ def sd_notify(state: str) -> None:
     if not path:
         return
     address = "\0" + path[1:] if path.startswith("@") else path
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.sendto(state.encode(), address)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(state.encode(), address)
+    except OSError:
+        pass   # systemd gone or not listening: nothing to tell, and never a reason to stop
 
 
 class Daemon:
@@ -315,6 +318,7 @@ class Daemon:
                 self._resolve_missing_nexthops(ipr)
                 self._main_loop(stop, sender.stats, feedwatch)
             finally:
+                sd_notify("STOPPING=1")
                 stats = sender.stats
                 self.log.emit("stopped", sent=stats.sent, late_periods=stats.late_periods,
                               max_late_us=round(stats.max_late_ns / 1000, 1))
@@ -407,13 +411,16 @@ class Daemon:
                 self.log.emit("reload-refused", **who, reasons=str(e).splitlines())
                 return {"ok": False, "error": str(e)}
             plan = reload_plan.plan(self.cfg, new)
+            sd_notify("RELOADING=1")
             refused = plan.refused + [f"{c.where}: {c.what}: recompiling the programs live is not supported yet; "
                                       f"{reload_plan.RESTART}" for c in plan.changes if c.how == "programs"]
             if refused:
+                sd_notify("READY=1")
                 self.log.emit("reload-refused", **who, reasons=refused)
                 return {"ok": False, "error": "; ".join(refused), "refused": refused}
             with IPRoute() as ipr:
                 self._apply_config(new, keys, ipr)
+            sd_notify("READY=1")
             changes = [c.where + ": " + c.what for c in plan.changes]
             self.log.emit("reloaded", **who, changes=changes)
             return {"ok": True, "changes": changes}

@@ -395,7 +395,10 @@ class Control(_Strict):
     @field_validator("socket")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
-        return _absolute_path(v)
+        _absolute_path(v)
+        if v is not None and (len(v.encode()) > 107 or v.endswith("/")):
+            raise ValueError(f"must be a file path of at most 107 bytes (a Unix socket's limit), got {v!r}")
+        return v
 
 
 class Metrics(_Strict):
@@ -415,8 +418,8 @@ class State(_Strict):
     @classmethod
     def _under_bpffs(cls, v: str | None) -> str | None:
         _absolute_path(v)
-        if v is not None and not v.startswith("/sys/fs/bpf/"):
-            raise ValueError(f"must be a directory under /sys/fs/bpf/, got {v!r}")
+        if v is not None and (not v.startswith("/sys/fs/bpf/") or "/." in v or v.rstrip("/") == "/sys/fs/bpf"):
+            raise ValueError(f"must be a directory under /sys/fs/bpf/ (no '.' or '..' parts), got {v!r}")
         return v
 
 

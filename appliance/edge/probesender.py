@@ -94,8 +94,10 @@ class SenderProcess:
     def start(self) -> None:
         # Its own session: a signal to the daemon's process group (a terminal's
         # Ctrl-C) does not reach it; stdout/stderr stay the daemon's (journald).
+        # Without the daemon's systemd notify and watchdog sockets: those are the daemon's to speak on.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_"))}
         self.proc = subprocess.Popen(self._argv, pass_fds=[self._memfd, *self._fds], start_new_session=True,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
 
     @property
     def pid(self) -> int | None:

@@ -3,7 +3,10 @@ a reload, an upgrade across a layout change lose and duplicate nothing; a
 daemon killed with SIGKILL leaves a data path that still fails over; stop
 leaves the data path forwarding (fail static) and `twinpath detach` then
 removes exactly what twinpath added."""
+import ctypes
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,3 +111,50 @@ def test_a_restart_reuses_the_pinned_maps(lab, tmp_path):
             os.close(fd)
     finally:
         second.stop()
+
+
+def cli(lab, *args, check=True):
+    return lab.run("gw", [sys.executable, "-m", "appliance.cli", *args], check=check)
+
+
+def active_link(lab, class_id):
+    fd = bpfsys.obj_get(str(lab.gw_pin_dir / "tp_active_v1"))
+    try:
+        where = ctypes.c_uint64()
+        bpfsys.map_lookup(fd, ctypes.c_uint32(class_id), where)
+        return "AB"[where.value]
+    finally:
+        os.close(fd)
+
+
+def test_operator_commands_reach_the_maps_and_status_and_metrics_show_them(lab, tmp_path):
+    config = topology.write_config(lab)
+    daemon = processes.DaemonProcess(lab, config, tmp_path / "daemon.jsonl")
+    try:
+        daemon.wait_for("ready", 60)
+        assert active_link(lab, 0) == "A"                   # orders
+        assert cli(lab, "drain", "A").returncode == 0
+        assert active_link(lab, 0) == "B"
+        status = json.loads(cli(lab, "status", "--json").stdout)
+        assert status["links"]["A"]["state"] == "drained" and status["classes"]["orders"]["link"] == "B"
+        refused = cli(lab, "force", "orders", "A", check=False)
+        assert refused.returncode == 1 and "drained" in refused.stderr
+        assert cli(lab, "undrain", "A").returncode == 0
+        assert cli(lab, "force", "marketdata", "A").returncode == 0
+        assert active_link(lab, 1) == "A"
+        assert cli(lab, "release", "marketdata").returncode == 0
+        audit = [e for e in daemon.events() if e.get("event") == "control"]
+        assert [e["cmd"] for e in audit] == ["drain", "force", "undrain", "force", "release"]
+        assert all(e["peer_uid"] == 0 for e in audit)
+        metrics = lab.run("gw", [sys.executable, "-c", "import urllib.request; print(urllib.request.urlopen("
+                                 "'http://127.0.0.1:9464/metrics', timeout=5).read().decode())"]).stdout
+        assert 'twinpath_link_up{link="A"} 1.0' in metrics
+        assert 'twinpath_failovers_total{cause="drained",class="orders"} 1.0' in metrics
+        assert re.search(r'twinpath_link_rtt_seconds_count\{link="B"\} [1-9]', metrics)
+    finally:
+        daemon.stop()
+
+
+def test_an_unreachable_daemon_is_exit_status_2(lab):
+    done = cli(lab, "status", check=False)
+    assert done.returncode == 2 and "no twinpath daemon is listening" in done.stderr
