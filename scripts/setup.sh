@@ -11,10 +11,12 @@ say() { printf 'setup: %s\n' "$*"; }
 # Debian packages: BCC and its kernel headers, bpftool, netlink/ping tools,
 # nftables (the lab's exchange keeps return traffic on the arrival handoff),
 # libbpf (BPF_PROG_TEST_RUN and pinned maps through ctypes), a C toolchain
-# for the Cython extensions, and for the benchmarks' comparisons FRR (its
-# bfdd, run in lab namespaces only) and stress-ng.
+# for the Cython extensions, for the benchmarks' comparisons FRR (its
+# bfdd, run in lab namespaces only) and stress-ng, and systemd for
+# `systemd-analyze verify` of packaging/systemd/twinpath.service (installed
+# for the tool only; nothing is started where systemd is not PID 1).
 PKGS="python3-bpfcc linux-headers-amd64 bpftool iproute2 iputils-ping nftables
-      libbpf1 python3-venv python3-dev build-essential frr stress-ng"
+      libbpf1 python3-venv python3-dev build-essential frr stress-ng systemd"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
