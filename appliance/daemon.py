@@ -425,6 +425,14 @@ class Daemon:
             self.log.emit("reloaded", **who, changes=changes)
             return {"ok": True, "changes": changes}
 
+    def _set_sender_priority(self, priority: int) -> None:
+        policy = os.SCHED_FIFO if priority else os.SCHED_OTHER
+        try:
+            os.sched_setscheduler(self.sender_pid, policy, os.sched_param(priority))
+        except OSError as e:
+            self.log.emit("warning", what="sender_priority", priority=priority,
+                          error=f"scheduling of the probe sender refused ({e.strerror}): it keeps the old one")
+
     def _apply_config(self, new: Config, keys: list[HeartbeatKey], ipr: IPRoute) -> None:
         """Maps first (links, classes, rules, keys, feeds appended), then the
         core's parameters as one recorded input, then any next hop the new
@@ -440,6 +448,8 @@ class Daemon:
         self.gw.write_rules()
         if new.heartbeat.key_file:   # without one the run keeps its random key
             self.gw.write_keys(keys)
+        if new.heartbeat.sender_priority != old.heartbeat.sender_priority:
+            self._set_sender_priority(new.heartbeat.sender_priority)
         for feed_id in range(len(old.feeds), len(new.feeds)):
             self._write_feed(feed_id, self._receiver_mac(ipr, new.feeds[feed_id]))
         start = self._start([None] * len(new.feeds))

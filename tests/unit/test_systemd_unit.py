@@ -198,7 +198,7 @@ def test_sandbox_keeps_bpffs_writable_and_what_bpf_needs_available():
     assert one("Service", "PrivateUsers") in (None, "no"), "capabilities in a user namespace cannot load BPF"
     assert one("Service", "RestrictRealtime") in (None, "no"), "the heartbeat sender needs SCHED_FIFO"
     assert one("Service", "ProtectKernelModules") in (None, "no"), "BCC needs the headers under /lib/modules"
-    assert one("Service", "CPUSchedulingPolicy") is None, "only the sender thread runs real-time"
+    assert one("Service", "CPUSchedulingPolicy") is None, "only the probe sender runs real-time"
     filters = words("Service", "SystemCallFilter")
     if filters:
         assert "bpf" in filters and not any(f.startswith("~") for f in filters), filters
