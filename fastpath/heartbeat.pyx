@@ -237,37 +237,6 @@ cdef class Sender:
     def stop(self):
         self.stopping = 1
 
-    @property
-    def last_seq(self):
-        return self.stats.last_seq
-
-    def take_late_ns(self):
-        return self.stats.take_late_ns()
-
-    @property
-    def periods(self):
-        return self.st.periods
-
-    @property
-    def late_periods(self):
-        return self.st.late_periods
-
-    @property
-    def skipped_periods(self):
-        return self.st.skipped_periods
-
-    @property
-    def max_late_ns(self):
-        return self.st.max_late_ns
-
-    @property
-    def sent(self):
-        return self.stats.sent
-
-    @property
-    def errors(self):
-        return self.stats.errors
-
     def run(self):
         """Blocks until stop(); call it from a dedicated thread."""
         with nogil:

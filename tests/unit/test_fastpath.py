@@ -114,4 +114,4 @@ def test_sender_sends_the_reference_probe_on_every_link():
     assert before_us < seqs[0] <= after_us + 1    # microseconds since boot: never reused by a restart
     for template, messages in zip(templates, first):
         assert messages == [reference.probe_bytes(template, layout.PROBE_SEQ_OFFSET, s) for s in seqs]
-    assert sender.periods >= 3 and min(sender.sent) >= 3
+    assert sender.stats.periods >= 3 and min(sender.stats.sent) >= 3

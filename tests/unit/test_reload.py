@@ -7,31 +7,10 @@ import pytest
 from appliance.core import reload
 from appliance.core.config import parse
 from appliance.core.predict import FEATURES
+from tests.unit.test_config import BASE as CONFIG_BASE
 
-BASE = """
-[steer]
-ingress = "int"
-
-[[links]]
-name = "A"
-dev = "lnkA"
-target = "198.18.10.2"
-
-[[links]]
-name = "B"
-dev = "lnkB"
-target = "198.18.11.2"
-
-[[classes]]
-name = "orders"
-links = ["A", "B"]
-
-[[rules]]
-class = "orders"
-dst = "198.19.0.0/24"
-proto = "udp"
-ports = "9000-9099"
-
+# test_config's base, with a feed: reloads of arbitration settings need one.
+BASE = CONFIG_BASE + """
 [[feeds]]
 name = "itch"
 protocol = "moldudp64"
