@@ -10,10 +10,8 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from appliance import layout
-from appliance.core import policy
+from appliance.core import policy, stats
 from appliance.core.feeds import LINE_NAMES
 from appliance.edge import metrics
 
@@ -30,15 +28,13 @@ class FailoverTally:
 
 
 def ring_rtt_us(ring: layout.RttRing, last_seq: int) -> tuple[float | None, float | None, float | None]:
-    """p50, p99 and max RTT (us) of the replies in a link's ring that
-    answer its last TP_RTT_RING rounds."""
-    seqs = np.frombuffer(ring.seq, dtype=np.uint64)
-    rtts = np.frombuffer(ring.rtt_ns, dtype=np.uint64)
-    recent = rtts[(seqs > max(last_seq - layout.RTT_RING, 0)) & (seqs <= last_seq)]
-    if not recent.size:
+    """p50, p99 and max RTT (us, nearest rank) of the replies in a link's
+    ring that answer its last TP_RTT_RING rounds."""
+    low = max(last_seq - layout.RTT_RING, 0)
+    recent = sorted(rtt for seq, rtt in zip(ring.seq, ring.rtt_ns) if low < seq <= last_seq)
+    if not recent:
         return None, None, None
-    p50, p99 = np.percentile(recent, [50, 99], method="inverted_cdf")
-    return round(float(p50) / 1000, 1), round(float(p99) / 1000, 1), round(float(recent.max()) / 1000, 1)
+    return tuple(round(stats.nearest_rank(recent, pm) / 1000, 1) for pm in (500, 990, 1000))
 
 
 def link_state(view: policy.LinkView, seen: policy.LinkObservation, now_ns: int, dead_ns: int) -> str:

@@ -11,7 +11,10 @@ from lab import faults, feedrun, processes, topology
 from lab.feedplan import FeedPlan
 
 # Log lines that report rather than decide: not made by the core, not replayed.
-REPORTS = {"attached", "adopted", "health", "feed-summary", "stopped", "warning"}
+REPORTS = {"attached", "adopted", "health", "feed-summary", "stopped", "warning", "log",
+           # operations (issue #12): pins, the probe sender, the control socket, stop
+           "pinned", "migrated", "feeds-removed", "sender-replaced", "control-listening", "control",
+           "reloaded", "reload-refused", "fail-static", "detached"}
 
 
 def decisions_logged(daemon) -> list[dict]:
