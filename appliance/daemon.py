@@ -88,9 +88,10 @@ class Daemon:
         self.links: list[LinkState] = []
         self.core: Core | None = None
         self.recorder: Recorder | None = None
-        # One input at a time, from the netlink and main threads, so the core
-        # sees (and the trace records) exactly one order.
-        self._core_lock = threading.Lock()
+        # One input at a time, from the netlink, main and control-socket threads,
+        # so the core sees (and the trace records) exactly one order. Reentrant:
+        # a health reading reads the maps under it (see _tick).
+        self._core_lock = threading.RLock()
         self._on_ready = None
         self.arbiter: Arbiter | None = None
         self.trader: LinkState | None = None  # the trader-facing link and feed receivers' MACs
@@ -193,11 +194,14 @@ class Daemon:
                       cause=layout.CAUSES.get(ev.cause, str(ev.cause)), silence_ns=ev.silence_ns)
 
     def _tick(self, sender: Stats, windows: ProbeWindows) -> None:
-        health, active = self.gw.health(), self.gw.active()
-        rings = [self.gw.rtt_ring(i) for i in range(len(self.links))]
-        self._consume("health", time.monotonic_ns(), links=[[h.last_reply_ns, h.fresh_since_ns] for h in health],
-                      active=active, windows=windows.read(rings, sender.last_seq),
-                      sender_late_ns=sender.take_late_ns())
+        # Read under the core's lock: an operator's command on another thread
+        # may move a class between this read of tp_active and the reading's turn.
+        with self._core_lock:
+            health, active = self.gw.health(), self.gw.active()
+            rings = [self.gw.rtt_ring(i) for i in range(len(self.links))]
+            self._consume("health", time.monotonic_ns(),
+                          links=[[h.last_reply_ns, h.fresh_since_ns] for h in health], active=active,
+                          windows=windows.read(rings, sender.last_seq), sender_late_ns=sender.take_late_ns())
 
     def _report_health(self, sender: Stats, hist_before: list[list[int]]) -> list[list[int]]:
         now = time.monotonic_ns()

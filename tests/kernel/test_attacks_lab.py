@@ -151,6 +151,9 @@ def test_spoofed_replies_never_fail_traffic_back_onto_a_dead_link(lab):
             spoofer.stop()
         daemon.stop()
     assert sent["sent"] >= 5_000
-    assert [(e["from"], e["to"], e["cause"]) for e in failovers(daemon)] == [("A", "B", "heartbeat")]
+    moves = [(e["class"], e["from"], e["to"], e["cause"]) for e in failovers(daemon)]
+    assert [m for m in moves if m[0] == "orders"] == [("orders", "A", "B", "heartbeat")]
+    # A class with no traffic (no reflex) may leave dead A on the daemon's gray verdict; none may go onto it.
+    assert not [m for m in moves if m[2] == "A"], moves
     assert result["lost"] == 0, result
     assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hB")}
