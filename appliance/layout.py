@@ -123,6 +123,14 @@ class Counters(ctypes.Structure):
     _fields_ = [("packets", u64), ("bytes", u64), ("redirects", u64), ("failovers", u64)]
 
 
+class Pair(ctypes.Structure):
+    _fields_ = [("mode", u32), ("_pad", u32), ("token", u64), ("fenced", u64)]
+
+
+PAIR_NONE, PAIR_STANDBY, PAIR_ACTIVE = C["TP_PAIR_NONE"], C["TP_PAIR_STANDBY"], C["TP_PAIR_ACTIVE"]
+PAIR_MODES = {C["TP_PAIR_NONE"]: "none", C["TP_PAIR_STANDBY"]: "standby", C["TP_PAIR_ACTIVE"]: "active"}
+
+
 class Event(ctypes.Structure):
     _fields_ = [("ts_ns", u64), ("silence_ns", u64), ("class_id", u32), ("from_link", u32),
                 ("to_link", u32), ("cause", u32)]
@@ -177,6 +185,7 @@ MAPS = {
     "tp_probe_round": (u32, u64),
     "tp_classes": (u32, Class),
     "tp_active": (u32, u64),
+    "tp_pair": (u32, Pair),
     "tp_keys": (u32, Key),
     "tp_rules": (LpmKey, PrefixRules),
     "tp_steer_stats": (u32, Counters),

@@ -1,7 +1,8 @@
 /* TC ingress on the trader-facing interface: classify each packet, pick its
  * class's link (switching on the spot if that link went stale), rewrite L2
  * for the link's next hop and redirect, bypassing the routing table.
- * Anything not matched by a rule takes normal kernel routing. */
+ * Anything not matched by a rule takes normal kernel routing. The standby of
+ * an HA pair drops what a rule matches (lib/pair.h). */
 #include <uapi/linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include "lib/maps.h"
@@ -9,6 +10,7 @@
 #include "lib/classify.h"
 #include "lib/reflex.h"
 #include "lib/forward.h"
+#include "lib/pair.h"
 
 int tp_steer(struct __sk_buff *skb)
 {
@@ -40,6 +42,8 @@ int tp_steer(struct __sk_buff *skb)
 		tp_count(TP_STAT_NO_RULE);
 		return TC_ACT_OK;
 	}
+	if (tp_pair_fenced())
+		return TC_ACT_SHOT;
 	if (ip->ttl <= 1) {
 		tp_count(TP_STAT_TTL_EXPIRED);
 		return TC_ACT_OK;

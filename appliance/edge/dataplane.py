@@ -221,6 +221,15 @@ class Gateway:
         t = self.bpf["tp_active"]
         return [t[ctypes.c_uint32(c)].value for c in range(len(self.cfg.classes))]
 
+    def pair(self) -> layout.Pair:
+        return layout.Pair.from_buffer_copy(self.bpf["tp_pair"][ctypes.c_uint32(0)])
+
+    def write_pair(self, mode: int, token: int) -> None:
+        """The gate's mode and token; its fenced counter carries on."""
+        gate = self.pair()
+        gate.mode, gate.token = mode, token
+        self.bpf["tp_pair"][ctypes.c_uint32(0)] = gate
+
     def health(self) -> list[layout.Health]:
         t = self.bpf["tp_health"]
         return [layout.Health.from_buffer_copy(t[ctypes.c_uint32(i)]) for i in range(len(self.cfg.links))]

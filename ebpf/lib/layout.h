@@ -188,6 +188,19 @@ struct tp_counters {
 	__u64 failovers;            /* reflex switches away from this link */
 };
 
+/* tp_pair[0]: an HA pair's gate (lib/pair.h). Written by the daemon only
+ * after the witness granted ownership (token: its fencing token), so a
+ * standby never forwards class traffic the trader still sends it. */
+#define TP_PAIR_NONE        0           /* no pair configured: forward */
+#define TP_PAIR_STANDBY     1           /* drop class traffic */
+#define TP_PAIR_ACTIVE      2           /* forward */
+struct tp_pair {
+	__u32 mode;                 /* TP_PAIR_* */
+	__u32 _pad;
+	__u64 token;                /* the witness's fencing token of this node's ownership; 0: none */
+	__u64 fenced;               /* class packets dropped while standby */
+};
+
 /* tp_events ring buffer record: one per reflex failover. */
 struct tp_event {
 	__u64 ts_ns;                /* CLOCK_MONOTONIC when the data path switched */

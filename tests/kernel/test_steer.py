@@ -270,3 +270,26 @@ def test_carrier_loss_needs_only_a_fresh_standby(gateway):
     gateway.set_fresh(B, age_ns=100_000)      # same period as A's last reply
     verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
     assert Ether(out).dst == MAC["B.nh"]
+
+
+TC_ACT_SHOT = 2
+
+
+@pytest.mark.parametrize("mode,forwards", [(layout.PAIR_NONE, True), (layout.PAIR_ACTIVE, True),
+                                           (layout.PAIR_STANDBY, False)])
+def test_the_pair_gate_drops_class_traffic_only_on_a_standby(gateway, mode, forwards):
+    """A standby never forwards an order the trader still sends it (a stale
+    neighbour entry): the HA pair's fence in the data path. What no rule
+    matches (the pair's own heartbeats, ARP, ...) takes kernel routing on
+    either."""
+    gateway.gw.write_pair(mode, 7)
+    order = packet()
+    verdict, out = gateway.run(gateway.gw.steer, bytes(order))
+    assert verdict == (TC_ACT_REDIRECT if forwards else TC_ACT_SHOT)
+    if forwards:
+        assert_forwarded(out, order, "A")
+    other = bytes(packet(l4=ICMP()))
+    assert gateway.run(gateway.gw.steer, other) == (TC_ACT_OK, other)
+    gate = gateway.gw.pair()
+    assert (gate.mode, gate.token, gate.fenced) == (mode, 7, 0 if forwards else 1)
+    assert gateway.gw.counters(ORDERS, A)["packets"] == (1 if forwards else 0)
