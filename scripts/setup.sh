@@ -14,9 +14,12 @@ say() { printf 'setup: %s\n' "$*"; }
 # for the Cython extensions, for the benchmarks' comparisons FRR (its
 # bfdd, run in lab namespaces only) and stress-ng, and systemd for
 # `systemd-analyze verify` of packaging/systemd/twinpath.service (installed
-# for the tool only; nothing is started where systemd is not PID 1).
+# for the tool only; nothing is started where systemd is not PID 1), and for
+# the HA pair lab (lab.pair) etcd-server, its witness, and keepalived, the
+# VRRP failover it is compared with (both run in lab namespaces only).
 PKGS="python3-bpfcc linux-headers-amd64 bpftool iproute2 iputils-ping nftables
-      libbpf1 python3-venv python3-dev build-essential frr stress-ng systemd"
+      libbpf1 python3-venv python3-dev build-essential frr stress-ng systemd
+      etcd-server keepalived"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -25,9 +28,10 @@ if [ -n "$missing" ]; then
   say "installing Debian packages:$missing"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  # Installing frr would start FRR's routing daemons on the host. twinpath
-  # only runs bfdd inside lab namespaces, so forbid service starts meanwhile
-  # (policy-rc.d, unless the host has its own) and leave the service disabled.
+  # Installing frr, etcd-server or keepalived would start their daemons on
+  # the host. The lab runs them inside its namespaces only, so forbid service
+  # starts meanwhile (policy-rc.d, unless the host has its own) and leave the
+  # services disabled.
   guard=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     guard=/usr/sbin/policy-rc.d
@@ -40,6 +44,13 @@ if [ -n "$missing" ]; then
     say "frr installed for the bench's bfdd comparison; its host service is left stopped and disabled"
     command -v systemctl >/dev/null && systemctl disable --now frr.service >/dev/null 2>&1 || true ;;
   esac
+  for pkg_svc in etcd-server:etcd keepalived:keepalived; do
+    pkg=${pkg_svc%:*} svc=${pkg_svc#*:}
+    case " $missing " in *" $pkg "*)
+      say "$pkg installed for the HA pair lab; its host service $svc is left stopped and disabled"
+      command -v systemctl >/dev/null && systemctl disable --now "$svc.service" >/dev/null 2>&1 || true ;;
+    esac
+  done
 fi
 
 # BCC needs kernel headers at /lib/modules/$(uname -r)/build. When the running
