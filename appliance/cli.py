@@ -55,7 +55,7 @@ def cmd_detach(args) -> int:
     from appliance.edge import gatelock
     from appliance.edge.dataplane import detach_all
     from appliance.edge.pins import PinDir, default_pin_dir
-    pin_dir = args.pin_dir
+    pin_dir, cfg = args.pin_dir, None
     if args.config:
         cfg = _load_config(args.config)
         if cfg is None:
@@ -65,6 +65,9 @@ def cmd_detach(args) -> int:
     try:
         with gatelock.GatewayLock(), IPRoute() as ipr:
             removed = detach_all(ipr, pins)
+            # A detached pair member must not keep answering for the virtual address.
+            if cfg and cfg.pair and _remove_vip(ipr, cfg):
+                removed.append(f"virtual address {cfg.pair.vip} on {cfg.steer.ingress}")
     except gatelock.GatewayBusy as e:
         print(e, file=sys.stderr)
         return 2
@@ -73,6 +76,15 @@ def cmd_detach(args) -> int:
     for line in removed:
         print(f"removed {line}")
     return 0
+
+
+def _remove_vip(ipr, cfg) -> bool:
+    from appliance.edge import netlink, vip
+    try:
+        index = netlink.link_info(ipr, cfg.steer.ingress)[0]
+    except LookupError:   # the interface is gone: so is its address
+        return False
+    return vip.remove(ipr, index, cfg.pair.vip)
 
 
 def cmd_check_config(args) -> int:
@@ -123,6 +135,18 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_lab(lab_args: list[str]) -> int:
+    """The lab lives beside the product, not in it: from a checkout (the
+    repository on sys.path, as `make` runs it) this is `python -m lab`."""
+    try:
+        from lab.__main__ import main as lab_main
+    except ModuleNotFoundError:
+        print("twinpath lab: the lab is not part of the installed product; run it from a twinpath checkout "
+              "(cd twinpath && python -m lab ...)", file=sys.stderr)
+        return 2
+    return lab_main(lab_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twinpath", description=(
         "Failover appliance for colocation gateways: an eBPF fast path steers order and market-data "
@@ -157,10 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
                                         "decisions as the daemon logged them")
     rep.add_argument("trace", metavar="FILE")
     rep.set_defaults(func=cmd_replay)
+
+    lab = sub.add_parser("lab", add_help=False, help="from a checkout: the lab (`python -m lab`: a colo in network "
+                                                     "namespaces, faults, scenarios); not in the installed product")
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+    lab.set_defaults(func=lambda args: cmd_lab(args.lab_args))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lab"]:   # everything after it is the lab's, --help included
+        return cmd_lab(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -83,6 +83,14 @@ def cmd_undrain(args) -> int:
     return _change(args, "undrain", link=args.link)
 
 
+def cmd_force_active(args) -> int:
+    return _change(args, "force-active")
+
+
+def cmd_force_standby(args) -> int:
+    return _change(args, "force-standby")
+
+
 def cmd_reload(args) -> int:
     return _change(args, "reload")
 
@@ -132,6 +140,17 @@ def add_commands(sub) -> None:
     drain.add_argument("link", metavar="LINK", help=(
         "a link of the config; refused while a class is forced onto it or it is a class's last usable link"))
 
+    _add(sub, "force-active", "HA pair: take ownership of the virtual address from the peer now (maintenance)",
+         cmd_force_active, "Asks the witness to make this gateway the owner (compare-and-swap at the token it last "
+                           "read); the peer steps down when the witness tells it. Refused while this gateway is off "
+                           "the LAN, has no fresh order link, or the witness is unreachable. Also ends a "
+                           "force-standby hold.")
+    _add(sub, "force-standby", "HA pair: hand the virtual address over to the peer now, and hold this gateway "
+                               "standby (maintenance)", cmd_force_standby,
+         "The active hands ownership to the peer through the witness; refused unless the peer is alive and its "
+         "daemon reports the LAN and an order link. The hold keeps this gateway from taking ownership back when it "
+         "is vacant or by preemption until `twinpath force-active`; it still takes over from a dead or unfit "
+         "peer, since anything else would black-hole orders.")
     undrain = _add(sub, "undrain", "put a drained LINK back in service: the classes' policies may choose it again",
                    cmd_undrain)
     undrain.add_argument("link", metavar="LINK", help="a drained link")

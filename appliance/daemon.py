@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -32,6 +33,7 @@ from appliance.core import policy, telemetry
 from appliance.core.config import Config, ConfigError
 from appliance.core.decision import Core, Decision, Start
 from appliance.core.feeds import FeedParams
+from appliance.core.pair import ACTIVE, STANDBY, PairParams
 from appliance.edge import gatelock, netlink, preflight, probesender
 from appliance.edge.arbitration import Arbiter, multicast_mac
 from appliance.edge.control import ControlServer, EventHub, socket_path
@@ -41,20 +43,30 @@ from appliance.edge.jsonlog import EventLog, JsonFormatter
 from appliance.edge.keys import HeartbeatKey
 from appliance.edge.metrics import MetricsServer
 from appliance.edge.observe import Observer
+from appliance.edge.pairagent import PairAgent
 from appliance.edge.pins import PinDir, default_pin_dir
 from appliance.edge.probesender import SenderProcess
 from appliance.edge.probewindows import ProbeWindows
 from appliance.edge.trace import Recorder
+from appliance.edge.vip import Vip
+from appliance.edge.witness import Witness
 from fastpath.heartbeat import Stats
 
 TICK_S = 0.005
 FEED_TICK_S = 0.01       # gap grace windows and line health
 FEED_SUMMARY_S = 1.0
 READY_TIMEOUT_NS = 5_000_000_000  # steering attaches by then even if a link never answered
+# A thread woken by a deadline (the pair's) waits for the GIL up to this long
+# while another runs Python: CPython's default of 5 ms would be a takeover's
+# whole budget.
+GIL_SWITCH_S = 0.0002
+PAIR_READY_NS = 2_000_000_000     # the pair core's start grace: a restarted sender re-probes within it
 
 
 # The control protocol's argument names -> the core's (appliance.core.decision.EXTERNAL_INPUTS).
-OPERATOR_ARGS = {"class": "class_name", "link": "link_name"}
+OPERATOR_ARGS = {"class": "class_name", "link": "link_name", "role": "role"}
+# Control commands that are the pair core's pair-force input.
+PAIR_COMMANDS = {"force-active": ACTIVE, "force-standby": STANDBY}
 
 
 def _describe(d: Decision) -> str:
@@ -101,6 +113,9 @@ class Daemon:
         self.sender_stats: Stats | None = None
         self.sender_pid: int | None = None
         self._errors = itertools.count(1)  # exceptions in event handlers, logged as 'error' (see _guarded)
+        self.pair_agent: PairAgent | None = None
+        self.vip: Vip | None = None
+        self._vip_ipr: IPRoute | None = None
 
     # -- the core's one entry ----------------------------------------------
     def _consume(self, kind: str, ts_ns: int, /, **fields) -> list[Decision]:
@@ -112,6 +127,8 @@ class Daemon:
                 self._apply(decision.effect)
                 if decision.event == "failover":
                     self.observer.tally.count(decision.fields, decision.ts_ns)
+                elif decision.event == "pair-role" and decision.fields["was"] != decision.fields["role"]:
+                    self.observer.tally.pair_causes[decision.fields["cause"]] += 1
                 self.log.emit(decision.event, mono_ns=decision.ts_ns, **decision.fields)
             return decisions
 
@@ -127,6 +144,10 @@ class Daemon:
             return self.reload("control", peer={"uid": peer.uid, "pid": peer.pid})
         if self.core is None:
             return {"ok": False, "error": "the daemon is still starting"}
+        if cmd in PAIR_COMMANDS:
+            if self.core.pair is None:
+                return {"ok": False, "error": "this gateway is not part of an HA pair (no [pair] in its config)"}
+            cmd, args = "pair-force", {"role": PAIR_COMMANDS[cmd]}
         decisions = self._consume(cmd, time.monotonic_ns(), **{OPERATOR_ARGS[name]: v for name, v in args.items()})
         refused = [d.fields["reason"] for d in decisions if d.event == "refused"]
         if refused:
@@ -149,8 +170,25 @@ class Daemon:
             self._on_ready()
         elif what == "feed":
             self._write_feed(*args)
+        elif what == "pair":
+            self._set_role(*args)
+        elif what == "witness":
+            self.pair_agent.request(*args)
+        elif what == "publish":
+            self.pair_agent.publish(*args)
         else:
             raise AssertionError(f"unknown effect {effect!r}")
+
+    def _set_role(self, role: str, token: int) -> None:
+        """The active opens the gate before it announces the VIP, so the first
+        order the trader sends it is forwarded; any other role closes the
+        gate before it gives the VIP up."""
+        if role == ACTIVE:
+            self.gw.write_pair(layout.PAIR_ACTIVE, token)
+            self.vip.claim(self._vip_ipr)
+        else:
+            self.gw.write_pair(layout.PAIR_STANDBY, token)
+            self.vip.release(self._vip_ipr)
 
     def _guarded(self, where: str, handler):
         """handler, but an exception in it is logged as an 'error' event and
@@ -244,7 +282,7 @@ class Daemon:
             services.enter_context(ControlServer(socket_path(self.cfg.control.socket), self, hub, self.log.emit))
             self._run(stop, keys)
 
-    def _start(self, receivers: list[str | None]) -> Start:
+    def _start(self, receivers: list[str | None], **pair) -> Start:
         cfg, arb = self.cfg, self.cfg.arbitration
         return Start(
             links=cfg.link_params(READY_TIMEOUT_NS),
@@ -253,7 +291,29 @@ class Daemon:
                              grace_ns=int(arb.grace_ms * 1e6), silence_ns=int(arb.silence_ms * 1e6),
                              behind_seqs=arb.behind_seqs),
             carrier=[s.carrier for s in self.links], nexthop=[s.dst_mac for s in self.links],
-            receivers=receivers, started_ns=time.monotonic_ns())
+            receivers=receivers, started_ns=time.monotonic_ns(), **pair)
+
+    def _pair_start(self) -> dict:
+        """The pair's parameters and the role the pinned gate holds (a
+        restart adopts an active one); outside a pair the gate forwards."""
+        cfg = self.cfg
+        if not cfg.pair:
+            self.gw.write_pair(layout.PAIR_NONE, 0)
+            return {}
+        gate = self.gw.pair()
+        role = ACTIVE if gate.mode == layout.PAIR_ACTIVE else STANDBY
+        if role != ACTIVE:   # never forward, nor answer for the VIP, before the witness says so
+            self.gw.write_pair(layout.PAIR_STANDBY, 0)
+            self.vip.release(self._vip_ipr)
+        pair_links = set(cfg.pair.peer_links) | set(cfg.pair.lan_links)
+        order = sorted({cfg.link_index(n) for c in cfg.classes for n in c.links if n not in pair_links})
+        params = PairParams(node=cfg.pair.node, peer=cfg.pair.peer, link_names=self.link_names,
+                            peer_links=[cfg.link_index(n) for n in cfg.pair.peer_links],
+                            lan_links=[cfg.link_index(n) for n in cfg.pair.lan_links], order_links=order,
+                            dead_ns=cfg.heartbeat.dead_ns, multiplier=cfg.heartbeat.multiplier,
+                            ready_ns=PAIR_READY_NS, preempt=cfg.pair.preempt,
+                            hold_down_ns=cfg.pair.hold_down_ms * 1_000_000)
+        return {"pair": params, "pair_role": role, "pair_token": int(gate.token) if role == ACTIVE else 0}
 
     def _run(self, stop: threading.Event, keys: list[HeartbeatKey]) -> None:
         cfg = self.cfg
@@ -279,6 +339,10 @@ class Daemon:
                 self.log.emit("adopted", active={self.class_names[c]: self.link_names[l]
                                                  for c, l in enumerate(adopted)})
             self.gw.write_keys(keys)
+            if cfg.pair:
+                self._vip_ipr = IPRoute()
+                ingress_index, ingress_mac, _ = netlink.link_info(ipr, cfg.steer.ingress)
+                self.vip = Vip(cfg.steer.ingress, ingress_index, ingress_mac, cfg.pair.vip)
             self.gw.open_events(self._guarded("reflex", self._on_failover))
             receivers = self._load_arbiter(ipr) if cfg.feeds else []
 
@@ -290,7 +354,7 @@ class Daemon:
             self.log.emit("pinned", pin_dir=str(self.pins.path),
                           migrated={**self.gw.migrated, **(self.arbiter.migrated if self.arbiter else {})})
             monitor = netlink.Monitor()
-            start = self._start(receivers)
+            start = self._start(receivers, **self._pair_start())
             self.core = Core(start)
             if self.record_path:
                 self.recorder = Recorder(self.record_path, start)
@@ -309,6 +373,8 @@ class Daemon:
                 self.gw.attach_heartbeats(ipr)
                 self._start_sender(sender, previous)
                 netlink_thread.start()
+                if cfg.pair:
+                    self._start_pair(stop)
                 if self.arbiter:
                     self.pins.resync()
                     self.arbiter.attach(ipr, [cfg.links[cfg.link_index(n)].dev for n in cfg.arbitration.lines])
@@ -337,12 +403,45 @@ class Daemon:
                 stop.set()
                 if netlink_thread.is_alive():
                     netlink_thread.join(timeout=1.0)
+                if self.pair_agent:
+                    self.pair_agent.join()
+                if self.vip:
+                    self.vip.close()
+                    self._vip_ipr.close()
                 monitor.close()
                 for s in sockets:
                     s.close()
                 sender.close()
                 if self.recorder:
                     self.recorder.close()
+
+    def _start_pair(self, stop: threading.Event) -> None:
+        p = self.cfg.pair
+        sys.setswitchinterval(GIL_SWITCH_S)
+
+        def witness() -> Witness:
+            return Witness(p.witness, p.prefix, p.node, p.lease_s)
+
+        def next_deadline(ts_ns: int) -> int | None:
+            with self._core_lock:
+                return self.core.pair.next_deadline(ts_ns)
+
+        self.pair_agent = PairAgent(self._guarded_consume("pair", self._consume),
+                                    lambda: [[h.last_reply_ns, h.unanswered] for h in self.gw.health()],
+                                    next_deadline, witness,
+                                    p.lease_s, self.log.emit)
+        self.pair_agent.start(stop)
+
+    def _guarded_consume(self, where: str, consume):
+        """consume, but an exception is logged as 'error' and returns no
+        decisions: a pair thread must never die of one bad reading."""
+        def call(kind: str, ts_ns: int, /, **fields) -> list:
+            try:
+                return consume(kind, ts_ns, **fields)
+            except Exception as e:
+                self.log.emit("error", where=where, error=f"{type(e).__name__}: {e}", errors=next(self._errors))
+                return []
+        return call
 
     def _start_sender(self, sender: SenderProcess, previous: int | None) -> None:
         """One sender per gateway: the previous daemon's (`previous`, still

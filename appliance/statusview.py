@@ -11,6 +11,8 @@ UNKNOWN = "-"
 
 def render(status: dict[str, Any]) -> str:
     sections = [_daemon(status.get("daemon") or {})]
+    if status.get("pair"):
+        sections.append(_pair(status["pair"]))
     if status.get("links"):
         sections.append(_links(status["links"]))
     if status.get("classes"):
@@ -25,6 +27,22 @@ def _daemon(d: dict[str, Any]) -> str:
     heartbeat = f"{interval} us x {multiplier}" if interval is not None and multiplier is not None else UNKNOWN
     return (f"twinpath daemon pid {_text(d.get('pid'))}, up {_duration(d.get('uptime_s'))}, "
             f"config {_text(d.get('config'))}, heartbeat {heartbeat}, pins {_text(d.get('pin_dir'))}")
+
+
+def _pair(p: dict[str, Any]) -> str:
+    w, gate = p.get("witness") or {}, p.get("gate") or {}
+    paths = ", ".join(f"{name} {'fresh' if fresh else 'dead'}" for name, fresh in (p.get("peer_paths") or {}).items())
+    peer_state = w.get("peer_state")
+    return "\n".join([
+        f"pair: {_text(p.get('node'))} is {_text(p.get('role')).upper()}, token {_text(p.get('token'))}, "
+        f"vip {_text(p.get('vip'))}; gate {_text(gate.get('mode'))} (fenced {_si(gate.get('fenced_packets'))} packets)",
+        f"  peer {_text(p.get('peer'))}: {'DEAD on every path' if p.get('peer_dead') else 'alive'} ({paths or UNKNOWN})"
+        f"; published {'-' if peer_state is None else peer_state}",
+        f"  witness: {'reachable' if w.get('reachable') else 'UNREACHABLE'}, owner {_text(w.get('owner'))}, "
+        f"token {_text(w.get('token'))}",
+        f"  this gateway: lan {_flag(p.get('lan'), 'ok', 'LOST')}, order links {_flag(p.get('links'), 'ok', 'LOST')}"
+        + (f"; {p['pending']} in flight" if p.get("pending") else "")
+        + ("; held standby (force-active to release)" if p.get("hold_standby") else "")])
 
 
 def _links(links: dict[str, dict[str, Any]]) -> str:

@@ -423,6 +423,61 @@ class State(_Strict):
         return v
 
 
+class Pair(_Strict):
+    """Host failover between two gateways (appliance.core.pair): the active
+    owns the virtual address; etcd is the witness and issues fencing tokens."""
+    node: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$", description="this gateway's name in the pair")
+    peer: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$", description="the other gateway's name")
+    vip: ipaddress.IPv4Interface = Field(description="virtual gateway address/prefix the active owns on "
+                                                     "steer.ingress, e.g. 198.18.1.254/24")
+    peer_links: list[StrictStr] = Field(min_length=2, max_length=4, description=(
+        "heartbeat-only links to the peer on independent paths (LAN, crosslink): the peer is dead only "
+        "when every one of them is"))
+    lan_links: list[StrictStr] = Field(min_length=1, max_length=4, description=(
+        "links whose freshness proves this gateway is on the trader LAN (the peer's LAN path, an anchor): "
+        "with none fresh it steps down and is never eligible"))
+    witness: list[StrictStr] = Field(min_length=1, max_length=5, description="etcd client URLs")
+    prefix: StrictStr = Field(pattern=r"^/[A-Za-z0-9_./-]{1,200}$", description="the pair's etcd key prefix")
+    lease_s: StrictInt = Field(2, ge=1, le=60, description="etcd lease of this node's published state")
+    preempt: StrictBool = Field(False, description="take ownership back from a healthy peer (the node is "
+                                                   "primary) after hold_down_ms of being eligible")
+    hold_down_ms: StrictInt = Field(5000, ge=0, le=3_600_000,
+                                    description="preempt only after this long eligible and owning nothing")
+
+    @field_validator("vip", mode="before")
+    @classmethod
+    def _vip(cls, v):
+        if not isinstance(v, str):
+            raise ValueError(f'must be an address with its prefix length as a string (e.g. "198.18.1.254/24"), '
+                             f"got {_describe(v)}")
+        try:
+            iface = ipaddress.IPv4Interface(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IPv4 address with a prefix length") from None
+        if "/" not in v or iface.network.prefixlen > 30:
+            raise ValueError(f"{v!r}: give the LAN's prefix length (/30 or shorter), as on the interface")
+        reason = unusable_unicast(iface.ip)
+        if reason or iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+            raise ValueError(reason or f"{iface.ip} is the network or broadcast address of {iface.network}")
+        return iface
+
+    @field_validator("witness")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+(:[0-9]{1,5})?/?", url):
+                raise ValueError(f"{url!r} is not an etcd client URL like http://198.18.41.100:2379")
+        return v
+
+    @model_validator(mode="after")
+    def _two_nodes(self):
+        if self.node == self.peer:
+            raise ValueError(f"node and peer are both {self.node!r}")
+        if len(set(self.peer_links)) != len(self.peer_links):
+            raise ValueError("peer_links: a link appears twice")
+        return self
+
+
 class FeedConfig(_Strict):
     name: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,31}$")
     protocol: FeedProtocol
@@ -461,6 +516,7 @@ class Config(_Strict):
     control: Control = Control()
     metrics: Metrics = Metrics()
     state: State = State()
+    pair: Pair | None = None
     _source: str = PrivateAttr("<config>")
 
     @property
@@ -491,6 +547,21 @@ class Config(_Strict):
             if r.class_name not in classes:
                 problems.append((f"rules.{i}.class",
                                  f"unknown class {r.class_name!r}; classes are {', '.join(classes)}"))
+        if self.pair:
+            in_class = {n for c in self.classes for n in c.links}
+            for key in ("peer_links", "lan_links"):
+                for i, n in enumerate(getattr(self.pair, key)):
+                    if n not in links:
+                        problems.append((f"pair.{key}.{i}", f"unknown link {n!r}; links are {', '.join(links)}"))
+                    elif n in in_class:
+                        problems.append((f"pair.{key}.{i}", f"{n!r} carries class traffic; pair paths are "
+                                                            f"heartbeat-only links"))
+            if not set(self.pair.lan_links) - set(self.pair.peer_links):
+                problems.append(("pair.lan_links", "needs a link that is not a peer link (an anchor on the LAN): "
+                                                   "without one, a gateway cut off the LAN cannot tell that from "
+                                                   "its peer's death"))
+            if not in_class - set(self.pair.peer_links) - set(self.pair.lan_links):
+                problems.append(("pair", "no order link: some class must use a link that is not a pair path"))
         if self.feeds:
             lines = self.arbitration.lines
             if any(n not in links for n in lines) or lines[0] == lines[1]:

@@ -21,12 +21,14 @@ from typing import Any
 
 from appliance.core.feeds import LINE_NAMES, FeedCore, FeedParams
 from appliance.core.links import LinkCore, LinkParams
+from appliance.core.pair import PairCore, PairParams
 
 # Inputs from outside the gateway's own machinery (the operator's control
 # socket, a prediction model), with the fields each takes: anything else is
 # refused with a decision saying so, never an exception that stops the core.
 EXTERNAL_INPUTS = {"force": ("class_name", "link_name"), "release": ("class_name",), "drain": ("link_name",),
-                   "undrain": ("link_name",), "predict": ("link", "probability")}
+                   "undrain": ("link_name",), "predict": ("link", "probability"),
+                   "pair-force": ("role",)}
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,8 @@ class Decision:
     event: str
     fields: dict[str, Any]
     # What the edge does to the data path: ("link", link_id, carrier, mac),
-    # ("active", class_id, link_id), ("steer",) or ("feed", feed_id, mac).
+    # ("active", class_id, link_id), ("steer",), ("feed", feed_id, mac), or the
+    # pair's ("pair", role, token), ("witness", op, expected, to), ("publish", lan, links).
     effect: tuple | None = field(default=None, compare=False)
 
     def record(self) -> dict[str, Any]:
@@ -53,23 +56,33 @@ class Start:
     nexthop: list[str | None]
     receivers: list[str | None]
     started_ns: int
+    # An HA pair: its parameters, and the role and token the pinned gate had.
+    pair: PairParams | None = None
+    pair_role: str = "standby"
+    pair_token: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"links": self.links.to_json(), "feeds": self.feeds.__dict__, "carrier": self.carrier,
-                "nexthop": self.nexthop, "receivers": self.receivers, "started_ns": self.started_ns}
+                "nexthop": self.nexthop, "receivers": self.receivers, "started_ns": self.started_ns,
+                **({"pair": self.pair.to_json(), "pair_role": self.pair_role, "pair_token": self.pair_token}
+                   if self.pair else {})}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "Start":
+        pair = raw.get("pair")
         return cls(LinkParams.from_json(raw["links"]), FeedParams(**raw["feeds"]), list(raw["carrier"]),
-                   list(raw["nexthop"]), list(raw["receivers"]), int(raw["started_ns"]))
+                   list(raw["nexthop"]), list(raw["receivers"]), int(raw["started_ns"]),
+                   PairParams.from_json(pair) if pair else None, raw.get("pair_role", "standby"),
+                   int(raw.get("pair_token", 0)))
 
 
 class Core:
-    """The link and feed cores behind one input entry point."""
+    """The link, feed and (for an HA pair) pair cores behind one input entry point."""
 
     def __init__(self, start: Start):
         self.links = LinkCore(start.links, start.carrier, start.nexthop, start.started_ns)
         self.feeds = FeedCore(start.feeds, start.receivers)
+        self.pair = PairCore(start.pair, start.pair_role, start.pair_token, start.started_ns) if start.pair else None
         self._handlers = {
             "carrier": self.links.carrier,
             "neighbour": self.links.neighbour,
@@ -85,6 +98,9 @@ class Core:
             "feed-lines": self.feeds.lines,
             "reconfigure": self._reconfigure,
         }
+        if self.pair:
+            self._handlers.update({"pair-health": self.pair.health, "witness": self.pair.witness_read,
+                                   "pair-force": self.pair.force})
 
     def _reconfigure(self, ts_ns: int, links: dict, feeds: dict) -> list[tuple]:
         """A reload: both cores' new parameters, as a recorded input so that

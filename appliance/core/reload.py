@@ -175,6 +175,9 @@ _RULES = (
     _Rule(("metrics.port",), "restart", "the endpoint is bound once, at start"),
     _Rule(("state.pin_dir",), "restart", "the running data path's programs and maps are pinned there"),
     _Rule(("state.on_stop",), "core", "the daemon reads it only when it stops"),
+    _Rule(("pair", "pair.*"), "restart",
+          "the pair's names, paths and witness are fixed for a daemon's run; a restart keeps the gate and the "
+          "virtual address as they are (fail static) and reads the witness again"),
 )
 
 _IDLE_ARBITRATION = "arbitration does not run without feeds; the value applies when feeds are added (by a restart)"

@@ -40,11 +40,11 @@ from appliance.edge import gatelock
 COMMANDS: dict[str, dict[str, type]] = {
     "status": {}, "reload": {},
     "force": {"class": str, "link": str}, "release": {"class": str},
-    "drain": {"link": str}, "undrain": {"link": str},
+    "drain": {"link": str}, "undrain": {"link": str}, "force-active": {}, "force-standby": {},
     "events": {"backlog": int, "follow": bool},
 }
 DEFAULTS: dict[str, dict[str, Any]] = {"events": {"backlog": 0, "follow": True}}
-CHANGES_STATE = frozenset({"force", "release", "drain", "undrain", "reload"})
+CHANGES_STATE = frozenset({"force", "release", "drain", "undrain", "reload", "force-active", "force-standby"})
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
 
 MAX_REQUEST_BYTES = 64 * 1024

@@ -53,6 +53,16 @@ class ClassMetrics:
 
 
 @dataclass(frozen=True)
+class PairMetrics:
+    role: str               # appliance.core.pair.ROLES
+    token: int              # this node's fencing token (0 unless it owns)
+    witness_reachable: bool
+    peer_paths: dict[str, str]  # peer link -> fresh, dead or unknown
+    fenced_packets: int     # tp_pair.fenced: class packets the gate dropped while standby
+    role_changes: dict[str, int]  # pair-role changes since the daemon started, by cause
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything one scrape shows. Counters are cumulative; those read from
     the kernel's maps keep counting across daemon restarts, the rest start
@@ -66,6 +76,7 @@ class Snapshot:
     datapath_stats: dict[str, int]  # tp_gstats by layout.STATS name (Gateway.global_stats())
     feeds: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # feed -> "A"/"B" -> ARB_COUNTERS
     arbitration_passed: dict[str, dict[str, int]] = field(default_factory=dict)  # Arbiter.global_stats()
+    pair: PairMetrics | None = None
 
 
 def rtt_histogram(counts: list[int]) -> tuple[list[tuple[str, int]], float]:
@@ -166,9 +177,34 @@ def _families(s: Snapshot) -> list:
                 passed.add_metric([line, reason], n)
         families.append(passed)
 
+    if s.pair:
+        families += _pair_families(s.pair)
     families.append(GaugeMetricFamily("twinpath_daemon_start_time_seconds", "Unix time the daemon started.",
                                       value=s.up_since_s, unit="seconds"))
     return families
+
+
+def _pair_families(p: PairMetrics) -> list:
+    from appliance.core.pair import ROLES
+    role = GaugeMetricFamily("twinpath_pair_role", "1 for this gateway's HA pair role now, 0 for the others.",
+                             labels=["role"])
+    for name in ROLES:
+        role.add_metric([name], int(name == p.role))
+    paths = GaugeMetricFamily("twinpath_pair_peer_path_up", "1 while the peer answers on this path, 0 when it is "
+                              "dead or not known yet.", labels=["link"])
+    for link, state in p.peer_paths.items():
+        paths.add_metric([link], int(state == "fresh"))
+    changes = CounterMetricFamily("twinpath_pair_role_changes_total", "Role changes since the daemon started, by "
+                                  "cause (a cause appears with its first change).", labels=["cause"])
+    for cause, n in p.role_changes.items():
+        changes.add_metric([cause], n)
+    return [role, paths, changes,
+            GaugeMetricFamily("twinpath_pair_token", "The witness's fencing token this gateway owns with (0: none).",
+                              value=p.token),
+            GaugeMetricFamily("twinpath_pair_witness_up", "1 while the witness (etcd) answers.",
+                              value=int(p.witness_reachable)),
+            CounterMetricFamily("twinpath_pair_fenced_packets_total", "Class packets the standby's gate dropped "
+                                "(tp_pair.fenced: a trader still sending to a standby).", value=p.fenced_packets)]
 
 
 class Collector:

@@ -21,6 +21,7 @@ class FailoverTally:
     """Failovers the daemon logged since it started, per class and cause."""
     by_cause: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     last: dict[str, tuple[str, int]] = field(default_factory=dict)   # class -> (cause, mono_ns)
+    pair_causes: Counter = field(default_factory=Counter)             # pair-role changes by cause
 
     def count(self, fields: dict, ts_ns: int) -> None:
         self.by_cause[fields["class"]][fields["cause"]] += 1
@@ -100,7 +101,19 @@ class Observer:
                            "config": cfg.source, "interval_us": cfg.heartbeat.interval_us,
                            "multiplier": cfg.heartbeat.multiplier, "pin_dir": str(d.pins.path),
                            "sender_pid": d.sender_pid},
-                "links": links, "classes": classes, "feeds": self._feeds()}
+                "links": links, "classes": classes, "feeds": self._feeds(), **self._pair(now)}
+
+    def _pair(self, now: int) -> dict:
+        d = self.d
+        if not d.core.pair:
+            return {}
+        with d._core_lock:
+            pair = d.core.pair.status()
+        gate = d.gw.pair()
+        pair["gate"] = {"mode": layout.PAIR_MODES.get(gate.mode, str(gate.mode)), "token": gate.token,
+                        "fenced_packets": gate.fenced}
+        pair["vip"] = str(d.cfg.pair.vip)
+        return {"pair": pair}
 
     def _feeds(self) -> dict:
         d = self.d
@@ -143,7 +156,15 @@ class Observer:
             feeds = {f.name: {LINE_NAMES[l]: d.arbiter.line_counters(fid, l, metrics.ARB_COUNTERS)
                               for l in range(layout.ARB_LINES)} for fid, f in enumerate(cfg.feeds)}
             passed = d.arbiter.global_stats()
-        return metrics.Snapshot(up_since_s=self.started_s, links=links, classes=classes,
+        pair = None
+        if d.core.pair:
+            with d._core_lock:
+                status = d.core.pair.status()
+            pair = metrics.PairMetrics(role=status["role"], token=status["token"],
+                                       witness_reachable=status["witness"]["reachable"],
+                                       peer_paths=status["peer_paths"], fenced_packets=d.gw.pair().fenced,
+                                       role_changes=dict(self.tally.pair_causes))
+        return metrics.Snapshot(up_since_s=self.started_s, links=links, classes=classes, pair=pair,
                                 sender_periods=stats.periods, sender_late_periods=stats.late_periods,
                                 sender_skipped_periods=stats.skipped_periods,
                                 datapath_stats=d.gw.global_stats(), feeds=feeds, arbitration_passed=passed)

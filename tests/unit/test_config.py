@@ -159,8 +159,60 @@ def _table(name, lines):
     return lambda text: text + f"\n[{name}]\n{lines}\n"
 
 
+PAIR_LINKS = """
+[[links]]
+name = "peer-lan"
+dev = "pl"
+target = "198.18.1.3"
+
+[[links]]
+name = "peer-xl"
+dev = "xl"
+target = "198.18.42.2"
+
+[[links]]
+name = "anchor"
+dev = "pa"
+target = "198.18.1.1"
+"""
+PAIR = """
+[pair]
+node = "gw1"
+peer = "gw2"
+vip = "198.18.1.254/24"
+peer_links = ["peer-lan", "peer-xl"]
+lan_links = ["peer-lan", "anchor"]
+witness = ["http://198.18.41.100:2379"]
+prefix = "/twinpath/colo1"
+"""
+
+
+def _pair(old: str = "", new: str = ""):
+    """BASE with the pair's links before the classes and a [pair] section, edited."""
+    def edit(text: str) -> str:
+        text = text.replace("\n[[classes]]", PAIR_LINKS + "\n[[classes]]", 1) + PAIR
+        assert old in text
+        return text.replace(old, new, 1)
+    return edit
+
+
 # (edit of BASE, the key path the error must name, a fragment of the reason)
 BAD_CONFIGS = {
+    "pair node = peer": (_pair('peer = "gw2"', 'peer = "gw1"'), "pair", "node and peer are both 'gw1'"),
+    "pair vip without prefix": (_pair('"198.18.1.254/24"', '"198.18.1.254"'), "pair.vip", "prefix length"),
+    "pair vip is the network": (_pair('"198.18.1.254/24"', '"198.18.1.0/24"'), "pair.vip", "network or broadcast"),
+    "pair vip not a string": (_pair('"198.18.1.254/24"', "1"), "pair.vip", "got 1 (an integer)"),
+    "pair one peer path": (_pair('peer_links = ["peer-lan", "peer-xl"]', 'peer_links = ["peer-lan"]'),
+                           "pair.peer_links", "at least 2"),
+    "pair unknown link": (_pair('"peer-xl"]', '"peer-x"]'), "pair.peer_links.1", "unknown link 'peer-x'"),
+    "pair path carries a class": (_pair('lan_links = ["peer-lan", "anchor"]', 'lan_links = ["A"]'),
+                                  "pair.lan_links.0", "'A' carries class traffic"),
+    "pair without an anchor": (_pair('lan_links = ["peer-lan", "anchor"]', 'lan_links = ["peer-lan"]'),
+                               "pair.lan_links", "needs a link that is not a peer link"),
+    "pair witness not a URL": (_pair('"http://198.18.41.100:2379"', '"198.18.41.100:2379"'), "pair.witness",
+                               "not an etcd client URL"),
+    "pair prefix relative": (_pair('"/twinpath/colo1"', '"twinpath"'), "pair.prefix", "should match pattern"),
+    "pair lease zero": (_pair('colo1"', 'colo1"\nlease_s = 0'), "pair.lease_s", "greater than or equal to 1"),
     "interval as string": (_heartbeat('interval_us = "1000"'), "heartbeat.interval_us", "must be an integer"),
     "interval as float": (_heartbeat("interval_us = 1000.0"), "heartbeat.interval_us", "got 1000.0 (a float)"),
     "interval as bool": (_heartbeat("interval_us = true"), "heartbeat.interval_us", "got true (a boolean)"),
@@ -275,6 +327,8 @@ def test_bad_config_names_file_key_path_and_reason(edit, path, reason):
 
 
 ACCEPTED = {
+    "pair": (_pair(), lambda c: (c.pair.node, str(c.pair.vip), c.pair.lease_s, c.pair.preempt) ==
+             ("gw1", "198.18.1.254/24", 2, False)),
     "port as integer": (_edit('"9000-9099"', "9000"), lambda c: c.rules[0].port_range == (9000, 9000)),
     "port as string": (_edit('"9000-9099"', '"9000"'), lambda c: c.rules[0].port_range == (9000, 9000)),
     "full port range": (_edit('"9000-9099"', '"0-65535"'), lambda c: c.rules[0].port_range == (0, 65535)),

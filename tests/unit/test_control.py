@@ -105,7 +105,7 @@ def test_state_changes_are_logged_with_the_peer_refused_ones_too(gw):
     (b"\xff\xfe\n", "request is not JSON"),
     (b"\n", "request is not JSON"),
     (b"[1, 2]\n", "request must be a JSON object"),
-    (b'{"link": "A"}\n', 'request has no "cmd"; commands: drain, events, force, release, reload, status, undrain'),
+    (b'{"link": "A"}\n', 'request has no "cmd"; commands: drain, events, force, force-active, force-standby, release, reload, status, undrain'),
     (b'{"cmd": "explode"}\n', 'unknown command "explode"'),
     (b'{"cmd": 7}\n', "unknown command 7"),
     (b'{"cmd": "force", "class": "orders"}\n', "force takes class, link; missing link"),
