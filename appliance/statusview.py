@@ -31,7 +31,7 @@ def _daemon(d: dict[str, Any]) -> str:
 
 def _pair(p: dict[str, Any]) -> str:
     w, gate = p.get("witness") or {}, p.get("gate") or {}
-    paths = ", ".join(f"{name} {'fresh' if fresh else 'dead'}" for name, fresh in (p.get("peer_paths") or {}).items())
+    paths = ", ".join(f"{name} {state}" for name, state in (p.get("peer_paths") or {}).items())
     peer_state = w.get("peer_state")
     return "\n".join([
         f"pair: {_text(p.get('node'))} is {_text(p.get('role')).upper()}, token {_text(p.get('token'))}, "
@@ -41,7 +41,9 @@ def _pair(p: dict[str, Any]) -> str:
         f"  witness: {'reachable' if w.get('reachable') else 'UNREACHABLE'}, owner {_text(w.get('owner'))}, "
         f"token {_text(w.get('token'))}",
         f"  this gateway: lan {_flag(p.get('lan'), 'ok', 'LOST')}, order links {_flag(p.get('links'), 'ok', 'LOST')}"
-        + (f"; {p['pending']} in flight" if p.get("pending") else "")
+        + (f"; {p['pending'][0]} ({p['pending'][1]}) in flight" if p.get("pending") else "")
+        + ("; took over on the data path's evidence, the witness has not confirmed yet"
+           if p.get("role") == "active" and p.get("confirmed") is False else "")
         + ("; held standby (force-active to release)" if p.get("hold_standby") else "")])
 
 

@@ -163,3 +163,19 @@ def test_port_in_use_names_the_port_and_the_config_key():
         with pytest.raises(ConfigError, match=rf"metrics\.port: .*127\.0\.0\.1:{port}: Address already in use"):
             server.start()
         server.stop()  # harmless on a server that never started
+
+
+def test_the_pair_is_exposed_only_on_a_pair_member():
+    from appliance.edge.metrics import PairMetrics
+    assert not [name for name in scrape(snapshot) if name.startswith("twinpath_pair_")]
+    pair = PairMetrics(role="active", token=42, witness_reachable=False,
+                       peer_paths={"peer-lan": "fresh", "peer-xl": "unknown"}, fenced_packets=7,
+                       role_changes={"peer-dead": 2, "vacant": 1})
+    fams = scrape(lambda: replace(snapshot(), pair=pair))
+    assert values(fams, "twinpath_pair_role") == {(("role", "active"),): 1, (("role", "standby"),): 0,
+                                                  (("role", "suspended"),): 0}
+    assert values(fams, "twinpath_pair_peer_path_up") == {(("link", "peer-lan"),): 1, (("link", "peer-xl"),): 0}
+    assert values(fams, "twinpath_pair_role_changes") == {(("cause", "peer-dead"),): 2, (("cause", "vacant"),): 1}
+    assert values(fams, "twinpath_pair_token") == {(): 42}
+    assert values(fams, "twinpath_pair_witness_up") == {(): 0}
+    assert values(fams, "twinpath_pair_fenced_packets") == {(): 7}

@@ -63,3 +63,21 @@ def test_absent_fields_and_sections_do_not_break_it():
 
 def test_fits_a_terminal():
     assert max(len(line) for line in render(FULL).splitlines()) <= 120
+
+
+def test_the_pair_shows_role_peer_paths_witness_and_token():
+    pair = {"node": "gw2", "peer": "gw1", "role": "active", "token": 17, "confirmed": True, "vip": "198.18.1.254/24",
+            "witness": {"reachable": True, "owner": "gw2", "token": 17, "peer_state": {"lan": False, "links": True}},
+            "pending": None, "hold_standby": False, "peer_dead": False,
+            "peer_paths": {"peer-lan": "dead", "peer-xl": "fresh"}, "lan": True, "links": True,
+            "gate": {"mode": "active", "token": 17, "fenced_packets": 0}}
+    text = render({**UNKNOWNS, "pair": pair})
+    assert """\
+pair: gw2 is ACTIVE, token 17, vip 198.18.1.254/24; gate active (fenced 0 packets)
+  peer gw1: alive (peer-lan dead, peer-xl fresh); published {'lan': False, 'links': True}
+  witness: reachable, owner gw2, token 17
+  this gateway: lan ok, order links ok""" in text
+    held = render({"pair": {**pair, "role": "standby", "hold_standby": True, "peer_dead": True, "lan": None,
+                            "pending": ["acquire", "peer-dead"], "witness": {"reachable": False}}})
+    assert "gw2 is STANDBY" in held and "DEAD on every path" in held and "UNREACHABLE" in held
+    assert "lan -" in held and "acquire (peer-dead) in flight" in held and "held standby" in held
