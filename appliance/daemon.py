@@ -115,7 +115,6 @@ class Daemon:
         self._errors = itertools.count(1)  # exceptions in event handlers, logged as 'error' (see _guarded)
         self.pair_agent: PairAgent | None = None
         self.vip: Vip | None = None
-        self._vip_ipr: IPRoute | None = None
 
     # -- the core's one entry ----------------------------------------------
     def _consume(self, kind: str, ts_ns: int, /, **fields) -> list[Decision]:
@@ -185,10 +184,10 @@ class Daemon:
         gate before it gives the VIP up."""
         if role == ACTIVE:
             self.gw.write_pair(layout.PAIR_ACTIVE, token)
-            self.vip.claim(self._vip_ipr)
+            self.vip.claim()
         else:
             self.gw.write_pair(layout.PAIR_STANDBY, token)
-            self.vip.release(self._vip_ipr)
+            self.vip.release()
 
     def _guarded(self, where: str, handler):
         """handler, but an exception in it is logged as an 'error' event and
@@ -304,7 +303,7 @@ class Daemon:
         role = ACTIVE if gate.mode == layout.PAIR_ACTIVE else STANDBY
         if role != ACTIVE:   # never forward, nor answer for the VIP, before the witness says so
             self.gw.write_pair(layout.PAIR_STANDBY, 0)
-            self.vip.release(self._vip_ipr)
+            self.vip.release()
         pair_links = set(cfg.pair.peer_links) | set(cfg.pair.lan_links)
         order = sorted({cfg.link_index(n) for c in cfg.classes for n in c.links if n not in pair_links})
         params = PairParams(node=cfg.pair.node, peer=cfg.pair.peer, link_names=self.link_names,
@@ -340,9 +339,10 @@ class Daemon:
                                                  for c, l in enumerate(adopted)})
             self.gw.write_keys(keys)
             if cfg.pair:
-                self._vip_ipr = IPRoute()
                 ingress_index, ingress_mac, _ = netlink.link_info(ipr, cfg.steer.ingress)
-                self.vip = Vip(cfg.steer.ingress, ingress_index, ingress_mac, cfg.pair.vip)
+                self.vip = Vip(cfg.steer.ingress, ingress_index, ingress_mac, cfg.pair.vip,
+                               lambda message: self.log.emit("error", where="vip", error=message,
+                                                             errors=next(self._errors)))
             self.gw.open_events(self._guarded("reflex", self._on_failover))
             receivers = self._load_arbiter(ipr) if cfg.feeds else []
 
@@ -407,7 +407,6 @@ class Daemon:
                     self.pair_agent.join()
                 if self.vip:
                     self.vip.close()
-                    self._vip_ipr.close()
                 monitor.close()
                 for s in sockets:
                     s.close()

@@ -5,11 +5,12 @@ Pure: decisions are a function of (state, inputs, clock), with no I/O, so
 
 Roles:
   active     owns the virtual address (VIP): the data path's gate forwards
-             class traffic; confirmed once the witness's owner key names it
+             class traffic; confirmed once its own swap of the witness's
+             owner key won
   standby    not the owner: the gate drops class traffic, no VIP
-  suspended  the owner, but off the LAN (every lan_link dead): it steps down
-             at once, without asking the witness, and takes the role back
-             only by winning a compare-and-swap at its own token
+  suspended  the owner, but off the LAN or without any order link: it steps
+             down at once, without asking the witness, and takes the role
+             back only by winning a swap
 
 Evidence:
   - the peer's data path: heartbeats on every peer_link (LAN, crosslink),
@@ -18,30 +19,30 @@ Evidence:
   - this gateway's own LAN (lan_links: the peer's LAN path, an anchor on the
     LAN) and order links (the links classes use);
   - the witness (etcd): who owns, with which fencing token (the owner key's
-    mod_revision), and the state each daemon published under its lease.
+    mod_revision), and the state each daemon published under its lease
+    (lan, links, and whether it claims ownership).
 
 Ownership moves only by a compare-and-swap on the owner key at the token
-last read (the witness's fencing). A standby that is eligible (on the LAN,
-with an order link) moves it when:
-  peer-dead        the peer is dead on every peer_link. This one does not
-                   wait for the witness: a peer that answers on no path
-                   while this gateway is on the LAN is off the LAN itself
-                   (or dead), so it cannot be receiving orders, and it
-                   suspended itself when it lost the LAN. The standby takes
-                   the VIP at once and then swaps the owner key; if the swap
-                   finds a newer owner it steps down, and a peer coming back
-                   can resume only by winning the same swap;
+last read, and a gateway becomes active only by winning one itself (a read
+that names it owner is not enough: it swaps at that token first), with one
+exception. An eligible standby (on the LAN, with an order link) swaps when:
+  peer-dead        the peer is dead on every peer_link while the witness is
+                   reachable. The one exception: the standby takes the VIP
+                   at once and swaps right after, because a peer that
+                   answers on no path while this gateway is on the LAN is
+                   off the LAN itself (or dead) and cannot be receiving
+                   orders; it suspended itself when it lost the LAN. If the
+                   swap finds a newer owner, the standby steps down;
   peer-ineligible  the peer published that it lost the LAN or every order
                    link (one witness round trip, then the swap);
-  vacant           nobody owns (first start of the pair);
-  force-active     the operator asked;
-  preempt          configured, and eligible for hold_down while the peer owns.
-Every cause but peer-dead needs the witness: without it only the data
-path's evidence moves the VIP. The active keeps forwarding while the
-witness is away (fail static) and leaves the role as soon as the witness
-names another owner. For ready_ns after a start only fresh evidence counts
-(a restarted daemon's probe sender was stopped and started again): no link
-is dead, nothing is lost, nothing is published.
+  vacant           nobody owns (first start of the pair).
+A live owner is never displaced: preempt (after hold_down eligible) and
+force-active publish a claim, and the owner hands over by its own swap;
+force-standby on the owner hands over likewise. Without the witness
+nothing moves: the active keeps forwarding (fail static), and a standby
+cannot tell a dead peer from its own isolation. For ready_ns after a start
+only fresh evidence counts (a restarted daemon's probe sender was stopped
+and started again): no link is dead, nothing is lost, nothing is published.
 
 A link is fresh while its last accepted reply is younger than the dead
 interval, and dead only once it is older AND `multiplier` probes went out
@@ -56,7 +57,8 @@ from the heartbeat map), witness (a read of etcd, or that it is unreachable), pa
 operator). Decisions: pair-role (effect ("pair", role, token): the gate, the
 VIP and a gratuitous ARP), pair-request (effect ("witness", op, expected,
 to): a compare-and-swap the edge makes and answers with a witness input),
-pair-publish (effect ("publish", lan, links)), refused.
+pair-publish (effect ("publish", state): lan, links, claim), pair-claim,
+pair-hold, refused.
 """
 from __future__ import annotations
 
@@ -111,8 +113,9 @@ class PairCore:
         self.witness = WitnessView(reachable=False)
         self.pending: tuple[str, str] | None = None   # (op, cause) of a request the edge has not answered yet
         self.answered: tuple[str, str] | None = None  # the request the witness input being decided answers
-        self.hold_standby = False            # force-standby: no vacant or preempt takeover until force-active
-        self.published: tuple[bool | None, bool | None] = (None, None)
+        self.hold_standby = False            # force-standby: no vacant takeover nor claim until force-active
+        self.forced_claim = False            # force-active: claim ownership from the owner
+        self.published: dict[str, Any] = {"lan": None, "links": None, "claim": None}
         self.eligible_since: int | None = None
         self.announced = False               # the first pair-role, once the witness and the links were read
         # An active that took over on the data path's evidence (peer-dead) before
@@ -170,9 +173,19 @@ class PairCore:
     def _links_ok(self) -> bool:
         return self._links() is True
 
+    def _peer_state(self) -> dict | None:
+        return (self.witness.states or {}).get(self.p.peer)
+
     def _peer_ineligible(self) -> bool:
-        state = (self.witness.states or {}).get(self.p.peer)
+        state = self._peer_state()
         return state is not None and not (state.get("lan") and state.get("links"))
+
+    def _peer_fit(self) -> bool:
+        """The peer could take over now: alive on a path, and its daemon
+        reports the LAN and an order link."""
+        state = self._peer_state()
+        return (any(self._fresh(l) for l in self.p.peer_links) and state is not None
+                and bool(state.get("lan")) and bool(state.get("links")))
 
     def next_deadline(self, ts_ns: int) -> int | None:
         """When the next reading could change what is fresh or dead: the
@@ -213,7 +226,6 @@ class PairCore:
 
     def force(self, ts_ns: int, role: str) -> list[tuple]:
         request = {"input": "pair-force", "role": role}
-        w = self.witness
         if role == ACTIVE:
             if self.role == ACTIVE:
                 self.hold_standby = False
@@ -221,13 +233,16 @@ class PairCore:
             reason = self._cannot_own()
             if reason:
                 return [("refused", {**request, "reason": reason})]
-            self.hold_standby = False
-            return [self._request("acquire", "force-active", w.token)]
+            self.hold_standby, self.forced_claim = False, True
+            return [("pair-claim", {"cause": "force-active", "note": "published: the owner hands over when it "
+                                                                    "reads it; a dead or vacant owner is taken over"}),
+                    *self._evaluate(ts_ns)]
         if role == STANDBY:
+            self.forced_claim = False
             if self.role != ACTIVE:
                 self.hold_standby = True
-                return [("pair-hold", {"role": self.role, "note": "no vacant or preempt takeover until "
-                                                                 "force-active"})]
+                return [("pair-hold", {"role": self.role, "note": "no vacant takeover nor claim until "
+                                                                 "force-active"}), *self._evaluate(ts_ns)]
             reason = self._peer_cannot_own()
             if reason:
                 return [("refused", {**request, "reason": reason})]
@@ -252,8 +267,7 @@ class PairCore:
             return "the witness is unreachable: ownership moves only through it"
         if self.pending:
             return f"a {self.pending[0]} ({self.pending[1]}) is already in flight"
-        state = (self.witness.states or {}).get(self.p.peer)
-        if self._peer_dead() or not state or not (state.get("lan") and state.get("links")):
+        if not self._peer_fit():
             return f"the peer {self.p.peer} is not ready to take over (dead, or its daemon reports no LAN " \
                    f"or no order link): handing over would black-hole orders"
         return None
@@ -266,6 +280,8 @@ class PairCore:
     def _become(self, role: str, token: int, cause: str, unconfirmed: int | None = None) -> tuple:
         was, self.role, self.token, self.unconfirmed = self.role, role, token, unconfirmed
         self.announced = True
+        if role == ACTIVE:
+            self.forced_claim = False   # claimed and won
         return ("pair-role", {"role": role, "was": was, "token": token, "cause": cause,
                               "confirmed": role != ACTIVE or unconfirmed is None, "owner": self.witness.owner,
                               "witness": self.witness.reachable, **self.evidence()}, ("pair", role, token))
@@ -276,83 +292,87 @@ class PairCore:
             out.append(self._become(self.role, self.token, "adopted" if self.role == ACTIVE else "started"))
         return out
 
+    def _claims(self, ts_ns: int, eligible: bool) -> bool:
+        if self.role != STANDBY or self.hold_standby or not eligible:
+            return False
+        return self.forced_claim or (self.p.preempt and ts_ns - self.eligible_since >= self.p.hold_down_ns)
+
     def _decide(self, ts_ns: int) -> list[tuple]:
         out: list[tuple] = []
-        # What is unknown keeps what was published before: only evidence moves it.
         lan_state, links_state = self._lan(), self._links()
-        published = (self.published[0] if lan_state is None else lan_state,
-                     self.published[1] if links_state is None else links_state)
-        if None not in published and published != self.published and not self._settling():
-            self.published = published
-            out.append(("pair-publish", {"lan": published[0], "links": published[1]},
-                        ("publish", published[0], published[1])))
         lan, links = lan_state is True, links_state is True
         eligible = lan and links
         if not eligible:
             self.eligible_since = None
         elif self.eligible_since is None:
             self.eligible_since = ts_ns
+        # What is unknown keeps what was published before: only evidence moves it.
+        published = {"lan": self.published["lan"] if lan_state is None else lan_state,
+                     "links": self.published["links"] if links_state is None else links_state,
+                     "claim": self._claims(ts_ns, eligible)}
+        if None not in published.values() and published != self.published and not self._settling():
+            self.published = published
+            out.append(("pair-publish", dict(published), ("publish", published)))
+
         w, me = self.witness, self.p.node
         owns = w.reachable and w.owner == me
+        won = self.answered is not None and owns            # this input answers our own swap, and it won
         cause = self.answered[1] if self.answered else "witness-owner"
+        taken = w.reachable and w.owner is not None and w.owner != me
 
         if self.role == ACTIVE and self.unconfirmed is not None:
-            if lan_state is False:
-                out.append(self._become(SUSPENDED, self.token, "lan-lost"))
-            elif owns:
+            if lan_state is False or links_state is False:
+                out.append(self._become(SUSPENDED, self.token, "lan-lost" if lan_state is False else "links-lost"))
+            elif won:
                 out.append(self._become(ACTIVE, w.token, cause))   # confirmed: announced again
-            elif w.reachable and (self.answered or w.token != self.unconfirmed):
+            elif w.reachable and (self.answered or w.token != self.unconfirmed or w.owner != self.p.peer):
                 out.append(self._become(STANDBY, 0, "witness-owner"))
             elif w.reachable and not self.pending:
                 out.append(self._request("acquire", "peer-dead", self.unconfirmed))
             return out
         if self.role == ACTIVE:
-            if w.reachable and w.owner is None:
-                # The owner key is gone (the store was wiped or restored): claim it
-                # back while forwarding on; a peer that wins the race is obeyed.
-                if not self.pending:
-                    out.append(self._request("acquire", "vacant", 0))
-            elif w.reachable and w.owner != me:
+            if taken:
                 out.append(self._become(STANDBY, 0, cause))
-            elif lan_state is False:
-                out.append(self._become(SUSPENDED, self.token, "lan-lost"))
+            elif lan_state is False or links_state is False:
+                out.append(self._become(SUSPENDED, self.token, "lan-lost" if lan_state is False else "links-lost"))
             elif owns and w.token != self.token:
                 out.append(self._become(ACTIVE, w.token, "witness-owner"))
+            elif self.pending or not w.reachable:
+                pass
+            elif w.owner is None and eligible:
+                # The owner key is gone (the store was wiped or restored): claim it
+                # back while forwarding on; a peer that wins the race is obeyed.
+                out.append(self._request("acquire", "vacant", 0))
+            elif owns and self._peer_fit() and (self._peer_state() or {}).get("claim"):
+                out.append(self._request("hand-over", "claimed", self.token, to=self.p.peer))
             return out
         if self.role == SUSPENDED:
             if w.reachable and w.owner != me:
                 out.append(self._become(STANDBY, 0, "witness-owner"))
-            elif owns and self.answered and self.answered[1] == "lan-back":
-                out.append(self._become(ACTIVE, w.token, "lan-back"))
-            elif owns and lan and not self.pending:
-                # A swap at its own token, not a read: a standby that took over on
-                # the data path's evidence meanwhile swaps at the same token, and
-                # exactly one of the two wins.
-                out.append(self._request("acquire", "lan-back", w.token))
+            elif won:
+                out.append(self._become(ACTIVE, w.token, cause))
+            elif owns and eligible and not self.pending:
+                out.append(self._request("acquire", "resume", w.token))
             return out
         # standby
-        if owns:
+        if won:
             if lan:
                 out.append(self._become(ACTIVE, w.token, cause))
             return out
-        if not eligible or self.pending or self.read_ns is None:
+        if not eligible or self.pending or self.read_ns is None or not w.reachable:
             return out
-        if self._peer_dead() and w.owner is not None:
+        if owns:
+            # Named owner by a read (a hand-over to it, a restart): swap at that token
+            # first, so that a read older than another's swap never makes it active.
+            out.append(self._request("acquire", "handed-over" if published["claim"] else "resume", w.token))
+        elif w.owner is None:
+            if not self.hold_standby:
+                out.append(self._request("acquire", "vacant", 0))
+        elif self._peer_dead():
             out.append(self._become(ACTIVE, w.token, "peer-dead", unconfirmed=w.token))
-            if w.reachable:
-                out.append(self._request("acquire", "peer-dead", w.token))
-            return out
-        if not w.reachable:
-            return out
-        takeover = None
-        if w.owner is None:
-            takeover = None if self.hold_standby else "vacant"
+            out.append(self._request("acquire", "peer-dead", w.token))
         elif self._peer_ineligible():
-            takeover = "peer-ineligible"
-        elif self.p.preempt and not self.hold_standby and ts_ns - self.eligible_since >= self.p.hold_down_ns:
-            takeover = "preempt"
-        if takeover:
-            out.append(self._request("acquire", takeover, w.token))
+            out.append(self._request("acquire", "peer-ineligible", w.token))
         return out
 
     def status(self) -> dict[str, Any]:

@@ -50,8 +50,8 @@ class PairAgent:
         self._requests.put((op, expected, to))
         self._wake.set()
 
-    def publish(self, lan: bool, links: bool) -> None:
-        self._published.put({"lan": lan, "links": links})
+    def publish(self, state: dict) -> None:
+        self._published.put(dict(state))
 
     # -- threads -----------------------------------------------------------
     def start(self, stop: threading.Event) -> None:
@@ -96,8 +96,11 @@ class PairAgent:
             drained = True
 
     def _carry_out(self, op: str, expected: int, to: str | None) -> None:
+        started = time.monotonic_ns()
         try:
             token = self._calls.acquire(expected) if op == "acquire" else self._calls.hand_over(to, expected)
+            self._log("witness-swap", op=op, expected=expected, token=token,
+                      took_us=round((time.monotonic_ns() - started) / 1000, 1))
         except WitnessError as e:
             self._log("warning", what="witness", op=op, error=str(e))
             self._consume("witness", time.monotonic_ns(), reachable=False, answer=True)

@@ -1,19 +1,25 @@
 """The HA pair's virtual gateway address on the trader-facing interface.
 
-The active adds it and announces it with gratuitous ARP (a request and a
-reply, each with sender = target = the VIP), which makes every host on the
-LAN that already has a neighbour entry for the VIP point it at this MAC at
-once: Linux overrides an entry for a gratuitous ARP even inside its
-locktime. A standby removes the address, so its kernel never answers an ARP
-request for it. IPv4 only, as the rest of the data path.
+The active announces it with gratuitous ARP (a request and a reply, each
+with sender = target = the VIP), which makes every host on the LAN that
+already has a neighbour entry for the VIP point it at this MAC at once:
+Linux overrides an entry for a gratuitous ARP even inside its locktime.
+It also adds the address, so that its kernel answers later ARP requests;
+a standby removes it, so its kernel never does. Adding or removing an
+address takes a netlink round trip of one to several milliseconds, so it
+runs on a thread of its own, in order, after the announcement: a takeover
+waits only for the announcement. IPv4 only, as the rest of the data path.
 """
 from __future__ import annotations
 
 import errno
 import ipaddress
+import queue
 import socket
 import struct
 import threading
+import time
+from collections.abc import Callable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -37,58 +43,81 @@ def garp_frames(mac: str, addr: ipaddress.IPv4Address) -> list[bytes]:
 
 
 class Vip:
-    def __init__(self, ifname: str, ifindex: int, mac: str, iface: ipaddress.IPv4Interface):
+    def __init__(self, ifname: str, ifindex: int, mac: str, iface: ipaddress.IPv4Interface,
+                 on_error: Callable[[str], None]):
+        """on_error(message): an address change failed (logged by the caller)."""
         self.ifname, self.ifindex, self.mac, self.iface = ifname, ifindex, mac, iface
         self._frames = garp_frames(mac, iface.ip)
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
         self._sock.bind((ifname, ETH_P_ARP))
-        self._claimed = threading.Event()
-        self._timers: list[threading.Timer] = []
+        self._on_error = on_error
+        self._changes: queue.SimpleQueue = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._apply_changes, name="vip", daemon=True)
+        self._worker.start()
 
     def announce(self) -> None:
         for frame in self._frames:
             self._sock.send(frame)
 
-    def claim(self, ipr: IPRoute) -> None:
-        """Announce first (the trader moves now), then own the address (the
-        kernel answers later ARP requests for it), then announce again."""
-        self._claimed.set()
+    def claim(self) -> None:
+        """Announce now (the trader moves); the worker then owns the address
+        (its kernel answers later ARP requests) and announces again."""
         self.announce()
+        self._changes.put(True)
+
+    def release(self) -> None:
+        self._changes.put(False)
+
+    def settle(self, timeout_s: float = 5.0) -> None:
+        """Returns once every claim and release so far reached the kernel."""
+        done = threading.Event()
+        self._changes.put(done)
+        done.wait(timeout_s)
+
+    def _apply_changes(self) -> None:
+        repeats: list[float] = []   # monotonic times of the claim's next announcements
+        with IPRoute() as ipr:
+            while True:
+                try:
+                    change = self._changes.get(timeout=max(0.0, repeats[0] - time.monotonic()) if repeats else None)
+                except queue.Empty:
+                    repeats.pop(0)
+                    self._announce_again()
+                    continue
+                if change is None:
+                    return
+                if isinstance(change, threading.Event):
+                    change.set()
+                    continue
+                now = time.monotonic()
+                repeats = [now + delay for delay in REPEAT_S] if change else []
+                try:
+                    if change:
+                        add(ipr, self.ifindex, self.iface)
+                    else:
+                        remove(ipr, self.ifindex, self.iface)
+                except (NetlinkError, OSError) as e:
+                    self._on_error(f"{'adding' if change else 'removing'} {self.iface} on {self.ifname}: {e}")
+
+    def _announce_again(self) -> None:
         try:
-            ipr.addr("add", index=self.ifindex, address=str(self.iface.ip), prefixlen=self.iface.network.prefixlen)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise
-        self._cancel()
-        self._timers = [threading.Timer(delay, self._repeat) for delay in REPEAT_S]
-        for t in self._timers:
-            t.daemon = True
-            t.start()
-
-    def _repeat(self) -> None:
-        if self._claimed.is_set():
-            try:
-                self.announce()
-            except OSError:
-                pass   # the interface went away; the next claim announces again
-
-    def release(self, ipr: IPRoute) -> None:
-        self._claimed.clear()
-        self._cancel()
-        remove(ipr, self.ifindex, self.iface)
-
-    def present(self, ipr: IPRoute) -> bool:
-        return any(a.get_attr("IFA_ADDRESS") == str(self.iface.ip)
-                   for a in ipr.get_addr(index=self.ifindex, family=socket.AF_INET))
-
-    def _cancel(self) -> None:
-        for t in self._timers:
-            t.cancel()
-        self._timers = []
+            self.announce()
+        except OSError as e:
+            self._on_error(f"announcing {self.iface.ip} on {self.ifname}: {e}")
 
     def close(self) -> None:
-        self._cancel()
+        """After the claims and releases so far are applied."""
+        self._changes.put(None)
+        self._worker.join(timeout=5.0)
         self._sock.close()
+
+
+def add(ipr: IPRoute, ifindex: int, iface: ipaddress.IPv4Interface) -> None:
+    try:
+        ipr.addr("add", index=ifindex, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise
 
 
 def remove(ipr: IPRoute, ifindex: int, iface: ipaddress.IPv4Interface) -> bool:
