@@ -22,6 +22,8 @@ Sections, in order:
   security  attacks from carrier A's wire: spoofed heartbeat replies during a blackhole, a forged
             MoldUDP64 session on line A (lab.attacks); then the differential fuzz of every product
             program (bench/fuzz.py)
+  host      HA pair failover, twinpath beside keepalived: every host scenario (lab.hostscenario) on
+            the active gateway of a pair lab of its own per peer (bench/host.py)
 
 The machine is shared: read ratios of figures measured side by side in one
 run, with their percentiles, not single absolute numbers.
@@ -40,7 +42,7 @@ from pathlib import Path
 from bench.progress import Progress
 from lab import topology
 
-SECTIONS = ("fastpath", "failover", "stress", "detection", "latency", "control", "security")
+SECTIONS = ("fastpath", "failover", "stress", "detection", "latency", "control", "security", "host")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 
@@ -61,6 +63,7 @@ class Plan:
     soak_s: float                # detection soak, per heartbeat setting
     detection_trials: int        # per detection scenario
     benefit_trials: int          # creep-then-blackhole per prediction mode and creep (bench/predict_benefit.py)
+    host_trials: int             # per peer and host scenario (bench/host.py)
 
 
 # pps steps: fine where the lab's one-core sender tops out (25-45k packets/s on the 2-core VM).
@@ -68,11 +71,11 @@ FULL = Plan(fastpath_rounds=200, trials=200, stress_s=120, latency_blocks=6, lat
             pps_steps=(10_000, 20_000, 25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 60_000, 80_000),
             pps_step_s=2.0, control_s=10, security_spoof_trials=20, security_forge_trials=5,
             fuzz_frames=10_000_000, soak_s=600, detection_trials=10,
-            benefit_trials=5)
+            benefit_trials=5, host_trials=50)
 QUICK = Plan(fastpath_rounds=30, trials=8, stress_s=15, latency_blocks=2, latency_block_s=2, latency_rate=10_000,
              pps_steps=(10_000, 20_000, 30_000, 40_000, 50_000), pps_step_s=1.0, control_s=3,
              security_spoof_trials=3, security_forge_trials=1, fuzz_frames=500_000, soak_s=20, detection_trials=2,
-             benefit_trials=2)
+             benefit_trials=2, host_trials=5)
 
 
 def failover_blocks(plan: Plan):
@@ -123,13 +126,18 @@ def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path, progress: P
     if name == "security":
         from bench import security
         return security.run(lab, work, plan, progress)  # two bars: attack trials, then fuzz frames
+    if name == "host":
+        from bench import host
+        with progress.bar(name, plan.host_trials * len(host.HOST_SCENARIOS) * len(host.PEERS), "trials") as bar:
+            return host.run(work, plan.host_trials, bar.advance)  # its own pair labs, not `lab`
     raise ValueError(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="reduced run (about 14 minutes)")
+    ap.add_argument("--quick", action="store_true",
+                    help="reduced run (about 14 minutes, and 12 more for the host section)")
     ap.add_argument("--out", type=Path, metavar="DIR",
                     help=f"result directory (default {RESULTS_ROOT}/<timestamp>[-quick])")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION", help="run only these sections")

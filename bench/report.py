@@ -88,6 +88,9 @@ def summarise(raw: dict) -> dict:
     if "security" in s:
         from bench import security
         out["security"] = security.summarise(s["security"])
+    if "host" in s:
+        from bench import host
+        out["host"] = host.summarise(s["host"])
     out["config"] = raw["config"]
     return out
 
@@ -285,6 +288,9 @@ def markdown(r: dict, plots: list[str]) -> str:
     if "security" in r:
         from bench import security
         lines += security.report_lines(r["security"])
+    if "host" in r:
+        from bench import host
+        lines += host.report_lines(r["host"])
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + ["", "## Daemon config (1 ms x 3 blocks)", "",
                                                                   "```toml", r["config"].rstrip(), "```", ""]
     return "\n".join(lines)
@@ -342,6 +348,9 @@ def headline(r: dict) -> str:
     if "security" in r:
         from bench import security
         out.append(security.headline(r["security"]))
+    if "host" in r:
+        from bench import host
+        out.append(host.headline(r["host"]))
     return "\n".join(out)
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from lab import faults, scenario, topology
+from lab import faults, hostscenario, pair, scenario, topology
 
 
 def cmd_up(args) -> int:
@@ -22,7 +22,7 @@ def cmd_up(args) -> int:
 
 def cmd_down(args) -> int:
     if args.all:
-        gone = topology.down_all()
+        gone = topology.down_all() + pair.down_all()
         print(f"removed labs: {', '.join(gone) or 'none'}")
     elif args.name:
         topology.down(args.name)
@@ -95,11 +95,96 @@ def cmd_fault(args) -> int:
 
 
 def cmd_scenario(args) -> int:
-    lab = topology.load(args.lab) if args.lab else None
+    host = args.scenario in hostscenario.HOST_SCENARIOS
+    if args.peer != "twinpath" and not host:
+        print(f"--peer {args.peer} is for the host scenarios ({', '.join(hostscenario.HOST_SCENARIOS)})",
+              file=sys.stderr)
+        return 2
+    lab = (pair.load if host else topology.load)(args.lab) if args.lab else None
     result = scenario.run(args.scenario, lab, rate_pps=args.rate, interval_us=args.interval_us,
-                          multiplier=args.multiplier)
+                          multiplier=args.multiplier, peer=args.peer)
     print(json.dumps(result) if args.json else scenario.summary(result))
     return 0 if scenario.contract_holds(result) else 1
+
+
+def cmd_pair_up(args) -> int:
+    lab = pair.up(args.name)
+    print(f"pair lab {lab.name} is up; namespaces {', '.join(lab.ns(r) for r in pair.ROLES)}")
+    for node in pair.NODES:
+        print(f"{node} config:    {lab.config_path(node)}")
+    print(f"tear down:     python -m lab pair down {lab.name}")
+    return 0
+
+
+def cmd_pair_down(args) -> int:
+    if args.all:
+        gone = pair.down_all()
+        print(f"removed pair labs: {', '.join(gone) or 'none'}")
+    elif args.name:
+        pair.down(args.name)
+        print(f"pair lab {args.name} is down")
+    else:
+        print("name a pair lab or pass --all", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_pair_status(args) -> int:
+    print(json.dumps(pair.status(args.name), indent=2))
+    return 0
+
+
+def cmd_pair_cut(args) -> int:
+    lab = pair.load(args.name)
+    try:
+        (pair.heal if args.heal else pair.cut)(lab, args.what, args.node)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{args.what}{f' at {args.node}' if args.node else ''} {'healed' if args.heal else 'cut'}")
+    return 0
+
+
+def cmd_pair_kill(args) -> int:
+    pair.kill_host(pair.load(args.name), args.node)
+    print(f"{args.node} is dead: interfaces down, processes killed")
+    return 0
+
+
+def cmd_pair_revive(args) -> int:
+    pair.revive_host(pair.load(args.name), args.node)
+    print(f"{args.node} is back as a reboot leaves it: no pins, BPF or VIP; interfaces and routes up")
+    return 0
+
+
+def add_pair_parser(sub) -> None:
+    pr = sub.add_parser("pair", help="the HA pair lab: two gateways on one LAN, a crosslink and an etcd witness")
+    psub = pr.add_subparsers(dest="pair_cmd", required=True)
+    up = psub.add_parser("up", help="build a pair lab and write both nodes' configs")
+    up.add_argument("--name", help="lab name tqXXXX (default: a fresh one)")
+    up.set_defaults(func=cmd_pair_up)
+    down = psub.add_parser("down", help="remove a pair lab (idempotent)")
+    down.add_argument("name", nargs="?")
+    down.add_argument("--all", action="store_true", help="every pair lab on this machine")
+    down.set_defaults(func=cmd_pair_down)
+    st = psub.add_parser("status", help="namespaces, interfaces, cuts and who holds the VIP")
+    st.add_argument("name")
+    st.set_defaults(func=cmd_pair_status)
+    ct = psub.add_parser("cut", help="drop everything both ways on a switch port (gray: no carrier change)")
+    ct.add_argument("name", help="the pair lab (tqXXXX)")
+    ct.add_argument("what", choices=["lan", "crosslink", "witness"],
+                    help="lan: --node's LAN port; crosslink; witness: the witness's port, or only --node's")
+    ct.add_argument("--node", choices=pair.NODES)
+    ct.add_argument("--heal", action="store_true", help="remove the cut")
+    ct.set_defaults(func=cmd_pair_cut)
+    kl = psub.add_parser("kill", help="a gateway host dies: its interfaces down, its processes SIGKILLed")
+    kl.add_argument("name")
+    kl.add_argument("node", choices=pair.NODES)
+    kl.set_defaults(func=cmd_pair_kill)
+    rv = psub.add_parser("revive", help="a killed gateway comes back as a reboot leaves it")
+    rv.add_argument("name")
+    rv.add_argument("node", choices=pair.NODES)
+    rv.set_defaults(func=cmd_pair_revive)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,13 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "creep-then-blackhole (it ends in a blackhole) must fail over; spoofed-heartbeats: "
                          "blackhole while an attacker on carrier A's "
                          "wire sends forged and replayed heartbeat replies; forged-session: a MoldUDP64 feed "
-                         "with one forged packet of another session on line A (ignores the stream options)")
-    sc.add_argument("--lab", metavar="NAME", help="use this lab (default: build one, tear it down after)")
+                         "with one forged packet of another session on line A (ignores the stream options); "
+                         "host-death, host-links-down, crosslink-cut, lan-partition, witness-down, "
+                         "active-daemon-restart: a fault on the active gateway of an HA pair lab (twinpath must "
+                         "take over in the first two and lan-partition only, never both gateways forwarding)")
+    sc.add_argument("--lab", metavar="NAME", help="use this lab (default: build one, tear it down after); "
+                                                  "a pair lab (tqXXXX) for the host scenarios")
+    sc.add_argument("--peer", choices=hostscenario.PEERS, default="twinpath",
+                    help="host scenarios: what runs on the gateways (keepalived: the comparison, no contract)")
     sc.add_argument("--json", action="store_true", help="print one JSON object")
     sc.add_argument("--rate", type=int, default=10_000, help="order stream packets/s (default 10000)")
     sc.add_argument("--interval-us", type=int, default=1000)
     sc.add_argument("--multiplier", type=int, default=3)
     sc.set_defaults(func=cmd_scenario)
+    add_pair_parser(sub)
     return p
 
 

@@ -82,21 +82,18 @@ class LabError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Lab:
+class LabHandle:
+    """What every lab shape's handle shares: its run and pin directories, and
+    running things in its namespaces. A subclass names the namespaces (ns)."""
+
     name: str
 
     def ns(self, role: str) -> str:
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        return f"{self.name}-{role}"
+        raise NotImplementedError
 
     @property
     def dir(self) -> Path:
         return RUN_ROOT / self.name
-
-    @property
-    def config_path(self) -> Path:
-        return self.dir / "twinpath.toml"
 
     @property
     def state_path(self) -> Path:
@@ -105,11 +102,6 @@ class Lab:
     @property
     def pin_dir(self) -> Path:
         return BPFFS_ROOT / self.name
-
-    @property
-    def gw_pin_dir(self) -> Path:
-        """The daemon's pins (its config's state.pin_dir)."""
-        return self.pin_dir / "gw"
 
     @property
     def bpffs_stage(self) -> Path:
@@ -156,3 +148,20 @@ class Lab:
         )
         return ["unshare", "--mount", "--propagation", "slave", "--",
                 "sh", "-c", outer, "twinpath-lab-exec", str(self.bpffs_stage), self.ns(role), *argv]
+
+
+@dataclass(frozen=True)
+class Lab(LabHandle):
+    def ns(self, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        return f"{self.name}-{role}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "twinpath.toml"
+
+    @property
+    def gw_pin_dir(self) -> Path:
+        """The daemon's pins (its config's state.pin_dir)."""
+        return self.pin_dir / "gw"

@@ -20,11 +20,11 @@ BPF_ROOTS = (Path(__file__).parent / "ebpf", EBPF_DIR)
 
 
 def attach_pinned(lab: Lab, source: str, programs: dict[str, str], pins: dict[str, Path], role: str,
-                  dev: str) -> None:
+                  *devs: str) -> None:
     """Compile `source`, pin its maps (name -> path) and attach its programs
-    (TC parent -> function) to dev in role's namespace. One compile per
-    call: each device gets maps of its own (a BCC module owns one set),
-    shared by the programs attached to it."""
+    (TC parent -> function) to each of devs in role's namespace. One compile
+    per call: its devices share one set of maps (a BCC module owns one set),
+    and so do the programs attached to them."""
     from bcc import BPF  # BCC (and LLVM) only for loading, not for driving
 
     lab.pin_dir.mkdir(parents=True, exist_ok=True)
@@ -33,8 +33,9 @@ def attach_pinned(lab: Lab, source: str, programs: dict[str, str], pins: dict[st
         for name, path in pins.items():
             libbpf.obj_pin(bpf[name.encode()].map_fd, str(path))
         with lab.iproute(role) as ipr:
-            for parent, prog in progs.items():
-                attach_bpf(ipr, dev, parent, prog, FILTER_PRIO)
+            for dev in devs:
+                for parent, prog in progs.items():
+                    attach_bpf(ipr, dev, parent, prog, FILTER_PRIO)
 
 
 @contextlib.contextmanager

@@ -71,15 +71,16 @@ class Tool:
 
 
 class DaemonProcess:
-    """`twinpath run` inside gw, logging JSON lines to a file."""
+    """`twinpath run` inside a gateway's namespace, logging JSON lines to a file."""
 
     def __init__(self, lab: topology.Lab, config: Path, log_path: Path, stats_interval_s: float = 1.0,
-                 record: Path | None = None, module: str = "appliance.cli"):
-        """module: what runs `run` (lab.upgrade: a build with a changed layout)."""
-        self.lab, self.config = lab, config
+                 record: Path | None = None, module: str = "appliance.cli", role: str = "gw"):
+        """module: what runs `run` (lab.upgrade: a build with a changed layout).
+        role: the gateway's namespace role (lab.pair's gw1 / gw2)."""
+        self.lab, self.config, self.role = lab, config, role
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.proc = lab.spawn("gw", [sys.executable, "-m", module, "run", "--config", str(config),
+        self.proc = lab.spawn(role, [sys.executable, "-m", module, "run", "--config", str(config),
                                      "--stats-interval", str(stats_interval_s),
                                      *(["--record", str(record)] if record else [])],
                               stdout=self._log, stderr=subprocess.STDOUT)
@@ -122,8 +123,8 @@ class DaemonProcess:
         if not self._log.closed:
             self._log.close()
         if detach:
-            self.lab.run("gw", [sys.executable, "-m", "appliance.cli", "detach", "--config", str(self.config)],
-                         timeout=30)
+            self.lab.run(self.role, [sys.executable, "-m", "appliance.cli", "detach", "--config",
+                                     str(self.config)], timeout=30)
 
 
 def traffic_argv(*args: str) -> list[str]:

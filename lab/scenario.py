@@ -15,8 +15,10 @@ helper recorded (flap's transitions, creep's blackhole, the helper's exit
 counts), in µs from the fault.
 
 The operations scenarios (daemon-restart, daemon-kill, reload, upgrade) are
-lab.ops's. The attack scenarios (lab.attacks) run here too: spoofed-heartbeats
-is blackhole, measured the same way, with an attacker on link A's wire;
+lab.ops's; the host scenarios (a fault on the active gateway of an HA pair,
+twinpath or keepalived: host-death, ...) lab.hostscenario's, on a pair lab.
+The attack scenarios (lab.attacks) run here too: spoofed-heartbeats is
+blackhole, measured the same way, with an attacker on link A's wire;
 forged-session is a market-data feed with a forged packet on line A.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from lab import attacks, faults, ops, topology
+from lab import attacks, faults, hostscenario, ops, topology
 from lab.processes import ORDERS_PORT, DaemonProcess, ScenarioError, udp_stream
 from lab.traffic import analyze_stream
 
@@ -41,7 +43,7 @@ GRAY_SCENARIOS = {
     "creep-then-blackhole": {"creep_s": 3.0, "creep_delay_us": 3000, "creep_loss": 0.3},
 }
 ATTACK_SCENARIOS = ("spoofed-heartbeats", "forged-session")  # lab.attacks
-ALL_SCENARIOS = SCENARIOS + tuple(GRAY_SCENARIOS) + ATTACK_SCENARIOS + ops.OPS_SCENARIOS
+ALL_SCENARIOS = SCENARIOS + tuple(GRAY_SCENARIOS) + ATTACK_SCENARIOS + ops.OPS_SCENARIOS + hostscenario.HOST_SCENARIOS
 # A gray fault's helper takes about 0.5 s to start (more on a loaded machine):
 # the stream runs this much longer, so after_s still follows the fault.
 HELPER_START_S = 2.0
@@ -50,12 +52,19 @@ STANDBY_EXCH_DEV = "hB"   # exch's handoff from carrier B
 
 
 def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, before_s: float = 1.0,
-        after_s: float = 2.0, interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000) -> dict:
+        after_s: float = 2.0, interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,
+        peer: str = "twinpath") -> dict:
     """Runs scenario `name` on `lab` (a fresh lab if None, torn down after)
     and returns the measurement object. forged-session takes none of the
-    order stream's parameters."""
+    order stream's parameters. A host scenario runs on a pair lab
+    (lab.pair.PairLab) with `peer` (twinpath or keepalived) on its gateways."""
     if name not in ALL_SCENARIOS:
         raise ScenarioError(f"unknown scenario {name!r}; choose from {', '.join(ALL_SCENARIOS)}")
+    if name in hostscenario.HOST_SCENARIOS:
+        return hostscenario.run(name, lab, peer=peer, rate_pps=rate_pps, before_s=before_s, after_s=after_s,
+                                interval_us=interval_us, multiplier=multiplier)
+    if peer != "twinpath":
+        raise ScenarioError(f"{name} runs twinpath only; --peer {peer} is for the host scenarios")
     if name == "forged-session":
         return attacks.run_forged_session(lab)
     if name in ops.OPS_SCENARIOS:
@@ -144,6 +153,8 @@ def contract_holds(result: dict) -> bool:
         return True
     if result["scenario"] in ops.OPS_SCENARIOS:
         return not ops.contract_failures(result)
+    if result["scenario"] in hostscenario.HOST_SCENARIOS:
+        return not hostscenario.contract_failures(result)
     return not attacks.contract_failures(result)
 
 
@@ -152,6 +163,8 @@ def summary(result: dict) -> str:
     r = result
     if r["scenario"] in ops.OPS_SCENARIOS:
         return ops.summary(r)
+    if r["scenario"] in hostscenario.HOST_SCENARIOS:
+        return hostscenario.summary(r)
     if r["scenario"] == "forged-session":
         failures = attacks.contract_failures(r)
         return "\n".join([
