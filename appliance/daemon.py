@@ -10,7 +10,10 @@ The heartbeat sender is a process of its own (appliance.edge.probesender),
 sharing its counters with the daemon. Threads: a netlink thread that hands
 carrier and next-hop changes to the core the moment they arrive; and the main
 thread, which reads failover and arbitration events from the ring buffers and
-the links' and feeds' state every tick. If the daemon dies or stops, the
+the links' and feeds' state every tick. A member of an HA pair adds the
+pair's threads (appliance.edge.pairagent: heartbeat readings at each path's
+deadline and the witness's swaps, the etcd watch, the lease) and the VIP's
+(appliance.edge.vip). If the daemon dies or stops, the
 attached programs keep forwarding on the last state it wrote, from pinned
 maps (fail static), and the sender keeps probing, so the data path still
 leaves a dead link on its own; the next daemon adopts all of it.

@@ -38,7 +38,17 @@ exception. An eligible standby (on the LAN, with an order link) swaps when:
   vacant           nobody owns (first start of the pair).
 A live owner is never displaced: preempt (after hold_down eligible) and
 force-active publish a claim, and the owner hands over by its own swap;
-force-standby on the owner hands over likewise. Without the witness
+force-standby on the owner hands over likewise. A hand-over whose answer is
+lost suspends the owner until a read says who owns.
+
+A won swap makes a gateway active only if it is still eligible; an owner
+that is not stays suspended and swaps again once it is. An unconfirmed
+peer-dead takeover steps down (peer-back) if the peer is heard again while
+the witness cannot confirm it. An active deposed by a peer that is dead on
+every path to it (a LAN split between the two with the crosslink cut: each
+sees the other dead) makes no peer-dead takeover back at that token until
+the peer is heard again or its daemon's lease runs out; otherwise the two
+would trade the VIP every dead interval. Without the witness
 nothing moves: the active keeps forwarding (fail static), and a standby
 cannot tell a dead peer from its own isolation. For ready_ns after a start
 only fresh evidence counts (a restarted daemon's probe sender was stopped
@@ -121,6 +131,11 @@ class PairCore:
         # An active that took over on the data path's evidence (peer-dead) before
         # its swap of the owner key succeeded: the token that swap expects.
         self.unconfirmed: int | None = None
+        # The token of a peer that took ownership from this node while silent
+        # on every path to it (the LAN split between the two, the crosslink
+        # cut): no peer-dead takeover back from it until it is heard again,
+        # or the two would trade the VIP every dead interval.
+        self.ceded_to: int | None = None
 
     # -- evidence: as of the last pair-health reading (read_ns), whatever
     # input is being decided on, so a witness input between two readings
@@ -317,6 +332,8 @@ class PairCore:
         w, me = self.witness, self.p.node
         owns = w.reachable and w.owner == me
         won = self.answered is not None and owns            # this input answers our own swap, and it won
+        if any(self._fresh(l) for l in self.p.peer_links) or (w.reachable and self._peer_state() is None):
+            self.ceded_to = None   # heard again, or its daemon's lease ran out: it may be dead after all
         cause = self.answered[1] if self.answered else "witness-owner"
         taken = w.reachable and w.owner is not None and w.owner != me
 
@@ -327,12 +344,21 @@ class PairCore:
                 out.append(self._become(ACTIVE, w.token, cause))   # confirmed: announced again
             elif w.reachable and (self.answered or w.token != self.unconfirmed or w.owner != self.p.peer):
                 out.append(self._become(STANDBY, 0, "witness-owner"))
+            elif not w.reachable and any(self._fresh(l) for l in self.p.peer_links):
+                # Unconfirmed, and the peer is back: it may win the swap this node could not make.
+                out.append(self._become(STANDBY, 0, "peer-back"))
             elif w.reachable and not self.pending:
                 out.append(self._request("acquire", "peer-dead", self.unconfirmed))
             return out
         if self.role == ACTIVE:
             if taken:
+                if self.read_ns is not None and all(self._dead(l) for l in self.p.peer_links) and \
+                        self._peer_state() is not None:
+                    self.ceded_to = w.token
                 out.append(self._become(STANDBY, 0, cause))
+            elif self.answered and self.answered[0] == "hand-over" and not w.reachable:
+                # The hand-over may have been applied: forward nothing until a read says who owns.
+                out.append(self._become(SUSPENDED, self.token, "handing-over"))
             elif lan_state is False or links_state is False:
                 out.append(self._become(SUSPENDED, self.token, "lan-lost" if lan_state is False else "links-lost"))
             elif owns and w.token != self.token:
@@ -349,15 +375,17 @@ class PairCore:
         if self.role == SUSPENDED:
             if w.reachable and w.owner != me:
                 out.append(self._become(STANDBY, 0, "witness-owner"))
-            elif won:
+            elif won and eligible:
                 out.append(self._become(ACTIVE, w.token, cause))
+            elif won:
+                self.token = w.token
             elif owns and eligible and not self.pending:
                 out.append(self._request("acquire", "resume", w.token))
             return out
         # standby
         if won:
-            if lan:
-                out.append(self._become(ACTIVE, w.token, cause))
+            # Owner now; off the LAN or without order links since it asked: suspended.
+            out.append(self._become(ACTIVE if eligible else SUSPENDED, w.token, cause))
             return out
         if not eligible or self.pending or self.read_ns is None or not w.reachable:
             return out
@@ -368,7 +396,7 @@ class PairCore:
         elif w.owner is None:
             if not self.hold_standby:
                 out.append(self._request("acquire", "vacant", 0))
-        elif self._peer_dead():
+        elif self._peer_dead() and self.ceded_to != w.token:
             out.append(self._become(ACTIVE, w.token, "peer-dead", unconfirmed=w.token))
             out.append(self._request("acquire", "peer-dead", w.token))
         elif self._peer_ineligible():
