@@ -7,11 +7,13 @@ depending on how it is built.
 """
 from __future__ import annotations
 
+import re
+import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, netns
 
 from appliance.edge.netlink import ifindex
 
@@ -79,6 +81,57 @@ def carrier_routes_via_gw(link: LinkSpec) -> list[dict]:
 
 class LabError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class LabNames:
+    """How a lab shape names its instances ("tp" or "tq" + 4 hex digits, so
+    leftovers are recognisable and shapes never collide), finds them, and
+    takes a fresh name."""
+
+    prefix: str
+    roles: tuple[str, ...]
+    down_command: str         # how an operator removes one, for error messages
+
+    @property
+    def name_re(self) -> re.Pattern:
+        return re.compile(rf"^{self.prefix}[0-9a-f]{{4}}$")
+
+    @property
+    def ns_re(self) -> re.Pattern:
+        return re.compile(rf"^({self.prefix}[0-9a-f]{{4}})-({'|'.join(map(re.escape, self.roles))})$")
+
+    def check(self, name: str) -> str:
+        if not self.name_re.match(name):
+            raise LabError(f"invalid lab name {name!r}: expected {self.prefix!r} + 4 hex digits, "
+                           f"e.g. {self.prefix}3f9a")
+        return name
+
+    def fresh(self) -> str:
+        taken = self.known()
+        while (name := self.prefix + secrets.token_hex(2)) in taken:
+            pass
+        return name
+
+    def known(self) -> set[str]:
+        """Every instance with a namespace, a run directory or pins."""
+        names = {m.group(1) for ns in netns.listnetns() if (m := self.ns_re.match(ns))}
+        for root in (RUN_ROOT, BPFFS_ROOT):
+            if root.is_dir():
+                names.update(p.name for p in root.iterdir() if self.name_re.match(p.name))
+        return names
+
+    def claim(self, lab: LabHandle) -> None:
+        """Take the lab's name; mkdir is atomic, so two concurrent up()s cannot both own it."""
+        exists = f"lab {lab.name} already exists; run `{self.down_command} {lab.name}`"
+        if {lab.ns(role) for role in self.roles} & set(netns.listnetns()) or lab.pin_dir.exists():
+            raise LabError(exists)
+        RUN_ROOT.mkdir(parents=True, exist_ok=True)
+        try:
+            lab.dir.mkdir()
+        except FileExistsError:
+            raise LabError(exists) from None
+        lab.bpffs_stage.mkdir()
 
 
 @dataclass(frozen=True)

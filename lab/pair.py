@@ -34,8 +34,6 @@ import ctypes
 import ipaddress
 import json
 import os
-import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -52,12 +50,12 @@ from lab.colo import (
     BPFFS_ROOT,
     EXCHANGE_ADDR,
     EXCHANGE_NET,
-    RUN_ROOT,
     TRADER_ADDR,
     TRADER_DEV,
     TRADER_NET,
     LabError,
     LabHandle,
+    LabNames,
 )
 from lab.topology import (
     NETNS_RUN_DIR,
@@ -72,8 +70,7 @@ NODES = ("gw1", "gw2")
 CARRIERS = ("c1a", "c1b", "c2a", "c2b")
 ROLES = ("trader", "sw", "gw1", "gw2", "witness", "exch", *CARRIERS)
 
-LAB_NAME_RE = re.compile(r"^tq[0-9a-f]{4}$")
-NS_NAME_RE = re.compile(rf"^(tq[0-9a-f]{{4}})-({'|'.join(ROLES)})$")
+NAMES = LabNames("tq", ROLES, "python -m lab pair down")
 
 VIP = "198.18.1.254"
 LAN_PREFIXLEN = 24
@@ -207,8 +204,8 @@ class PairLab(LabHandle):
 
 def up(name: str | None = None) -> PairLab:
     """Build a pair lab, check its paths, write both nodes' configs."""
-    lab = PairLab(_check_name(name) if name else _fresh_name())
-    _claim(lab)
+    lab = PairLab(NAMES.check(name) if name else NAMES.fresh())
+    NAMES.claim(lab)
     try:
         _build(lab)
         _wait_reachable(lab)
@@ -225,7 +222,7 @@ def up(name: str | None = None) -> PairLab:
 
 def down(name: str) -> None:
     """Remove a pair lab and everything it left behind; a no-op for what is already gone."""
-    lab = PairLab(_check_name(name))
+    lab = PairLab(NAMES.check(name))
     namespaces = {lab.ns(role) for role in ROLES} & set(netns.listnetns())
     _kill_processes(namespaces)
     for node in NODES:  # a daemon run with the default pin directory (pins.default_pin_dir)
@@ -247,14 +244,14 @@ def down(name: str) -> None:
 
 def down_all() -> list[str]:
     """down() every pair lab that has a run directory, a namespace or pins; returns their names."""
-    names = sorted(_known_labs())
+    names = sorted(NAMES.known())
     for name in names:
         down(name)
     return names
 
 
 def load(name: str) -> PairLab:
-    lab = PairLab(_check_name(name))
+    lab = PairLab(NAMES.check(name))
     if not lab.state_path.exists():
         raise LabError(f"no pair lab {name} (no {lab.state_path}); run `python -m lab pair up`")
     return lab
@@ -262,7 +259,7 @@ def load(name: str) -> PairLab:
 
 def status(name: str) -> dict:
     """The lab's namespaces, interfaces, cuts and who holds the VIP."""
-    lab = PairLab(_check_name(name))
+    lab = PairLab(NAMES.check(name))
     present = set(netns.listnetns())
     namespaces = {role: lab.ns(role) in present for role in ROLES}
     interfaces = {}
@@ -703,40 +700,6 @@ def _running(pid: int) -> bool:
 
 
 # -- building ---------------------------------------------------------------------------
-
-def _check_name(name: str) -> str:
-    if not LAB_NAME_RE.match(name):
-        raise LabError(f"invalid pair lab name {name!r}: expected 'tq' + 4 hex digits, e.g. tq3f9a")
-    return name
-
-
-def _fresh_name() -> str:
-    taken = _known_labs()
-    while (name := "tq" + secrets.token_hex(2)) in taken:
-        pass
-    return name
-
-
-def _known_labs() -> set[str]:
-    names = {m.group(1) for ns in netns.listnetns() if (m := NS_NAME_RE.match(ns))}
-    for root in (RUN_ROOT, BPFFS_ROOT):
-        if root.is_dir():
-            names.update(p.name for p in root.iterdir() if LAB_NAME_RE.match(p.name))
-    return names
-
-
-def _claim(lab: PairLab) -> None:
-    """Take the lab name; mkdir is atomic, so two concurrent up()s cannot both own it."""
-    leftovers = {lab.ns(role) for role in ROLES} & set(netns.listnetns())
-    if leftovers or lab.pin_dir.exists():
-        raise LabError(f"pair lab {lab.name} already exists; run `python -m lab pair down {lab.name}`")
-    RUN_ROOT.mkdir(parents=True, exist_ok=True)
-    try:
-        lab.dir.mkdir()
-    except FileExistsError:
-        raise LabError(f"pair lab {lab.name} already exists; run `python -m lab pair down {lab.name}`") from None
-    lab.bpffs_stage.mkdir()
-
 
 def _build(lab: PairLab) -> None:
     handles: dict[str, IPRoute] = {}

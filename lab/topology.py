@@ -39,8 +39,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -64,19 +62,18 @@ from lab.colo import (
     INGRESS_DEV,
     LINKS,
     ROLES,
-    RUN_ROOT,
     TRADER_ADDR,
     TRADER_DEV,
     TRADER_NET,
     Lab,
     LabError,
+    LabNames,
     carrier_routes_via_gw,
 )
 
 NETNS_RUN_DIR = Path("/run/netns")   # where `ip netns` (and pyroute2) mount named namespaces
 
-LAB_NAME_RE = re.compile(r"^tp[0-9a-f]{4}$")
-NS_NAME_RE = re.compile(r"^(tp[0-9a-f]{4})-(trader|gw|carA|carB|exch)$")
+NAMES = LabNames("tp", ROLES, "python -m lab down")
 
 FRR_RUN_ROOT = Path("/var/run/frr")
 
@@ -117,8 +114,8 @@ FORWARDING_ROLES = ("gw", *CARRIER_ROLES)
 
 def up(name: str | None = None) -> Lab:
     """Build a lab, attach the fault injector, check trader reaches the exchange."""
-    lab = Lab(_check_name(name) if name else _fresh_name())
-    _claim(lab)
+    lab = Lab(NAMES.check(name) if name else NAMES.fresh())
+    NAMES.claim(lab)
     try:
         _build(lab)
         faults.attach(lab)
@@ -133,7 +130,7 @@ def up(name: str | None = None) -> Lab:
 
 def down(name: str) -> None:
     """Remove a lab and everything it left behind; a no-op for what is already gone."""
-    lab = Lab(_check_name(name))
+    lab = Lab(NAMES.check(name))
     namespaces = {lab.ns(role) for role in ROLES} & set(netns.listnetns())
     _kill_processes(namespaces)
     if lab.ns("gw") in namespaces:  # a daemon run with the default pin directory (pins.default_pin_dir)
@@ -157,14 +154,14 @@ def down(name: str) -> None:
 
 def down_all() -> list[str]:
     """down() every lab that has a run directory, a namespace or pins; returns their names."""
-    names = sorted(_known_labs())
+    names = sorted(NAMES.known())
     for name in names:
         down(name)
     return names
 
 
 def load(name: str) -> Lab:
-    lab = Lab(_check_name(name))
+    lab = Lab(NAMES.check(name))
     if not lab.state_path.exists():
         raise LabError(f"no lab {name} (no {lab.state_path}); run `python -m lab up`")
     return lab
@@ -173,8 +170,8 @@ def load(name: str) -> Lab:
 def status(name: str | None = None) -> dict:
     """One lab's namespaces, interfaces and active faults; all known labs' if name is None."""
     if name is None:
-        return {lab_name: status(lab_name) for lab_name in sorted(_known_labs())}
-    lab = Lab(_check_name(name))
+        return {lab_name: status(lab_name) for lab_name in sorted(NAMES.known())}
+    lab = Lab(NAMES.check(name))
     present = set(netns.listnetns())
     namespaces = {role: lab.ns(role) in present for role in ROLES}
     interfaces = {}
@@ -302,40 +299,6 @@ protocol = "mdp3"
 dst = "{FEED_DST}"
 port = {FEED_PORTS["mdp3"]}
 """
-
-
-def _check_name(name: str) -> str:
-    if not LAB_NAME_RE.match(name):
-        raise LabError(f"invalid lab name {name!r}: expected 'tp' + 4 hex digits, e.g. tp3f9a")
-    return name
-
-
-def _fresh_name() -> str:
-    taken = _known_labs()
-    while (name := "tp" + secrets.token_hex(2)) in taken:
-        pass
-    return name
-
-
-def _known_labs() -> set[str]:
-    names = {m.group(1) for ns in netns.listnetns() if (m := NS_NAME_RE.match(ns))}
-    for root in (RUN_ROOT, BPFFS_ROOT):
-        if root.is_dir():
-            names.update(p.name for p in root.iterdir() if LAB_NAME_RE.match(p.name))
-    return names
-
-
-def _claim(lab: Lab) -> None:
-    """Take the lab name; mkdir is atomic, so two concurrent up()s cannot both own it."""
-    leftovers = {lab.ns(role) for role in ROLES} & set(netns.listnetns())
-    if leftovers or lab.pin_dir.exists():
-        raise LabError(f"lab {lab.name} already exists; run `python -m lab down {lab.name}`")
-    RUN_ROOT.mkdir(parents=True, exist_ok=True)
-    try:
-        lab.dir.mkdir()
-    except FileExistsError:
-        raise LabError(f"lab {lab.name} already exists; run `python -m lab down {lab.name}`") from None
-    lab.bpffs_stage.mkdir()
 
 
 def _build(lab: Lab) -> None:
