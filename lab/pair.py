@@ -47,7 +47,6 @@ from appliance.edge.netlink import TC_EGRESS, TC_INGRESS, ifindex
 from lab import faults, labbpf, libbpf
 from lab import layout as lab_layout
 from lab.colo import (
-    BPFFS_ROOT,
     EXCHANGE_ADDR,
     EXCHANGE_NET,
     TRADER_ADDR,
@@ -64,6 +63,7 @@ from lab.topology import (
     _ns_exec,
     _remove_tree,
     _write_atomically,
+    remove_daemon_leftovers,
 )
 
 NODES = ("gw1", "gw2")
@@ -225,9 +225,9 @@ def down(name: str) -> None:
     lab = PairLab(NAMES.check(name))
     namespaces = {lab.ns(role) for role in ROLES} & set(netns.listnetns())
     _kill_processes(namespaces)
-    for node in NODES:  # a daemon run with the default pin directory (pins.default_pin_dir)
+    for node in NODES:
         if lab.ns(node) in namespaces:
-            _remove_tree(BPFFS_ROOT / f"gw-{os.stat(NETNS_RUN_DIR / lab.ns(node)).st_ino}")
+            remove_daemon_leftovers(lab.ns(node))
     for ns in namespaces:
         try:
             netns.remove(ns)
@@ -474,6 +474,7 @@ def revive_host(lab: PairLab, node: str) -> int:
     """The node as a reboot leaves it: no pins, no BPF on its interfaces, no
     VIP; interfaces up and its exchange routes back."""
     _remove_tree(lab.node_pin_dir(node))
+    remove_daemon_leftovers(lab.ns(node))   # a reboot's fresh /run
     _set_host_switch(lab, node, faults.MODE_PASS)
     with lab.iproute(node) as ipr:
         links = [link for link in ipr.get_links() if link.get("IFLA_IFNAME") != "lo"]

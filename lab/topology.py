@@ -49,6 +49,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 
+from appliance.edge import gatelock
 from appliance.edge.netlink import ifindex
 from lab import faults
 from lab.colo import (
@@ -133,8 +134,8 @@ def down(name: str) -> None:
     lab = Lab(NAMES.check(name))
     namespaces = {lab.ns(role) for role in ROLES} & set(netns.listnetns())
     _kill_processes(namespaces)
-    if lab.ns("gw") in namespaces:  # a daemon run with the default pin directory (pins.default_pin_dir)
-        _remove_tree(BPFFS_ROOT / f"gw-{os.stat(NETNS_RUN_DIR / lab.ns('gw')).st_ino}")
+    if lab.ns("gw") in namespaces:
+        remove_daemon_leftovers(lab.ns("gw"))
     for ns in namespaces:
         try:
             netns.remove(ns)
@@ -150,6 +151,17 @@ def down(name: str) -> None:
     except FileNotFoundError:
         pass
     _remove_tree(lab.dir)
+
+
+def remove_daemon_leftovers(ns: str) -> None:
+    """What a daemon in namespace ns keeps per namespace inode outside the lab's
+    own directories, and a killed one cannot remove: its pins when run with the
+    default pin directory (pins.default_pin_dir), its control socket and its
+    gateway lock file. Call before the namespace goes (its inode names them)."""
+    inode = os.stat(NETNS_RUN_DIR / ns).st_ino
+    _remove_tree(BPFFS_ROOT / f"gw-{inode}")
+    for path in (gatelock.LOCK_DIR / f"control-{inode}.sock", gatelock.lock_path(inode=inode)):
+        path.unlink(missing_ok=True)
 
 
 def down_all() -> list[str]:
