@@ -142,14 +142,18 @@ def test_spoofed_replies_never_fail_traffic_back_onto_a_dead_link(lab):
             stream(lab, workdir, 9000, 0.3)            # traffic makes the data path switch
             spoofer.go()
             result, arrivals = stream(lab, workdir, 9000, 1.5)
+            spoofer.tool.proc.send_signal(signal.SIGTERM)
+            sent = spoofer.tool.result(timeout_s=15)
         finally:
+            # The daemon goes before A heals: failing back onto a healed A is right,
+            # and a slow spoofer exit used to leave it the hold-down to do so.
+            daemon.stop()
             faults.clear(lab, "blackhole", "A")
-        spoofer.tool.proc.send_signal(signal.SIGTERM)
-        sent = spoofer.tool.result(timeout_s=15)
     finally:
         if spoofer:
             spoofer.stop()
-        daemon.stop()
+        if daemon.proc.poll() is None:
+            daemon.stop()
     assert sent["sent"] >= 5_000
     moves = [(e["class"], e["from"], e["to"], e["cause"]) for e in failovers(daemon)]
     assert [m for m in moves if m[0] == "orders"] == [("orders", "A", "B", "heartbeat")]
