@@ -64,6 +64,7 @@ from lab.topology import (
     _remove_tree,
     _write_atomically,
     remove_daemon_leftovers,
+    route_replies_by_handoff,
 )
 
 NODES = ("gw1", "gw2")
@@ -730,7 +731,8 @@ def _build(lab: PairLab) -> None:
             handles[role].link("set", index=ifindex(handles[role], "lo"), state="up")
         handles["exch"].addr("add", index=ifindex(handles["exch"], "lo"), address=EXCHANGE_ADDR, prefixlen=32)
         _add_routes(handles)
-        _add_return_path(lab, handles["exch"])
+        route_replies_by_handoff(lab.ns("exch"), handles["exch"], list(CARRIER_LINKS.values()),
+                                 CARRIER_LINKS["gw1", "A"])
         # As topology._make_veths_behave_like_nics: XDP-redirected frames reach the trader (NAPI on
         # its int0), and exch puts complete UDP checksums on the wire.
         _ethtool(lab, "trader", TRADER_DEV, {"rx-gro": True})
@@ -817,30 +819,6 @@ def _add_exchange_routes(ipr: IPRoute, node: str) -> None:
     # replace: revive_host() puts back what the kernel dropped, whatever is left.
     for link in _node_links(node):
         ipr.route("replace", dst=EXCHANGE_NET, gateway=link.target, priority=link.metric)
-
-
-def _add_return_path(lab: PairLab, exch: IPRoute) -> None:
-    main = CARRIER_LINKS["gw1", "A"]
-    exch.route("add", dst=TRADER_NET, gateway=main.carrier_exch_addr, oif=ifindex(exch, main.handoff))
-    for link in CARRIER_LINKS.values():
-        table = 100 + link.fwmark
-        exch.route("add", dst=TRADER_NET, gateway=link.carrier_exch_addr, oif=ifindex(exch, link.handoff),
-                   table=table)
-        exch.rule("add", fwmark=link.fwmark, table=table, priority=1000 + link.fwmark)
-    marks = "\n".join(f'        iifname "{link.handoff}" ct mark set {link.fwmark}' for link in CARRIER_LINKS.values())
-    ruleset = f"""\
-table ip twinpath_lab {{
-    chain handoff_mark {{
-        type filter hook prerouting priority mangle; policy accept;
-{marks}
-    }}
-    chain reply_route {{
-        type route hook output priority mangle; policy accept;
-        meta mark set ct mark
-    }}
-}}
-"""
-    _ns_exec(lab.ns("exch"), ["nft", "-f", "-"], input=ruleset)
 
 
 def _wait_reachable(lab: PairLab) -> None:

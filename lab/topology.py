@@ -422,16 +422,27 @@ def _add_routes(handles: dict[str, IPRoute]) -> None:
 
 
 def _add_return_path(lab: Lab, exch: IPRoute) -> None:
-    main = LINKS["A"]
-    exch.route("add", dst=TRADER_NET, gateway=main.carrier_exch_addr, oif=ifindex(exch, main.handoff))
+    route_replies_by_handoff(lab.ns("exch"), exch, list(LINKS.values()), LINKS["A"])
     for link in LINKS.values():
+        # After the fwmark rules: a feed line leaves on its own handoff whatever the main table says.
+        exch.rule("add", src=FEED_SOURCES[link.name], src_len=32, table=100 + link.fwmark,
+                  priority=1100 + link.fwmark)
+
+
+def route_replies_by_handoff(exch_ns: str, exch: IPRoute, links: list, main) -> None:
+    """exch answers each connection over the handoff its packets last
+    arrived on (the module's "return-path symmetry"): the trader net via
+    main in the main table, via each link's handoff in table 100 + its
+    fwmark, and nftables stamping the ct mark per handoff and copying it
+    into each reply's packet mark. links: each with handoff, fwmark and
+    carrier_exch_addr."""
+    exch.route("add", dst=TRADER_NET, gateway=main.carrier_exch_addr, oif=ifindex(exch, main.handoff))
+    for link in links:
         table = 100 + link.fwmark
         exch.route("add", dst=TRADER_NET, gateway=link.carrier_exch_addr,
                    oif=ifindex(exch, link.handoff), table=table)
         exch.rule("add", fwmark=link.fwmark, table=table, priority=1000 + link.fwmark)
-        # After the fwmark rules: a feed line leaves on its own handoff whatever the main table says.
-        exch.rule("add", src=FEED_SOURCES[link.name], src_len=32, table=table, priority=1100 + link.fwmark)
-    marks = "\n".join(f'        iifname "{link.handoff}" ct mark set {link.fwmark}' for link in LINKS.values())
+    marks = "\n".join(f'        iifname "{link.handoff}" ct mark set {link.fwmark}' for link in links)
     ruleset = f"""\
 table ip twinpath_lab {{
     chain handoff_mark {{
@@ -444,7 +455,7 @@ table ip twinpath_lab {{
     }}
 }}
 """
-    _ns_exec(lab.ns("exch"), ["nft", "-f", "-"], input=ruleset)
+    _ns_exec(exch_ns, ["nft", "-f", "-"], input=ruleset)
 
 
 def _wait_reachable(lab: Lab, attempts: int = 3) -> None:
