@@ -77,6 +77,9 @@ from typing import Any
 
 ACTIVE, STANDBY, SUSPENDED = "active", "standby", "suspended"
 ROLES = (ACTIVE, STANDBY, SUSPENDED)
+# Readings per probe period while a stale link waits only for its last
+# unanswered probe (next_deadline).
+LAST_PROBE_READS = 8
 
 
 @dataclass(frozen=True)
@@ -205,10 +208,16 @@ class PairCore:
     def next_deadline(self, ts_ns: int) -> int | None:
         """When the next reading could change what is fresh or dead: the
         earliest time a fresh link goes stale, a probe period on for a link
-        that is stale but not dead yet, or the end of the start's grace."""
+        that is stale but not dead yet (LAST_PROBE_READS times a period while
+        only its last probe is missing), or the end of the start's grace."""
         times = [last + self.p.dead_ns for last in self.last_reply if last and last + self.p.dead_ns > ts_ns]
-        if any(not self._fresh(l) and not self._dead(l) for l in range(len(self.last_reply))):
-            times.append(ts_ns + self.p.dead_ns // self.p.multiplier)
+        gray = [l for l in range(len(self.last_reply)) if not self._fresh(l) and not self._dead(l)]
+        if gray:
+            period = self.p.dead_ns // self.p.multiplier
+            # A probe a few µs late at a dead link's deadline would otherwise
+            # cost the takeover a whole period.
+            one_probe_short = not self._settling() and any(self.unanswered[l] == self.p.multiplier - 1 for l in gray)
+            times.append(ts_ns + (period // LAST_PROBE_READS if one_probe_short else period))
         if self.started_ns + self.p.ready_ns > ts_ns:
             times.append(self.started_ns + self.p.ready_ns)
         return min(times) if times else None
@@ -342,6 +351,8 @@ class PairCore:
                 out.append(self._become(SUSPENDED, self.token, "lan-lost" if lan_state is False else "links-lost"))
             elif won:
                 out.append(self._become(ACTIVE, w.token, cause))   # confirmed: announced again
+            elif owns and self.pending and not self.answered:
+                pass   # the watch saw our own swap land before its answer came back: the answer decides
             elif w.reachable and (self.answered or w.token != self.unconfirmed or w.owner != self.p.peer):
                 out.append(self._become(STANDBY, 0, "witness-owner"))
             elif not w.reachable and any(self._fresh(l) for l in self.p.peer_links):

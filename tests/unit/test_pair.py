@@ -15,7 +15,7 @@ import pytest
 from appliance.core.decision import EXTERNAL_INPUTS, Core, Start, replay
 from appliance.core.feeds import FeedParams
 from appliance.core.links import LinkParams
-from appliance.core.pair import ACTIVE, STANDBY, SUSPENDED, PairCore, PairParams
+from appliance.core.pair import ACTIVE, LAST_PROBE_READS, STANDBY, SUSPENDED, PairCore, PairParams
 from appliance.edge import trace
 
 MS = 1_000_000
@@ -698,7 +698,7 @@ def test_the_invariants_check_finds_a_wrong_decision(mutant):
 # Regressions: the previous rules' defects (strict xfails before), each fixed by the new pair.py.
 def test_an_active_claims_a_vacant_key_only_while_eligible():
     # A daemon restart adopts the pinned active gate; its edge reads the
-    # witness before the first pair-health reading (PairAgent._run).
+    # witness before the first pair-health reading (PairAgent._run waits for it).
     core = PairCore(params(), ACTIVE, OURS, T0)
     first = core.witness_read(TS, **witness(None, 0))
     assert requests(first) == []                                      # no evidence at all: no request
@@ -810,7 +810,24 @@ def test_a_stale_link_whose_probes_were_not_sent_is_unknown_and_decides_nothing(
     old = [[TS - 10 * MS, 0], [TS - 10 * MS, 1], [TS - 10 * MS, 0], [TS - 10 * MS, 2], [TS - 10 * MS, 0]]
     assert core.health(TS, old) == []                                   # no takeover, no new publish
     assert core.status()["peer_paths"] == {"lan": "unknown", "cross": "unknown"}
-    assert core.next_deadline(TS) == TS + DEAD_NS // MULT               # read again a probe period on
+    assert core.next_deadline(TS) == TS + DEAD_NS // MULT // LAST_PROBE_READS  # one link is one probe short
+
+
+def test_a_stale_link_one_probe_short_of_dead_is_read_again_within_a_fraction_of_a_period():
+    # At a dead peer's deadline its last probe may be a few µs late: waiting a
+    # whole period for it would add that period to the takeover.
+    core = standby_seeing_owner_peer()
+    core.health(TS - 20 * MS, replies(TS - 20 * MS))
+    stale = TS - DEAD_NS - 50_000
+    short = [[stale, MULT - 1], [stale, MULT - 1], [TS, 0], [TS, 0], [TS, 0]]
+    assert core.health(TS, short) == []                                 # not dead yet: nothing decided
+    assert core.next_deadline(TS) == TS + DEAD_NS // MULT // LAST_PROBE_READS
+    starved = [[stale, 1], [stale, 0], [TS, 0], [TS, 0], [TS, 0]]      # the sender is behind: a period on
+    core.health(TS, starved)
+    assert core.next_deadline(TS) == TS + DEAD_NS // MULT
+    dead = [[stale, MULT], [stale, MULT], [TS, 0], [TS, 0], [TS, 0]]
+    [req] = requests(core.health(TS + DEAD_NS // MULT // LAST_PROBE_READS, dead))
+    assert req[1]["cause"] == "peer-dead"
 
 
 def test_every_link_dead_at_once_is_this_host_not_taking_replies_and_decides_nothing():
@@ -1196,6 +1213,20 @@ def test_an_unconfirmed_active_steps_down_on_a_watch_that_contradicts_its_swap(w
     assert down[2] == ("pair", STANDBY, 0) and core.unconfirmed is None
     core, _ = peer_dead_takeover()
     assert core.witness_read(TS + 10 * MS, **witness(PEER, 4)) == [] and core.role == ACTIVE   # the same: waits
+
+
+def test_an_unconfirmed_active_keeps_forwarding_when_the_watch_shows_its_own_swap_before_the_answer():
+    # The watch delivered the owner key this gateway's acquire wrote before
+    # the acquire's answer came back (it stepped down for 4 ms in the lab).
+    core, _ = peer_dead_takeover()
+    assert core.witness_read(TS + 10 * MS, **witness(ME, 5)) == [] and core.role == ACTIVE
+    [confirmed] = core.witness_read(TS + 10 * MS, **answer(ME, 5))
+    assert confirmed[2] == ("pair", ACTIVE, 5) and core.unconfirmed is None
+    # ...but a later watch naming the peer still deposes it, answer pending or not
+    core, _ = peer_dead_takeover()
+    core.witness_read(TS + 10 * MS, **witness(ME, 5))
+    [down] = core.witness_read(TS + 10 * MS, **witness(PEER, 6))
+    assert down[2] == ("pair", STANDBY, 0)
 
 
 def test_an_unconfirmed_active_retries_its_swap_once_the_witness_answers_and_suspends_off_the_lan():
