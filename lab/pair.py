@@ -88,6 +88,7 @@ CARRIER_GW_DEV = "gw"  # a carrier's gateway-facing veth: where links_down cuts
 BRIDGE_NF_SYSCTLS = Path("/proc/sys/net/bridge")  # present (in every namespace) while br_netfilter is loaded
 
 KEEPALIVED_VRID = 51
+TEARDOWN_AFTER_S = 0.2  # kill_host: a dead host's interfaces go down this long after it went silent
 
 
 def node_number(node: str) -> int:
@@ -444,31 +445,42 @@ def heal_all(lab: PairLab) -> int:
                        for role in ("sw", *CARRIERS) if (tables := _cut_tables(lab, role))])
 
 
-def kill_host(lab: PairLab, node: str, timeout_s: float = 5.0) -> int:
+def kill_host(lab: PairLab, node: str, timeout_s: float = 5.0, teardown_after_s: float = TEARDOWN_AFTER_S) -> int:
     """The node dies: its three switch ports (LAN, crosslink, management)
     go silent at one instant, the moment returned: one write to the fault
     program they share (an nft transaction commits milliseconds after it is
     written, and links set down one netlink call at a time die that far
-    apart, which a peer watching both paths would see). Then its own
-    interfaces go down and every process in it is SIGKILLed."""
+    apart, which a peer watching both paths would see). Every process in it
+    stops at once (SIGSTOP); teardown_after_s later its own interfaces go
+    down and its processes are SIGKILLed. The teardown waits because on
+    this 2-core lab its kernel work (links down, sockets and programs freed)
+    would run on the survivor's CPUs during the survivor's detection
+    window, which no dead host's teardown does."""
+    namespace = lab.ns(node)
+    pids = netns.ns_pids().get(namespace, ())   # before: the scan of /proc takes milliseconds of CPU
     stamp = _set_host_switch(lab, node, faults.MODE_BLACKHOLE)
+    _signal_all(pids, signal.SIGSTOP)
+    time.sleep(teardown_after_s)
     with lab.iproute(node) as ipr:
         indexes = [link["index"] for link in ipr.get_links() if link.get("IFLA_IFNAME") != "lo"]
         for index in indexes:
             ipr.link("set", index=index, state="down")
-    namespace = lab.ns(node)
     deadline = time.monotonic() + timeout_s
     # Exited processes leave the namespace at once, even while still unreaped zombies.
     while pids := netns.ns_pids().get(namespace):
         if time.monotonic() > deadline:
             raise LabError(f"processes {pids} in {namespace} survived SIGKILL for {timeout_s:g} s")
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _signal_all(pids, signal.SIGKILL)
         time.sleep(0.01)
     return stamp
+
+
+def _signal_all(pids, sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def revive_host(lab: PairLab, node: str) -> int:
@@ -626,6 +638,9 @@ def keepalived_start(lab: PairLab, node: str, priority: int, advert_s: float = 0
     config = f"""\
 global_defs {{
     vrrp_version 3
+    # Real-time, as twinpath's pair thread (9, one below its probe sender):
+    # keepalived at its fastest, not held off the CPU on the loaded lab.
+    vrrp_rt_priority 9
 }}
 
 vrrp_instance twinpath {{

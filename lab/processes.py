@@ -131,9 +131,11 @@ def traffic_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "lab.traffic", *args]
 
 
-def udp_stream(lab: topology.Lab, workdir: Path, rate_pps: int, duration_s: float, port: int = ORDERS_PORT):
-    """Starts receiver (exch) then sender (trader); returns both, ready. The
-    arrivals land in workdir/arrivals-<port>.npy."""
+def udp_stream(lab: topology.Lab, workdir: Path, rate_pps: int, duration_s: float, port: int = ORDERS_PORT,
+               sender_priority: int = 0):
+    """Starts receiver (exch) then sender (trader, SCHED_FIFO at
+    sender_priority unless 0); returns both, ready. The arrivals land in
+    workdir/arrivals-<port>.npy."""
     count = int(rate_pps * duration_s)
     receiver = Tool.in_lab(
         lab, "exch", "udp-recv", "--bind", topology.EXCHANGE_ADDR, "--port", str(port),
@@ -141,7 +143,8 @@ def udp_stream(lab: topology.Lab, workdir: Path, rate_pps: int, duration_s: floa
     receiver.wait_ready()
     sender = Tool.in_lab(
         lab, "trader", "udp-send", "--dst", topology.EXCHANGE_ADDR, "--port", str(port),
-        "--rate", str(rate_pps), "--count", str(count), "--timeout", str(duration_s + 10))
+        "--rate", str(rate_pps), "--count", str(count), "--timeout", str(duration_s + 10),
+        "--priority", str(sender_priority))
     sender.wait_ready()
     return receiver, sender
 

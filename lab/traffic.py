@@ -310,6 +310,11 @@ def udp_send(args: argparse.Namespace) -> int:
         raise SetupError(f"udp-send: --rate {args.rate:g} is above the pacer's 2,000,000 pps")
     if not 16 <= args.size <= 9000:
         raise SetupError(f"udp-send: --size {args.size} must be 16..9000 (seq and send time take 16)")
+    if args.priority:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.priority))
+        except OSError as exc:
+            raise SetupError(f"udp-send: SCHED_FIFO {args.priority} refused: {exc.strerror}") from exc
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         if args.sport:
@@ -555,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sport", type=int, default=0, metavar="P", help="source port (default: any)")
     p.add_argument("--timeout", type=positive(float), metavar="S",
                    help="stop after this many seconds (default: count/rate + 10)")
+    p.add_argument("--priority", type=int, default=0, choices=range(100), metavar="P",
+                   help="SCHED_FIFO priority 1..99, for a sender that must keep its schedule on a loaded "
+                        "host (default 0: normal scheduling)")
     p.set_defaults(run=udp_send)
 
     p = sub.add_parser("tcp-server", help="order-session endpoint that checks the record stream",
