@@ -127,8 +127,10 @@ class Heartbeat(_Strict):
     key_file: StrictStr | None = Field(None, description="heartbeat SipHash keys (appliance.edge.keys); "
                                                          "absent: a random key per run")
     sender_priority: StrictInt = Field(10, ge=0, le=99,
-                                       description="SCHED_FIFO priority of the probe sender process, so a busy "
-                                                   "host cannot hold it off the CPU; 0: normal scheduling")
+                                       description="SCHED_FIFO priority of the probe sender process (with [pair], "
+                                                   "the pair thread runs one below it and the daemon's other "
+                                                   "threads at 1), so a busy host cannot hold them off the CPU; "
+                                                   "0: normal scheduling")
 
     @field_validator("key_file")
     @classmethod

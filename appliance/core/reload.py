@@ -130,7 +130,7 @@ _RULES = (
           "for replies to probes signed before the reload"),
     # sched_setscheduler works on another thread by its id; refused, it is a
     # warning, as at start.
-    _Rule(("heartbeat.sender_priority",), "core", "the daemon sets the running probe sender process's scheduling"),
+    _Rule(("heartbeat.sender_priority",), "core", "the daemon sets the running probe sender process's scheduling, and with [pair] its own threads'"),
     _Rule(("steer.ingress",), "restart", "the steer program is attached to the ingress device"),
     _Rule(("links.*", "links.*.name"), "restart", _LINK_IDS),
     _Rule(("links.*.dev",), "restart",

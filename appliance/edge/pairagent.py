@@ -1,21 +1,26 @@
 """The HA pair's edge: feeds the pair core its inputs and carries out its
 requests (appliance.core.pair).
 
-Three threads:
+Four threads:
   pair     reads the heartbeat map exactly when the next link could go stale
            (PairCore.next_deadline), so a dead peer is seen within
-           microseconds of its dead interval, without polling at 1 kHz; and
-           runs the witness requests the core makes (a compare-and-swap on
-           the critical path of a takeover, then the answer back to the core)
+           microseconds of its dead interval, without polling at 1 kHz. It
+           runs SCHED_FIFO and never waits for the witness: an HTTP call to
+           etcd takes 1-30 ms on a loaded host, and a dead peer's deadline
+           falling inside one cost the takeover that long
+  witness  the compare-and-swaps the core requests (then the answer back to
+           the core), and a read at least every WARM_S that keeps its
+           connection open and warm for the next swap
   watch    etcd's watch on the pair's prefix: ownership and published states
   lease    publishes this node's state under its lease and keeps the lease
-           alive, off the takeover's path
+           alive
 
 Every witness call is bounded by its timeout; a failure reaches the core as
 "witness unreachable", which decides nothing new (see the core).
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -25,75 +30,98 @@ from appliance.edge.witness import Ownership, Witness, WitnessError
 
 SLACK_NS = 50_000          # read just after a deadline, not just before it
 IDLE_WAKE_NS = 20_000_000  # re-read the heartbeat map at least this often
-WARM_NS = 200_000_000      # a witness read at least this often keeps the takeover's connection open and warm
+WARM_S = 0.2               # a witness read at least this often keeps the swap's connection open and warm
 
 
 class PairAgent:
     def __init__(self, consume: Callable[..., list], read_health: Callable[[], list[list[int]]], next_deadline,
-                 witness_factory: Callable[[], Witness], lease_s: int, log_emit: Callable[..., None]):
+                 witness_factory: Callable[[], Witness], lease_s: int, log_emit: Callable[..., None],
+                 sender_priority: int = 0):
         """consume: the daemon's one core entry (kind, ts_ns, **fields);
         read_health: each link's [last accepted reply (ns), unanswered probes];
-        next_deadline(ts_ns): the pair core's, under the daemon's lock."""
+        next_deadline(ts_ns): the pair core's, under the daemon's lock;
+        sender_priority: the probe sender's SCHED_FIFO priority (0: normal
+        scheduling), which the pair thread follows (set_priority)."""
         self._consume, self._read_health, self._next_deadline = consume, read_health, next_deadline
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._published: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
+        self._first_witness_read = threading.Event()
         self._lease_s = lease_s
         self._log = log_emit
         # One client per thread: each holds its own connection (and the lease thread's, the lease).
         self._calls, self._watcher, self._leaser = witness_factory(), witness_factory(), witness_factory()
         self._states: dict[str, dict] = {}
         self._threads: list[threading.Thread] = []
+        self._priority = sender_priority
+        self.pair_tid: int | None = None     # the pair thread's, once it runs
 
     # -- called from the daemon's _apply (under its core lock): never block
     def request(self, op: str, expected: int, to: str | None) -> None:
         self._requests.put((op, expected, to))
-        self._wake.set()
 
     def publish(self, state: dict) -> None:
         self._published.put(dict(state))
 
     # -- threads -----------------------------------------------------------
     def start(self, stop: threading.Event) -> None:
-        for name, target in (("pair", self._run), ("pair-watch", self._watch), ("pair-lease", self._keep_lease)):
+        for name, target in (("pair", self._run), ("pair-witness", self._call_witness),
+                             ("pair-watch", self._watch), ("pair-lease", self._keep_lease)):
             t = threading.Thread(target=target, args=(stop,), name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
     def join(self, timeout_s: float = 1.0) -> None:
         self._wake.set()
+        self._requests.put(None)
         for t in self._threads:
             t.join(timeout=timeout_s)
         for client in (self._calls, self._watcher, self._leaser):
             client.close()
 
+    def set_priority(self, sender_priority: int) -> None:
+        """The pair thread runs SCHED_FIFO one below the probe sender, so a
+        busy host cannot make it wake late on a dead peer's deadline (a
+        normal thread woke up to 2 ms late on the loaded lab), and it never
+        delays a probe; 0: normal scheduling. Refused, it is a warning."""
+        self._priority = sender_priority
+        if self.pair_tid is None:
+            return      # the thread applies it when it starts
+        policy, priority = (os.SCHED_FIFO, max(1, sender_priority - 1)) if sender_priority else (os.SCHED_OTHER, 0)
+        try:
+            os.sched_setscheduler(self.pair_tid, policy, os.sched_param(priority))
+        except OSError as e:
+            self._log("warning", what="pair_priority", priority=priority,
+                      error=f"scheduling of the pair thread refused ({e.strerror}): it keeps the old one")
+
     def _run(self, stop: threading.Event) -> None:
-        self._read_witness()
-        last_call = time.monotonic_ns()
+        self.pair_tid = threading.get_native_id()
+        self.set_priority(self._priority)
+        # The core hears the witness (or that it is unreachable) before the first
+        # reading, as a restart adopting an active gate expects.
+        while not self._first_witness_read.wait(0.1):
+            if stop.is_set():
+                return
         while not stop.is_set():
-            if self._drain_requests():
-                last_call = time.monotonic_ns()
             now = time.monotonic_ns()
-            if now - last_call >= WARM_NS:
-                self._read_witness()
-                last_call = now = time.monotonic_ns()
             self._consume("pair-health", now, links=self._read_health())
             deadline = self._next_deadline(time.monotonic_ns())
             wait_ns = IDLE_WAKE_NS if deadline is None else min(IDLE_WAKE_NS, deadline + SLACK_NS - now)
             if wait_ns > 0:
                 self._wake.wait(wait_ns / 1e9)
-            self._wake.clear()   # before the next drain: a request put meanwhile is still drained
 
-    def _drain_requests(self) -> bool:
-        """Whether there was any."""
-        drained = False
-        while True:
+    def _call_witness(self, stop: threading.Event) -> None:
+        self._read_witness()
+        self._first_witness_read.set()
+        while not stop.is_set():
             try:
-                item = self._requests.get_nowait()
+                item = self._requests.get(timeout=WARM_S)
             except queue.Empty:
-                return drained
+                self._read_witness()
+                continue
+            if item is None:
+                return
             self._carry_out(*item)
-            drained = True
 
     def _carry_out(self, op: str, expected: int, to: str | None) -> None:
         started = time.monotonic_ns()

@@ -56,3 +56,17 @@ def test_twinpath_takes_over_exactly_when_it_must_and_never_both_forward(peers, 
     if name == "host-death":
         assert r["tcp_session_survived"], json.dumps(r["tcp"])
     assert r["pair_roles"] or not r["took_over"], "a takeover shows in the daemons' pair-role events"
+
+
+def test_a_paired_daemon_runs_its_pair_thread_real_time_above_its_other_threads(peers):
+    """With [pair] (sender_priority 10): the pair thread SCHED_FIFO 9, every
+    other thread of the daemon FIFO 1, so none holding the GIL is taken off
+    the CPU by a busy process while the pair thread waits for it."""
+    import os
+    hp = peers.get("twinpath")
+    hp.settle()   # a daemon restarted by the last trial runs its pair threads once it has settled
+    for node, daemon in hp.daemons.items():
+        threads = os.listdir(f"/proc/{daemon.proc.pid}/task")
+        policies = [(os.sched_getscheduler(int(tid)), os.sched_getparam(int(tid)).sched_priority) for tid in threads]
+        assert sorted(policies).count((os.SCHED_FIFO, 9)) == 1, (node, policies)
+        assert all(p == (os.SCHED_FIFO, 1) for p in policies if p != (os.SCHED_FIFO, 9)), (node, policies)
