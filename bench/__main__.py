@@ -31,6 +31,7 @@ run, with their percentiles, not single absolute numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -41,6 +42,7 @@ from pathlib import Path
 
 from bench.progress import Progress
 from lab import topology
+from lab.hostscenario import HOST_SCENARIOS
 
 SECTIONS = ("fastpath", "failover", "stress", "detection", "latency", "control", "security", "host")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -64,6 +66,7 @@ class Plan:
     detection_trials: int        # per detection scenario
     benefit_trials: int          # creep-then-blackhole per prediction mode and creep (bench/predict_benefit.py)
     host_trials: int             # per peer and host scenario (bench/host.py)
+    host_scenarios: tuple[str, ...] = HOST_SCENARIOS
 
 
 # pps steps: fine where the lab's one-core sender tops out (25-45k packets/s on the 2-core VM).
@@ -128,8 +131,8 @@ def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path, progress: P
         return security.run(lab, work, plan, progress)  # two bars: attack trials, then fuzz frames
     if name == "host":
         from bench import host
-        with progress.bar(name, plan.host_trials * len(host.HOST_SCENARIOS) * len(host.PEERS), "trials") as bar:
-            return host.run(work, plan.host_trials, bar.advance)  # its own pair labs, not `lab`
+        with progress.bar(name, plan.host_trials * len(plan.host_scenarios) * len(host.PEERS), "trials") as bar:
+            return host.run(work, plan.host_trials, bar.advance, plan.host_scenarios)  # its own pair labs
     raise ValueError(name)
 
 
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, metavar="DIR",
                     help=f"result directory (default {RESULTS_ROOT}/<timestamp>[-quick])")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION", help="run only these sections")
+    ap.add_argument("--host-scenarios", nargs="+", choices=HOST_SCENARIOS, metavar="NAME",
+                    help="the host section runs only these scenarios (each with its full trial count)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or lines on stderr (CI)")
     ap.add_argument("--render", type=Path, metavar="DIR",
                     help="measure nothing: rewrite DIR's results.json, REPORT.md and plots from its raw.json")
@@ -152,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     plan = QUICK if args.quick else FULL
+    if args.host_scenarios:
+        plan = dataclasses.replace(plan, host_scenarios=tuple(args.host_scenarios))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or RESULTS_ROOT / (stamp + ("-quick" if args.quick else ""))
     out.mkdir(parents=True, exist_ok=True)
