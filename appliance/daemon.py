@@ -37,7 +37,7 @@ from appliance.core import policy, telemetry
 from appliance.core.config import Config, ConfigError
 from appliance.core.decision import Core, Decision, Start
 from appliance.core.feeds import FeedParams
-from appliance.core.pair import ACTIVE, STANDBY, PairParams
+from appliance.core.pair import ACTIVE, DRAINING, STANDBY, PairParams
 from appliance.edge import gatelock, netlink, preflight, probesender
 from appliance.edge.arbitration import Arbiter, multicast_mac
 from appliance.edge.control import ControlServer, EventHub, socket_path
@@ -185,10 +185,13 @@ class Daemon:
     def _set_role(self, role: str, token: int) -> None:
         """The active opens the gate before it announces the VIP, so the first
         order the trader sends it is forwarded; any other role closes the
-        gate before it gives the VIP up."""
+        gate before it gives the VIP up, except right after its own hand-over
+        (DRAINING): the VIP goes, the gate stays open until the core closes it."""
         if role == ACTIVE:
             self.gw.write_pair(layout.PAIR_ACTIVE, token)
             self.vip.claim()
+        elif role == DRAINING:
+            self.vip.release()
         else:
             self.gw.write_pair(layout.PAIR_STANDBY, token)
             self.vip.release()

@@ -25,7 +25,7 @@ def render(status: dict[str, Any]) -> str:
 def _daemon(d: dict[str, Any]) -> str:
     interval, multiplier = d.get("interval_us"), d.get("multiplier")
     heartbeat = f"{interval} us x {multiplier}" if interval is not None and multiplier is not None else UNKNOWN
-    return (f"twinpath daemon pid {_text(d.get('pid'))}, up {_duration(d.get('uptime_s'))}, "
+    return (f"twinpath {_text(d.get('version'))} daemon pid {_text(d.get('pid'))}, up {_duration(d.get('uptime_s'))}, "
             f"config {_text(d.get('config'))}, heartbeat {heartbeat}, pins {_text(d.get('pin_dir'))}")
 
 
@@ -44,7 +44,8 @@ def _pair(p: dict[str, Any]) -> str:
         + (f"; {p['pending'][0]} ({p['pending'][1]}) in flight" if p.get("pending") else "")
         + ("; took over on the data path's evidence, the witness has not confirmed yet"
            if p.get("role") == "active" and p.get("confirmed") is False else "")
-        + ("; held standby (force-active to release)" if p.get("hold_standby") else "")])
+        + ("; held standby (force-active to release)" if p.get("hold_standby") else "")
+        + ("; gate still open after its hand-over (draining)" if p.get("draining") else "")])
 
 
 def _links(links: dict[str, dict[str, Any]]) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from appliance.core.stats import percentiles
 from bench.progress import Advance
 from lab import hostscenario, pair
-from lab.hostscenario import EXPECT, HOST_SCENARIOS, PEERS
+from lab.hostscenario import EXPECT, HOST_SCENARIOS, LOSSLESS, PEERS
 
 SETTING = {"rate_pps": 10_000, "interval_us": 1000, "multiplier": 3}
 TAKEOVER_GOAL_US = 5000
@@ -105,6 +105,9 @@ def summarise(raw: dict) -> dict:
         **{f"no_takeover_{name.replace('-', '_')}": None if name not in tw else
            bool(tw[name]["trials"] and tw[name]["took_over"] == 0)
            for name in HOST_SCENARIOS if not EXPECT[name]},
+        **{f"lossless_{name}": None if name not in tw else
+           bool(tw[name]["trials"] and tw[name]["took_over"] == tw[name]["trials"] and tw[name]["lost"]["max"] == 0)
+           for name in LOSSLESS},
     }
     out["setting"] = raw["setting"]
     out["errors"] = len(raw["errors"])

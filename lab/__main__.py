@@ -229,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "wire sends forged and replayed heartbeat replies; forged-session: a MoldUDP64 feed "
                          "with one forged packet of another session on line A (ignores the stream options); "
                          "host-death, host-links-down, crosslink-cut, lan-partition, witness-down, "
-                         "active-daemon-restart: a fault on the active gateway of an HA pair lab (twinpath must "
-                         "take over in the first two and lan-partition only, never both gateways forwarding)")
+                         "active-daemon-restart, switchover: a fault or the operator's switchover on the active "
+                         "gateway of an HA pair lab (twinpath must take over in the first two, lan-partition and "
+                         "switchover only, never both gateways forwarding, and lose nothing in switchover)")
     sc.add_argument("--lab", metavar="NAME", help="use this lab (default: build one, tear it down after); "
                                                   "a pair lab (tqXXXX) for the host scenarios")
     sc.add_argument("--peer", choices=hostscenario.PEERS, default="twinpath",

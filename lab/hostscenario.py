@@ -12,6 +12,9 @@ pair) takes a fault:
   witness-down           the witness's own port cut
   active-daemon-restart  twinpath: SIGTERM (fail static) and a new daemon on the same config;
                          keepalived: SIGTERM and started again
+  switchover             the operator's controlled switchover (a rolling upgrade's): twinpath
+                         force-standby on the active, which must lose no order; keepalived:
+                         SIGTERM (its priority-0 advert hands over at once), started again after
 
 Which gateway each order came through (exch's handoffs: lab.pair.exch_gateways)
 gives took_over, takeover_us and dual_active_us (lab.hostanalysis); host-death
@@ -48,11 +51,13 @@ from lab.hostanalysis import analyze_host
 from lab.processes import ORDERS_PORT, DaemonProcess, ScenarioError, Tool, stop_stream, udp_stream
 
 HOST_SCENARIOS = ("host-death", "host-links-down", "crosslink-cut", "lan-partition", "witness-down",
-                  "active-daemon-restart")
+                  "active-daemon-restart", "switchover")
 PEERS = ("twinpath", "keepalived")
 # Whether twinpath must move orders to the other gateway (its contract).
 EXPECT = {"host-death": True, "host-links-down": True, "lan-partition": True, "crosslink-cut": False,
-          "witness-down": False, "active-daemon-restart": False}
+          "witness-down": False, "active-daemon-restart": False, "switchover": True}
+# Where twinpath must lose no order at all.
+LOSSLESS = ("switchover",)
 NODES = pair.NODES
 KEEPALIVED_PRIORITY = {"gw1": 150, "gw2": 100}
 KEEPALIVED_ADVERT_S = 0.01
@@ -272,6 +277,8 @@ class HostPair:
             fault_ns = pair.cut(lab, "lan", active)
             time.sleep(PARTITION_S)
             return fault_ns, {"healed_us": round((pair.heal(lab, "lan", active) - fault_ns) / 1000, 1)}
+        if name == "switchover":
+            return self._switchover(active)
         if name != "active-daemon-restart":
             raise ScenarioError(f"unknown host scenario {name!r}; choose from {', '.join(HOST_SCENARIOS)}")
         if self.peer == "keepalived":
@@ -283,6 +290,16 @@ class HostPair:
         self.daemons[active].stop(detach=False)   # fail static
         self._start_daemon(active).wait_for("ready", DAEMON_START_S)
         return fault_ns, {"restart_s": round((time.monotonic_ns() - fault_ns) / 1e9, 3)}
+
+
+    def _switchover(self, active: str) -> tuple[int, dict]:
+        if self.peer == "keepalived":
+            fault_ns = pair.keepalived_stop(self.lab, active, signal.SIGTERM)
+            self.keepalived[active].wait(timeout=10)   # restore() starts it again
+            return fault_ns, {}
+        fault_ns = time.monotonic_ns()
+        out = self.lab.run(active, [sys.executable, "-m", "appliance.cli", "force-standby"], timeout=30)
+        return fault_ns, {"force_standby": out.stdout.strip()}
 
 
 def _pair_roles(daemon: DaemonProcess) -> list[dict]:
@@ -419,6 +436,8 @@ def contract_failures(r: dict) -> list[str]:
     if r["peer"] != "twinpath":
         return []
     failures = [f"{k} {r[k]} (must be 0)" for k in ("dual_active_us", "duplicated") if r[k]]
+    if r["scenario"] in LOSSLESS and r["lost"]:
+        failures.append(f"lost {r['lost']} orders (must be 0)")
     if r["took_over"] != EXPECT[r["scenario"]]:
         failures.append("the standby took over" if r["took_over"] else "the standby did not take over")
     return failures

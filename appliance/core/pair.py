@@ -80,6 +80,12 @@ ROLES = (ACTIVE, STANDBY, SUSPENDED)
 # Readings per probe period while a stale link waits only for its last
 # unanswered probe (next_deadline).
 LAST_PROBE_READS = 8
+# After a hand-over it won, the old owner gives the VIP up at once but keeps
+# its gate open this long, so the orders the trader sends it until the new
+# owner's gratuitous ARP arrives are still forwarded (each order goes one way:
+# nothing is duplicated). The effect ("pair", DRAINING, token) says so.
+HANDOVER_DRAIN_NS = 500_000_000
+DRAINING = "draining"
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class PairCore:
         # cut): no peer-dead takeover back from it until it is heard again,
         # or the two would trade the VIP every dead interval.
         self.ceded_to: int | None = None
+        self.draining_until: int | None = None   # a won hand-over's gate closes then
 
     # -- evidence: as of the last pair-health reading (read_ns), whatever
     # input is being decided on, so a witness input between two readings
@@ -220,6 +227,8 @@ class PairCore:
             times.append(ts_ns + (period // LAST_PROBE_READS if one_probe_short else period))
         if self.started_ns + self.p.ready_ns > ts_ns:
             times.append(self.started_ns + self.p.ready_ns)
+        if self.draining_until is not None:
+            times.append(self.draining_until)
         return min(times) if times else None
 
     # -- inputs -----------------------------------------------------------
@@ -301,17 +310,28 @@ class PairCore:
         fields = {"op": op, "cause": cause, "expected": expected, **({"to": to} if to else {})}
         return ("pair-request", fields, ("witness", op, expected, to))
 
-    def _become(self, role: str, token: int, cause: str, unconfirmed: int | None = None) -> tuple:
+    def _become(self, role: str, token: int, cause: str, unconfirmed: int | None = None,
+                drain_until: int | None = None) -> tuple:
         was, self.role, self.token, self.unconfirmed = self.role, role, token, unconfirmed
+        self.draining_until = drain_until
         self.announced = True
         if role == ACTIVE:
             self.forced_claim = False   # claimed and won
-        return ("pair-role", {"role": role, "was": was, "token": token, "cause": cause,
-                              "confirmed": role != ACTIVE or unconfirmed is None, "owner": self.witness.owner,
-                              "witness": self.witness.reachable, **self.evidence()}, ("pair", role, token))
+        fields = {"role": role, "was": was, "token": token, "cause": cause,
+                  "confirmed": role != ACTIVE or unconfirmed is None, "owner": self.witness.owner,
+                  "witness": self.witness.reachable, **self.evidence()}
+        if drain_until is not None:
+            fields["draining_ms"] = HANDOVER_DRAIN_NS // 1_000_000
+        return ("pair-role", fields, ("pair", DRAINING if drain_until is not None else role, token))
 
     def _evaluate(self, ts_ns: int) -> list[tuple]:
-        out = self._decide(ts_ns)
+        out = []
+        if self.draining_until is not None and ts_ns >= self.draining_until:
+            self.draining_until = None
+            out.append(("pair-drained", {"role": self.role, "token": self.token,
+                                         "note": "the gate left open after the hand-over closes"},
+                        ("pair", self.role, self.token)))
+        out += self._decide(ts_ns)
         if not self.announced and self.witness.reachable and self.read_ns is not None:
             out.append(self._become(self.role, self.token, "adopted" if self.role == ACTIVE else "started"))
         return out
@@ -366,7 +386,8 @@ class PairCore:
                 if self.read_ns is not None and all(self._dead(l) for l in self.p.peer_links) and \
                         self._peer_state() is not None:
                     self.ceded_to = w.token
-                out.append(self._become(STANDBY, 0, cause))
+                handed = self.answered is not None and self.answered[0] == "hand-over"
+                out.append(self._become(STANDBY, 0, cause, drain_until=ts_ns + HANDOVER_DRAIN_NS if handed else None))
             elif self.answered and self.answered[0] == "hand-over" and not w.reachable:
                 # The hand-over may have been applied: forward nothing until a read says who owns.
                 out.append(self._become(SUSPENDED, self.token, "handing-over"))
@@ -420,5 +441,6 @@ class PairCore:
                 "witness": {"reachable": w.reachable, "owner": w.owner, "token": w.token,
                             "peer_state": (w.states or {}).get(self.p.peer)},
                 "pending": self.pending, "hold_standby": self.hold_standby,
+                "draining": self.draining_until is not None,
                 "confirmed": self.role != ACTIVE or self.unconfirmed is None,
                 "peer_dead": self._peer_dead(), **self.evidence()}

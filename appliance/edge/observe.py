@@ -10,7 +10,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from appliance import layout
+from appliance import __version__, layout
 from appliance.core import policy, stats
 from appliance.core.feeds import LINE_NAMES
 from appliance.edge import metrics
@@ -97,7 +97,7 @@ class Observer:
                 "last_cause": last[0] if last else None,
                 "last_failover_age_s": round((now - last[1]) / 1e9, 1) if last else None,
                 "packets": sum(x["packets"] for x in counters), "bytes": sum(x["bytes"] for x in counters)}
-        return {"daemon": {"pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started_mono, 1),
+        return {"daemon": {"pid": os.getpid(), "version": __version__, "uptime_s": round(time.monotonic() - self.started_mono, 1),
                            "config": cfg.source, "interval_us": cfg.heartbeat.interval_us,
                            "multiplier": cfg.heartbeat.multiplier, "pin_dir": str(d.pins.path),
                            "sender_pid": d.sender_pid},

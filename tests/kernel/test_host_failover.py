@@ -53,6 +53,7 @@ def test_twinpath_takes_over_exactly_when_it_must_and_never_both_forward(peers, 
     r = hostscenario.trial(peers.get("twinpath"), name)
     assert r["took_over"] == hostscenario.EXPECT[name], json.dumps(r)
     assert r["dual_active_us"] == 0 and r["duplicated"] == 0, json.dumps(r)
+    assert hostscenario.contract_failures(r) == [], json.dumps(r)   # switchover: not one order lost
     if name == "host-death":
         assert r["tcp_session_survived"], json.dumps(r["tcp"])
     assert r["pair_roles"] or not r["took_over"], "a takeover shows in the daemons' pair-role events"

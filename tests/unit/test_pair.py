@@ -15,7 +15,16 @@ import pytest
 from appliance.core.decision import EXTERNAL_INPUTS, Core, Start, replay
 from appliance.core.feeds import FeedParams
 from appliance.core.links import LinkParams
-from appliance.core.pair import ACTIVE, LAST_PROBE_READS, STANDBY, SUSPENDED, PairCore, PairParams
+from appliance.core.pair import (
+    ACTIVE,
+    DRAINING,
+    HANDOVER_DRAIN_NS,
+    LAST_PROBE_READS,
+    STANDBY,
+    SUSPENDED,
+    PairCore,
+    PairParams,
+)
 from appliance.edge import trace
 
 MS = 1_000_000
@@ -295,7 +304,11 @@ def violations(c: Combo, causes: set | None = None, core_class=PairCore) -> list
                     out.append(f"{name}: a hand-over by a {s.role} not named owner, or to a peer not fit: {fields}")
             elif event == "pair-role":
                 role, was = fields["role"], fields["was"]
-                if effect != ("pair", role, fields["token"]):
+                # Only the answer of its own hand-over leaves a standby's gate open (draining).
+                drains = name == "answer" and s.pending is not None and s.pending[0] == "hand-over" \
+                    and role == STANDBY
+                if effect != ("pair", DRAINING if drains else role, fields["token"]) \
+                        or ("draining_ms" in fields) is not drains:
                     out.append(f"{name}: role effect {effect} for {fields}")
                 if was != s.role:
                     out.append(f"{name}: 'was' {was}, the role was {s.role}")
@@ -940,7 +953,7 @@ def test_force_active_publishes_a_claim_the_owner_hands_over_and_the_claimant_sw
                    ("witness", "hand-over", 4, PEER))
     assert owner.role == ACTIVE                        # forwards until the witness names the peer
     [down] = owner.witness_read(TS, **answer(PEER, 5))
-    assert down[2] == ("pair", STANDBY, 0) and down[1]["cause"] == "claimed"
+    assert down[2] == ("pair", DRAINING, 0) and down[1]["cause"] == "claimed"
     # the claimant, named owner by a read, swaps at that token first
     assert roles(core.witness_read(TS, **witness(ME, 5))) == [] and core.role == STANDBY
     assert core.pending == ("acquire", "handed-over")
@@ -1024,7 +1037,32 @@ def test_force_standby_hands_over_to_a_live_eligible_peer():
                    ("witness", "hand-over", 4, PEER))
     assert core.role == ACTIVE and core.hold_standby  # forwards until the witness names the peer
     [down] = core.witness_read(TS, **answer(PEER, 5))
-    assert down[2] == ("pair", STANDBY, 0) and down[1]["cause"] == "force-standby"
+    assert down[2] == ("pair", DRAINING, 0) and down[1]["cause"] == "force-standby"
+
+
+def test_after_its_hand_over_the_old_owner_keeps_its_gate_open_for_the_drain_then_closes_it():
+    # Make before break: the VIP goes at once, the gate stays open until the
+    # new owner's gratuitous ARP has moved the trader (else a controlled
+    # switchover dropped a witness round trip of orders).
+    core = active()
+    core.force(TS, STANDBY)
+    [down] = core.witness_read(TS, **answer(PEER, 5))
+    assert down[2] == ("pair", DRAINING, 0) and down[1]["draining_ms"] == HANDOVER_DRAIN_NS // MS
+    assert core.role == STANDBY and core.status()["draining"]
+    before = TS + HANDOVER_DRAIN_NS - 2 * MS
+    assert not [d for d in core.health(before, replies(before)) if d[0] == "pair-drained"]   # still open
+    assert core.next_deadline(before) == TS + HANDOVER_DRAIN_NS    # read again when the drain ends
+    [closed] = [d for d in core.health(TS + HANDOVER_DRAIN_NS, replies(TS + HANDOVER_DRAIN_NS))
+                if d[0] == "pair-drained"]
+    assert closed[2] == ("pair", STANDBY, 0) and not core.status()["draining"]
+
+
+def test_a_deposed_active_closes_its_gate_at_once():
+    # Not its own hand-over: the peer took ownership (or an answer it lost); no drain.
+    core = active()
+    [down] = roles(core.witness_read(TS, **witness(PEER, 9)))
+    assert down[2] == ("pair", STANDBY, 0) and "draining_ms" not in down[1]
+    assert core.draining_until is None
 
 
 @pytest.mark.parametrize("setup,reason", [

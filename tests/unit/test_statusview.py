@@ -1,7 +1,7 @@
 from appliance.statusview import render
 
 FULL = {
-    "daemon": {"pid": 4242, "uptime_s": 7385.2, "config": "/etc/twinpath/gw.toml", "interval_us": 1000,
+    "daemon": {"pid": 4242, "version": "0.1.0", "uptime_s": 7385.2, "config": "/etc/twinpath/gw.toml", "interval_us": 1000,
                "multiplier": 3, "pin_dir": "/sys/fs/bpf/twinpath"},
     "links": {
         "A": {"state": "up", "rtt_p50_us": 41.3, "rtt_p99_us": 88.6, "rtt_max_us": 310.0, "loss": 0.0,
@@ -29,7 +29,7 @@ UNKNOWNS = {
 
 def test_full_status():
     assert render(FULL) == """\
-twinpath daemon pid 4242, up 2h03m, config /etc/twinpath/gw.toml, heartbeat 1000 us x 3, pins /sys/fs/bpf/twinpath
+twinpath 0.1.0 daemon pid 4242, up 2h03m, config /etc/twinpath/gw.toml, heartbeat 1000 us x 3, pins /sys/fs/bpf/twinpath
 
 link  state  rtt p50 us  p99 us  max us   loss  heartbeat age ms  carrier  drained  reasons
 A     up             41      89     310  0.00%               0.4  up       no       -
@@ -45,7 +45,7 @@ mold  61.2%  38.8%     0     0  ok      behind"""
 
 def test_unknown_values_show_as_dashes_and_empty_sections_are_left_out():
     assert render(UNKNOWNS) == """\
-twinpath daemon pid 1, up -, config -, heartbeat -, pins -
+twinpath - daemon pid 1, up -, config -, heartbeat -, pins -
 
 link  state  rtt p50 us  p99 us  max us  loss  heartbeat age ms  carrier  drained  reasons
 A     down            -       -       -     -                 -  down     yes      carrier
@@ -56,7 +56,7 @@ orders  -     active-backup  A          -               0  -           -        
 
 def test_absent_fields_and_sections_do_not_break_it():
     text = render({"daemon": {"pid": 9}, "links": {"A": {"state": "stale"}}})
-    assert text.splitlines()[0] == "twinpath daemon pid 9, up -, config -, heartbeat -, pins -"
+    assert text.splitlines()[0] == "twinpath - daemon pid 9, up -, config -, heartbeat -, pins -"
     assert text.splitlines()[-1].split() == ["A", "stale", "-", "-", "-", "-", "-", "-", "-", "-"]
     assert "class" not in text and "feed" not in text
 
