@@ -1,5 +1,5 @@
 # The README's two commands. Each first makes whatever set-up is missing.
-.PHONY: setup demo test bench bench-quick clean-lab
+.PHONY: setup demo test bench bench-quick clean-lab wheel
 
 setup:
 	@bash scripts/setup.sh
@@ -20,3 +20,9 @@ bench-quick: setup
 # Removes every lab namespace and pin this checkout's runs may have left.
 clean-lab: setup
 	.venv/bin/python -m lab down --all
+
+# The release the Ansible role installs (README: "Fleet rollout with Ansible"): dist/twinpath-<version>-*.whl
+# and its dependencies' wheels beside it (gateways reach no package index).
+wheel: setup
+	.venv/bin/python -m pip wheel -q --no-build-isolation -w dist .
+	@ls dist/twinpath-*.whl

@@ -16,10 +16,12 @@ say() { printf 'setup: %s\n' "$*"; }
 # `systemd-analyze verify` of packaging/systemd/twinpath.service (installed
 # for the tool only; nothing is started where systemd is not PID 1), and for
 # the HA pair lab (lab.pair) etcd-server, its witness, and keepalived, the
-# VRRP failover it is compared with (both run in lab namespaces only).
+# VRRP failover it is compared with (both run in lab namespaces only), and
+# openssh-server: the Ansible tests reach the lab's gateways over SSH (sshd
+# runs in lab namespaces only).
 PKGS="python3-bpfcc linux-headers-amd64 bpftool iproute2 iputils-ping nftables
       libbpf1 python3-venv python3-dev build-essential frr stress-ng systemd
-      etcd-server keepalived"
+      etcd-server keepalived openssh-server openssh-client"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -44,10 +46,10 @@ if [ -n "$missing" ]; then
     say "frr installed for the bench's bfdd comparison; its host service is left stopped and disabled"
     command -v systemctl >/dev/null && systemctl disable --now frr.service >/dev/null 2>&1 || true ;;
   esac
-  for pkg_svc in etcd-server:etcd keepalived:keepalived; do
+  for pkg_svc in etcd-server:etcd keepalived:keepalived openssh-server:ssh; do
     pkg=${pkg_svc%:*} svc=${pkg_svc#*:}
     case " $missing " in *" $pkg "*)
-      say "$pkg installed for the HA pair lab; its host service $svc is left stopped and disabled"
+      say "$pkg installed for the HA pair lab and its Ansible tests; its host service $svc is left stopped and disabled"
       command -v systemctl >/dev/null && systemctl disable --now "$svc.service" >/dev/null 2>&1 || true ;;
     esac
   done
@@ -82,7 +84,7 @@ fi
 # requirements likewise.
 stamp=.venv/.twinpath-installed
 # (fastpath/ takes TP_MAX_LINKS from ebpf/lib/layout.h.)
-if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py requirements-lab.txt fastpath ebpf/lib/layout.h -newer "$stamp" \( -name '*.py*' -o -name '*.toml' -o -name '*.txt' -o -name '*.h' \) | head -n1)" ]; then
+if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py requirements-lab.txt ansible/requirements.txt fastpath ebpf/lib/layout.h -newer "$stamp" \( -name '*.py*' -o -name '*.toml' -o -name '*.txt' -o -name '*.h' \) | head -n1)" ]; then
   say "installing twinpath into .venv (compiles fastpath/ Cython), and the lab's requirements-lab.txt"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-lab.txt
