@@ -190,17 +190,25 @@ def check(plan: FeedPlan, received: np.ndarray, sources: Mapping[str, str] | Non
     messages of a packet that also brings new ones are `redundant_messages`.
     Heartbeats (and ends) received beyond the most one line published also
     count as delivered twice. `out_of_order`: new sequence numbers that
-    arrived after a higher one (the message index orders sessions). Packets
+    arrived after a higher one (the message index orders sessions);
+    `late_fills`: those of them that only one line carried, so their only
+    copy came after a later packet of the other line (on a loaded host the
+    lab's lines jitter by more than a packet gap, and an arbiter in XDP
+    forwards at once rather than hold a packet back). A message both lines
+    carried can only arrive out of order if the arbiter reorders, since each
+    line is FIFO but for the plan's `reorder`. Packets
     naming an unknown session or a sequence beyond the session are
     `unexpected` and otherwise ignored. With `sources` (line -> source
     address), `by_line` counts the packets of each kind per line.
     """
-    exp = expected(plan)
+    lines = _lines(plan)
+    exp = _expected(plan, lines)
+    on_both_lines = (lines["A"].reached & lines["B"].reached).tobytes()
     spans = {(b"" if plan.protocol == "mdp3" else name.encode()): span
              for name, span in zip(plan.sessions, plan.spans)}
     seen = bytearray(plan.messages + 1)
     highest = 0
-    delivered_twice = redundant = out_of_order = unexpected = 0
+    delivered_twice = redundant = out_of_order = late_fills = unexpected = 0
     received_kinds = [0, 0, 0]
     for kind, session, seq, count in zip(received["kind"].tolist(), received["session"].tolist(),
                                          received["seq"].tolist(), received["count"].tolist()):
@@ -217,8 +225,10 @@ def check(plan: FeedPlan, received: np.ndarray, sources: Mapping[str, str] | Non
             delivered_twice += 1
             continue
         redundant += count - new
-        if g < highest:
-            out_of_order += seen[g:min(g + count, highest)].count(0)
+        for i in range(g, min(g + count, highest)):
+            if not seen[i]:
+                out_of_order += 1
+                late_fills += not on_both_lines[i]
         seen[g:g + count] = b"\x01" * count
         highest = max(highest, g + count - 1)
     delivered = np.frombuffer(seen, dtype=np.uint8)[1:].astype(bool)
@@ -232,6 +242,7 @@ def check(plan: FeedPlan, received: np.ndarray, sources: Mapping[str, str] | Non
         + max(0, received_kinds[END] - exp["end_of_session_published"]),
         "redundant_messages": redundant,
         "out_of_order": out_of_order,
+        "late_fills": late_fills,
         "missing": missing,
         "missing_messages": int((~delivered).sum()),
         "gaps_expected": exp["gaps_expected"],

@@ -93,6 +93,7 @@ def run_scenario(lab: topology.Lab, daemon: DaemonProcess, name: str, workdir: P
     return {
         "sent": r["sent"], "delivered": r["delivered"], "delivered_twice": r["delivered_twice"],
         "redundant_messages": r["redundant_messages"], "out_of_order": r["out_of_order"],
+        "late_fills": r["late_fills"],
         "gaps_expected": expected(plan)["gaps_expected"].get(plan.session, []),
         "gaps_reported": reported_gaps(daemon, FEED_NAMES[plan.protocol], run.start_ns),
         "missing": r["missing"].get(plan.session, []), "corrupt": r["corrupt"],

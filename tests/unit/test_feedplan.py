@@ -229,7 +229,7 @@ def test_check_one_perfect_line():
     result = check(p, arrivals(p, data(0, *range(1, 11))), SOURCES)
     assert result == {
         "sent": 10, "packets": 10, "delivered": 10, "delivered_twice": 0, "redundant_messages": 0,
-        "out_of_order": 0, "missing": {}, "missing_messages": 0, "gaps_expected": {},
+        "out_of_order": 0, "late_fills": 0, "missing": {}, "missing_messages": 0, "gaps_expected": {},
         "missing_matches_expected": True, "corrupt": 0, "unexpected": 0,
         "heartbeats_sent": {"A": 0, "B": 0}, "heartbeats_received": 0,
         "end_of_session_sent": {"A": 0, "B": 0}, "end_of_session_received": 0,
@@ -261,6 +261,13 @@ def test_check_out_of_order_counts_late_new_seqs():
     p = plan(messages=6)
     result = check(p, arrivals(p, data(0, 1, 2, 5, 3, 4, 5, 6)))
     assert (result["out_of_order"], result["delivered_twice"], result["delivered"]) == (2, 1, 6)
+    assert result["late_fills"] == 0  # both lines carried 3 and 4: the arbiter reordered them
+
+
+def test_check_late_fill_is_a_message_only_the_late_line_carried():
+    p = plan(messages=6, line_a=LineFaults(silent=((3, 3),)))
+    result = check(p, arrivals(p, data(0, 1, 2, 4) + data(1, 3) + data(0, 6, 5)))
+    assert (result["out_of_order"], result["late_fills"], result["delivered"]) == (2, 1, 6)
 
 
 def test_check_out_of_order_inside_a_batch_counts_only_the_late_part():
