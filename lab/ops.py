@@ -18,6 +18,7 @@ delivered, and what the operation took:
 """
 from __future__ import annotations
 
+import ctypes
 import signal
 import threading
 import time
@@ -25,7 +26,9 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from lab import faults, feedrun, topology
+from appliance import layout
+from appliance.edge import bpfsys
+from lab import faults, feedrun, labbpf, libbpf, topology
 from lab.feedplan import FeedPlan, check
 from lab.marketdata import load_received
 from lab.processes import ORDERS_PORT, DaemonProcess, ScenarioError, udp_stream
@@ -72,6 +75,7 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
         feed_thread.start()
         time.sleep(before_s)
 
+        reflex_before = reflex_failovers(lab)
         op_ns = time.monotonic_ns()
         second, operation = _operate(name, lab, config, workdir, first, cleanup, interval_us, multiplier)
         took_s = (time.monotonic_ns() - op_ns) / 1e9
@@ -85,6 +89,7 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
             raise ScenarioError(f"the feed did not finish (see {workdir / 'feed'})")
         time.sleep(feedrun.SETTLE_S)
 
+        reflex = reflex_failovers(lab) - reflex_before
         arrivals = np.load(workdir / f"arrivals-{ORDERS_PORT}.npy")
         stream = analyze_stream(arrivals, sent["issued"], op_ns, lab.ifindex("exch", STANDBY_EXCH_DEV))
         checked = check(_feed_plan(duration_s), load_received(workdir / "feed" / "received.npy"),
@@ -113,7 +118,22 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
             "lab": lab.name,
             "operation": operation,
             "daemon_failovers": [e for d in daemons for e in d.events() if e.get("event") == "failover"],
+            "reflex_failovers": reflex,
         }
+
+
+def reflex_failovers(lab: topology.Lab) -> int:
+    """The data path's own count of reflex moves (pinned tp_steer_stats, every
+    class, link and CPU): it also counts the moves made while no daemon runs
+    to log them."""
+    pin = max(lab.gw_pin_dir.glob("tp_steer_stats_v*"), key=lambda p: int(p.name.rsplit("_v", 1)[1]))
+    total = 0
+    with labbpf.pinned(pin, "is a daemon's data path attached?") as fd:
+        for index in range(layout.MAX_CLASSES * layout.MAX_LINKS):
+            per_cpu = (layout.Counters * libbpf.possible_cpus())()
+            bpfsys.map_lookup(fd, ctypes.c_uint32(index), per_cpu)
+            total += sum(c.failovers for c in per_cpu)
+    return total
 
 
 def _operate(name: str, lab: topology.Lab, config, workdir, first: DaemonProcess, cleanup: ExitStack,
@@ -161,7 +181,8 @@ def summary(r: dict) -> str:
     return "\n".join([
         f"scenario {r['scenario']}: {r['operation']}",
         f"  orders: sent {r['sent']}, received {r['received']}, lost {r['lost']}, duplicated {r['duplicated']}"
-        + (f"; moved to {r['to_link']} after {r['failover_us']} us" if r["failed_over"] else ""),
+        + (f"; moved to {r['to_link']} after {r['failover_us']} us" if r["failed_over"] else "")
+        + (f"; {r['reflex_failovers']} reflex moves in the data path" if r["reflex_failovers"] else ""),
         f"  feed: sent {r['feed_sent']}, delivered {r['delivered']}, delivered twice {r['delivered_twice']}, "
         f"missing {len(r['feed_missing'])} ranges",
         "  contract holds" if not failures else "  CONTRACT BROKEN: " + "; ".join(failures)])
