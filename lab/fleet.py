@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -135,9 +136,27 @@ class Fleet:
         if self.made_privsep_dir:
             shutil.rmtree(SSHD_PRIVSEP_DIR, ignore_errors=True)
 
+    def stop_sshd(self, node: str) -> None:
+        """The gateway stops answering SSH, as an unreachable host of a fleet:
+        new connections are refused and the open ones (ansible's ControlPersist
+        masters) are cut, as they would be by a dead host."""
+        proc = self.sshd.pop(node)
+        for pid in _descendants(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.terminate()
+        proc.wait(timeout=10)
+
+    def start_sshd(self, node: str) -> None:
+        self._start_sshd(node)
+        self._wait_ssh(node)
+
     def _start_sshd(self, node: str) -> None:
         host_key = self.dir / f"{node}_host_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+        if not host_key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
         config = self.dir / f"sshd-{node}.conf"
         config.write_text(f"""\
 ListenAddress {pair.mgmt_addr(node)}
@@ -220,6 +239,23 @@ Subsystem sftp internal-sftp
         twinpath = Path(self.paths(node)["twinpath_prefix"]) / "venv" / "bin" / "twinpath"
         out = self.lab.run(node, [str(twinpath), "status", "--json"], check=False, timeout=30)
         return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def parse_recap(output: str) -> dict[str, dict[str, int]]:

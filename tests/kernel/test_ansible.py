@@ -14,6 +14,7 @@ One module-scoped fleet; the tests run in order, each on the state the one
 before left (installed, upgraded, ...)."""
 import hashlib
 import json
+import secrets
 import shutil
 import subprocess
 import time
@@ -167,6 +168,22 @@ def test_a_mistyped_variable_fails_before_any_host_changes(fl, wheels):
     assert _checksums(fl) == before and _pids(fl) == pids
 
 
+def test_an_unreachable_gateway_stops_the_rollout_before_any_change(fl, wheels):
+    def slower_failback(node, config):   # a change no run applied yet, so it would show
+        return {**config, "heartbeat": {**config.get("heartbeat", {}), "holddown_ms": 2500}}
+    before, pids = _checksums(fl), _pids(fl)
+    fl.stop_sshd("gw2")
+    try:
+        run = fl.playbook("site.yml", fl.inventory(wheels["base"], slower_failback))
+    finally:
+        fl.start_sshd("gw2")
+    assert run.returncode != 0
+    assert run.recap["gw2"]["unreachable"] == 1, run.recap
+    assert "TASK [twinpath :" not in run.output, run.output[-6000:]   # the role never ran, on either host
+    assert run.recap["gw1"]["changed"] == 0, run.recap
+    assert _checksums(fl) == before and _pids(fl) == pids
+
+
 def test_a_rolling_upgrade_loses_no_order(fl, wheels, results):
     roles = _roles(fl)
     stream = Stream(fl, "upgrade", results)
@@ -192,4 +209,39 @@ def test_a_release_failing_its_health_gate_is_rolled_back_and_stops_the_rollout(
     assert _versions(fl) == {standby: "0.1.1", active: "0.1.1"}
     assert _pids(fl)[active] == pids[active]          # untouched
     assert _roles(fl) == roles
+    assert (r["lost"], r["duplicated"]) == (0, 0), r
+
+
+def test_a_vaulted_key_file_is_installed_root_only_and_reloaded(fl, wheels, results):
+    secret = secrets.token_hex(16)
+    keys_text = f"7 {secret}\n"
+    password = fl.dir / "vault-password"
+    password.write_text(secrets.token_hex(16))
+    vault = fl.dir / "vault.yml"
+    vault.write_text(f"twinpath_heartbeat_keys: {json.dumps(keys_text)}\n")   # a JSON string is YAML
+    subprocess.run([str(fleet.VENV_BIN / "ansible-vault"), "encrypt", "--vault-password-file", str(password),
+                    str(vault)], check=True, capture_output=True, timeout=60)
+    assert secret not in vault.read_text() and vault.read_text().startswith("$ANSIBLE_VAULT")
+
+    def keys_path(node):
+        return Path(fl.paths(node)["twinpath_config_dir"]) / "heartbeat.keys"
+
+    def with_key(node, config):
+        return {**config, "heartbeat": {**config.get("heartbeat", {}), "key_file": str(keys_path(node))}}
+    pids = _pids(fl)
+    stream = Stream(fl, "vaulted-key", results)
+    run = fl.playbook("site.yml", fl.inventory(wheels["next"], with_key), "-e", f"@{vault}",
+                      "--vault-password-file", str(password))
+    r = stream.stop()
+    assert run.returncode == 0, run.output[-6000:]
+    assert secret not in run.output
+    assert _pids(fl) == pids                        # a key file is applied live
+    for node in pair.NODES:
+        st = keys_path(node).stat()
+        assert (st.st_mode & 0o777, st.st_uid) == (0o600, 0)
+        assert keys_path(node).read_text() == keys_text
+        events = [json.loads(line) for line in Path(fl.paths(node)["twinpath_log_file"]).read_text().splitlines()
+                  if line.startswith("{")]
+        assert any(e.get("event") == "reloaded" and any(c.startswith("heartbeat.key_file") for c in e["changes"])
+                   for e in events), node
     assert (r["lost"], r["duplicated"]) == (0, 0), r
