@@ -31,7 +31,7 @@ def _daemon(d: dict[str, Any]) -> str:
 
 def _pair(p: dict[str, Any]) -> str:
     w, gate = p.get("witness") or {}, p.get("gate") or {}
-    paths = ", ".join(f"{name} {state}" for name, state in (p.get("peer_paths") or {}).items())
+    paths = ", ".join(f"{name} {state}{_heard(p, name)}" for name, state in (p.get("peer_paths") or {}).items())
     peer_state = w.get("peer_state")
     return "\n".join([
         f"pair: {_text(p.get('node'))} is {_text(p.get('role')).upper()}, token {_text(p.get('token'))}, "
@@ -46,6 +46,16 @@ def _pair(p: dict[str, Any]) -> str:
            if p.get("role") == "active" and p.get("confirmed") is False else "")
         + ("; held standby (force-active to release)" if p.get("hold_standby") else "")
         + ("; gate still open after its hand-over (draining)" if p.get("draining") else "")])
+
+
+def _heard(p: dict[str, Any], path: str) -> str:
+    """' (heard 3.1 ms ago, 3 unanswered)': what a path's verdict rests on."""
+    heard_us = (p.get("peer_heard_us") or {}).get(path)
+    unanswered = (p.get("peer_unanswered") or {}).get(path)
+    if heard_us is None and unanswered is None:
+        return ""
+    heard = "never heard" if heard_us is None else f"heard {heard_us / 1000:.1f} ms ago"
+    return f" ({heard}, {unanswered} unanswered)" if unanswered else f" ({heard})"
 
 
 def _links(links: dict[str, dict[str, Any]]) -> str:

@@ -380,8 +380,15 @@ def trial(hp: HostPair, name: str, rate_pps: int = 10_000, before_s: float = 1.0
         if hp.peer == "twinpath":
             result["pair_roles"] = sorted(
                 ({"node": d.role, "t_us": round((e["mono_ns"] - fault_ns) / 1000, 1), "role": e["role"],
-                  "cause": e.get("cause"), "token": e.get("token")}
+                  "cause": e.get("cause"), "token": e.get("token"),
+                  **{k: e[k] for k in ("peer_heard_us", "peer_unanswered") if k in e}}
                  for d in ran for e in _pair_roles(d) if e["mono_ns"] >= start_ns),
+                key=lambda e: e["t_us"])
+            # The pair threads' own late readings: what a late takeover spent its time on.
+            result["pair_late"] = sorted(
+                ({"node": d.role, "t_us": round((e["mono_ns"] - fault_ns) / 1000, 1),
+                  **{k: v for k, v in e.items() if k not in ("time", "mono_ns", "event")}}
+                 for d in ran for e in d.events() if e.get("event") == "pair-late" and e["mono_ns"] >= start_ns),
                 key=lambda e: e["t_us"])
         (workdir / "result.json").write_text(json.dumps(result, indent=1))
         return result

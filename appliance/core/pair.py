@@ -180,7 +180,15 @@ class PairCore:
         names = self.p.link_names
         return {"peer_paths": {names[l]: "fresh" if self._fresh(l) else "dead" if self._dead(l) else "unknown"
                                for l in self.p.peer_links},
+                # what the verdicts rest on: how long ago each peer path last
+                # answered (None: never) and the probes unanswered since
+                "peer_heard_us": {names[l]: self._heard_us(l) for l in self.p.peer_links},
+                "peer_unanswered": {names[l]: self.unanswered[l] for l in self.p.peer_links},
                 "lan": self._lan(), "links": self._links()}
+
+    def _heard_us(self, link: int) -> float | None:
+        last = self.last_reply[link]
+        return None if self.read_ns is None or last <= 0 else round((self.read_ns - last) / 1000, 1)
 
     def _lan(self) -> bool | None:
         return self._state(self.p.lan_links, self.p.order_links)

@@ -33,6 +33,31 @@ IDLE_WAKE_NS = 20_000_000  # re-read the heartbeat map at least this often
 WARM_S = 0.2               # a witness read at least this often keeps the swap's connection open and warm
 
 
+class LateReadings:
+    """Logs a pair-health reading that came late or took long ("pair-late"),
+    at most once per LOG_EVERY_NS (with how many more there were): a
+    takeover decided late is then explained by the pair thread's own
+    timing (woken late, the map read, the core lock and the decision)."""
+    LATE_NS = 1_000_000
+    LOG_EVERY_NS = 1_000_000_000
+
+    def __init__(self, log_emit: Callable[..., None]):
+        self._log = log_emit
+        self._logged_ns: int | None = None
+        self._unlogged = 0
+
+    def check(self, wake_at: int | None, woke: int, read: int, done: int) -> None:
+        late_ns = 0 if wake_at is None else woke - wake_at
+        if late_ns < self.LATE_NS and done - woke < self.LATE_NS:
+            return
+        if self._logged_ns is not None and done - self._logged_ns < self.LOG_EVERY_NS:
+            self._unlogged += 1
+            return
+        self._log("pair-late", woke_late_us=round(late_ns / 1000, 1), read_us=round((read - woke) / 1000, 1),
+                  consume_us=round((done - read) / 1000, 1), unlogged_since=self._unlogged)
+        self._logged_ns, self._unlogged = done, 0
+
+
 class PairAgent:
     def __init__(self, consume: Callable[..., list], read_health: Callable[[], list[list[int]]], next_deadline,
                  witness_factory: Callable[[], Witness], lease_s: int, log_emit: Callable[..., None],
@@ -55,6 +80,7 @@ class PairAgent:
         self._threads: list[threading.Thread] = []
         self._priority = sender_priority
         self.pair_tid: int | None = None     # the pair thread's, once it runs
+        self._late = LateReadings(log_emit)
 
     # -- called from the daemon's _apply (under its core lock): never block
     def request(self, op: str, expected: int, to: str | None) -> None:
@@ -102,11 +128,17 @@ class PairAgent:
         while not self._first_witness_read.wait(0.1):
             if stop.is_set():
                 return
+        wake_at = None
         while not stop.is_set():
+            woke = time.monotonic_ns()
+            links = self._read_health()
+            read = time.monotonic_ns()
+            self._consume("pair-health", woke, links=links)
             now = time.monotonic_ns()
-            self._consume("pair-health", now, links=self._read_health())
-            deadline = self._next_deadline(time.monotonic_ns())
+            self._late.check(wake_at, woke, read, now)
+            deadline = self._next_deadline(now)
             wait_ns = IDLE_WAKE_NS if deadline is None else min(IDLE_WAKE_NS, deadline + SLACK_NS - now)
+            wake_at = now + max(0, wait_ns)
             if wait_ns > 0:
                 self._wake.wait(wait_ns / 1e9)
 

@@ -807,8 +807,9 @@ def test_in_the_grace_a_link_gone_stale_is_not_dead_either():
     heard = [[T0 + MS, MULT], [T0 + MS, MULT], [T0 + 5 * MS, 0], [T0 + 5 * MS, 0], [0, 0]]
     assert roles(core.health(T0 + 5 * MS, heard)) == [("pair-role", {                # 4 ms old, 3 unanswered:
         "role": STANDBY, "was": STANDBY, "token": 0, "cause": "started", "confirmed": True, "owner": PEER,  # not
-        "witness": True, "peer_paths": {"lan": "unknown", "cross": "unknown"}, "lan": True, "links": True},  # dead
-        ("pair", STANDBY, 0))]
+        "witness": True, "peer_paths": {"lan": "unknown", "cross": "unknown"},  # dead
+        "peer_heard_us": {"lan": 4000.0, "cross": 4000.0}, "peer_unanswered": {"lan": MULT, "cross": MULT},
+        "lan": True, "links": True}, ("pair", STANDBY, 0))]
     assert core.status()["peer_dead"] is False
     assert core.next_deadline(T0 + 5 * MS) == T0 + 6 * MS              # a probe period on: stale, not dead
     ts = T0 + READY_NS

@@ -81,3 +81,11 @@ pair: gw2 is ACTIVE, token 17, vip 198.18.1.254/24; gate active (fenced 0 packet
                             "pending": ["acquire", "peer-dead"], "witness": {"reachable": False}}})
     assert "gw2 is STANDBY" in held and "DEAD on every path" in held and "UNREACHABLE" in held
     assert "lan -" in held and "acquire (peer-dead) in flight" in held and "held standby" in held
+
+
+def test_the_pair_shows_when_each_peer_path_was_last_heard():
+    pair = {"role": "standby", "peer": "gw1", "peer_dead": True, "peer_paths": {"peer-lan": "dead", "peer-xl": "fresh"},
+            "peer_heard_us": {"peer-lan": 3125.4, "peer-xl": 412.0}, "peer_unanswered": {"peer-lan": 3, "peer-xl": 0}}
+    assert "(peer-lan dead (heard 3.1 ms ago, 3 unanswered), peer-xl fresh (heard 0.4 ms ago))" in render({"pair": pair})
+    never = {**pair, "peer_heard_us": {"peer-lan": None}, "peer_unanswered": {"peer-lan": 5}}
+    assert "peer-lan dead (never heard, 5 unanswered)" in render({"pair": never})
