@@ -242,7 +242,7 @@ class Daemon:
         # may move a class between this read of tp_active and the reading's turn.
         with self._core_lock:
             health, active = self.gw.health(), self.gw.active()
-            rings = [self.gw.rtt_ring(i) for i in range(len(self.links))]
+            rings = self.gw.rtt_rings()
             self._consume("health", time.monotonic_ns(),
                           links=[[h.last_reply_ns, h.fresh_since_ns] for h in health], active=active,
                           windows=windows.read(rings, sender.last_seq), sender_late_ns=sender.take_late_ns())

@@ -19,6 +19,14 @@ LIBBPF.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32
                                   ctypes.c_uint32, ctypes.c_void_p]
 BPF_MAP_TYPE_HASH = 1
 
+# The same lookup without handing the GIL over: the syscall takes a
+# microsecond or two, while a CDLL call releases the GIL and then waits for
+# it, up to sys.getswitchinterval(), behind whichever thread took it. A
+# daemon thread reading a map element by element paid that at every element
+# (up to a millisecond per reading with the pair's threads busy).
+_LOOKUP_KEEPING_GIL = ctypes.PyDLL("libbpf.so.1", use_errno=True).bpf_map_lookup_elem
+_LOOKUP_KEEPING_GIL.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+
 
 def check(rc: int, what: str) -> int:
     """rc, or OSError with errno and what failed."""
@@ -32,6 +40,28 @@ def map_lookup(fd: int, key, value) -> None:
     """Reads the element into `value` (for per-CPU maps, an array of one
     element per possible CPU)."""
     check(LIBBPF.bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)), "map lookup")
+
+
+class ArrayReader:
+    """Elements 0..n-1 of an array map, read into one buffer without
+    releasing the GIL (see _LOOKUP_KEEPING_GIL). read() returns a copy."""
+
+    def __init__(self, fd: int, value_type: type, n: int, value_size: int):
+        """value_size: the map's own, which value_type must match."""
+        if ctypes.sizeof(value_type) != value_size:
+            raise ValueError(f"{value_type.__name__} is {ctypes.sizeof(value_type)} bytes, "
+                             f"the map's values {value_size}")
+        self._fd, self._key = fd, ctypes.c_uint32()
+        self._values = (value_type * n)()
+        self._pointers = [ctypes.byref(self._values, i * value_size) for i in range(n)]
+
+    def read(self) -> ctypes.Array:
+        key, pkey = self._key, ctypes.byref(self._key)
+        for i, value in enumerate(self._pointers):
+            key.value = i
+            if _LOOKUP_KEEPING_GIL(self._fd, pkey, value) < 0:
+                check(-1, "map lookup")
+        return type(self._values).from_buffer_copy(self._values)
 
 
 def map_update(fd: int, key, value) -> None:

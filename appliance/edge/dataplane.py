@@ -102,6 +102,15 @@ class Gateway:
         self.hb_egress = self.bpf.load_func("tp_hb_egress", BPF.SCHED_CLS)
         self.hb_ingress = self.bpf.load_func("tp_hb_ingress", BPF.SCHED_CLS)
         self._attached: list[tuple[int, str]] = []
+        # The maps the daemon reads every probe period, from its tick and its pair thread.
+        n_links = len(cfg.links)
+        self._health = self._reader("tp_health", layout.Health, n_links)
+        self._rings = self._reader("tp_rtt_ring", layout.RttRing, n_links)
+        self._active = self._reader("tp_active", ctypes.c_uint64, len(cfg.classes))
+
+    def _reader(self, name: str, value_type: type, n: int) -> bpfsys.ArrayReader:
+        table = self.bpf[name]
+        return bpfsys.ArrayReader(table.map_fd, value_type, n, ctypes.sizeof(table.Leaf))
 
     # -- maps -------------------------------------------------------------
     def write_link(self, link_id: int, state: LinkState) -> None:
@@ -218,8 +227,7 @@ class Gateway:
         self.bpf["tp_active"][ctypes.c_uint32(class_id)] = ctypes.c_uint64(link_id)
 
     def active(self) -> list[int]:
-        t = self.bpf["tp_active"]
-        return [t[ctypes.c_uint32(c)].value for c in range(len(self.cfg.classes))]
+        return list(self._active.read())
 
     def pair(self) -> layout.Pair:
         return layout.Pair.from_buffer_copy(self.bpf["tp_pair"][ctypes.c_uint32(0)])
@@ -231,12 +239,11 @@ class Gateway:
         self.bpf["tp_pair"][ctypes.c_uint32(0)] = gate
 
     def health(self) -> list[layout.Health]:
-        t = self.bpf["tp_health"]
-        return [layout.Health.from_buffer_copy(t[ctypes.c_uint32(i)]) for i in range(len(self.cfg.links))]
+        return list(self._health.read())
 
-    def rtt_ring(self, link_id: int) -> layout.RttRing:
-        """The link's last TP_RTT_RING accepted replies (one map read)."""
-        return layout.RttRing.from_buffer_copy(self.bpf["tp_rtt_ring"][ctypes.c_uint32(link_id)])
+    def rtt_rings(self) -> list[layout.RttRing]:
+        """Each link's last TP_RTT_RING accepted replies (one map read each)."""
+        return list(self._rings.read())
 
     def rtt_histogram(self, link_id: int) -> list[int]:
         t = self.bpf["tp_rtt_hist"]

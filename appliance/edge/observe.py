@@ -73,8 +73,9 @@ class Observer:
         health, seen, views = self._links(now)
         last_seq = d.sender_stats.last_seq
         links = {}
+        rings = d.gw.rtt_rings()
         for i, name in enumerate(d.link_names):
-            p50, p99, worst = ring_rtt_us(d.gw.rtt_ring(i), last_seq)
+            p50, p99, worst = ring_rtt_us(rings[i], last_seq)
             links[name] = {
                 "state": link_state(views[i], seen[i], now, cfg.heartbeat.dead_ns), "rtt_p50_us": p50, "rtt_p99_us": p99,
                 "rtt_max_us": worst, "loss": views[i].loss,

@@ -148,7 +148,7 @@ def test_ingress_reply_records_rtt_and_freshness(gateway):
     low, high = layout.hist_bucket_bounds_us(bucket)
     assert low <= h.rtt_last_ns / 1000 < high
     assert gateway.gw.global_stats()["reply_ok"] == 1
-    ring = gateway.gw.rtt_ring(A)
+    ring = gateway.gw.rtt_rings()[A]
     slot = 42 % layout.RTT_RING
     assert (ring.seq[slot], ring.rtt_ns[slot]) == (42, h.rtt_last_ns)
     assert sum(1 for s in ring.seq if s) == 1
