@@ -35,9 +35,10 @@ WARM_S = 0.2               # a witness read at least this often keeps the swap's
 
 class LateReadings:
     """Logs a pair-health reading that came late or took long ("pair-late"),
-    at most once per LOG_EVERY_NS (with how many more there were): a
-    takeover decided late is then explained by the pair thread's own
-    timing (woken late, the map read, the core lock and the decision)."""
+    at most once per LOG_EVERY_NS (with how many more there were) unless
+    it decided something: a takeover decided late is then explained by the
+    pair thread's own timing (woken late, the map read, the core lock and
+    the decision)."""
     LATE_NS = 1_000_000
     LOG_EVERY_NS = 1_000_000_000
 
@@ -46,15 +47,15 @@ class LateReadings:
         self._logged_ns: int | None = None
         self._unlogged = 0
 
-    def check(self, wake_at: int | None, woke: int, read: int, done: int) -> None:
+    def check(self, wake_at: int | None, woke: int, read: int, done: int, decided: bool = False) -> None:
         late_ns = 0 if wake_at is None else woke - wake_at
         if late_ns < self.LATE_NS and done - woke < self.LATE_NS:
             return
-        if self._logged_ns is not None and done - self._logged_ns < self.LOG_EVERY_NS:
+        if not decided and self._logged_ns is not None and done - self._logged_ns < self.LOG_EVERY_NS:
             self._unlogged += 1
             return
         self._log("pair-late", woke_late_us=round(late_ns / 1000, 1), read_us=round((read - woke) / 1000, 1),
-                  consume_us=round((done - read) / 1000, 1), unlogged_since=self._unlogged)
+                  consume_us=round((done - read) / 1000, 1), decided=decided, unlogged_since=self._unlogged)
         self._logged_ns, self._unlogged = done, 0
 
 
@@ -133,9 +134,9 @@ class PairAgent:
             woke = time.monotonic_ns()
             links = self._read_health()
             read = time.monotonic_ns()
-            self._consume("pair-health", woke, links=links)
+            decisions = self._consume("pair-health", woke, links=links)
             now = time.monotonic_ns()
-            self._late.check(wake_at, woke, read, now)
+            self._late.check(wake_at, woke, read, now, decided=bool(decisions))
             deadline = self._next_deadline(now)
             wait_ns = IDLE_WAKE_NS if deadline is None else min(IDLE_WAKE_NS, deadline + SLACK_NS - now)
             wake_at = now + max(0, wait_ns)
