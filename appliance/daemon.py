@@ -35,7 +35,7 @@ from pyroute2 import IPRoute
 from appliance import layout
 from appliance.core import policy, telemetry
 from appliance.core.config import Config, ConfigError
-from appliance.core.decision import Core, Decision, Start
+from appliance.core.decision import PAIR_INPUTS, Core, Decision, Start
 from appliance.core.feeds import FeedParams
 from appliance.core.pair import ACTIVE, DRAINING, STANDBY, PairParams
 from appliance.edge import gatelock, netlink, preflight, probesender
@@ -104,10 +104,13 @@ class Daemon:
         self.links: list[LinkState] = []
         self.core: Core | None = None
         self.recorder: Recorder | None = None
-        # One input at a time, from the netlink, main and control-socket threads,
-        # so the core sees (and the trace records) exactly one order. Reentrant:
-        # a health reading reads the maps under it (see _tick).
+        # One input at a time, from the netlink, main, control-socket and pair
+        # threads, so each core sees (and the trace records) exactly one order.
+        # The pair core shares nothing with the others and has a lock of its own
+        # (decision.PAIR_INPUTS). Reentrant: a health reading reads the maps
+        # under it (see _tick).
         self._core_lock = threading.RLock()
+        self._pair_lock = threading.RLock()
         self._on_ready = None
         self.arbiter: Arbiter | None = None
         self.trader: LinkState | None = None  # the trader-facing link and feed receivers' MACs
@@ -122,7 +125,7 @@ class Daemon:
 
     # -- the core's one entry ----------------------------------------------
     def _consume(self, kind: str, ts_ns: int, /, **fields) -> list[Decision]:
-        with self._core_lock:
+        with self._pair_lock if kind in PAIR_INPUTS else self._core_lock:
             if self.recorder:
                 self.recorder.input(kind, ts_ns, fields)
             decisions = self.core.consume(kind, ts_ns, fields)
@@ -429,7 +432,7 @@ class Daemon:
             return Witness(p.witness, p.prefix, p.node, p.lease_s)
 
         def next_deadline(ts_ns: int) -> int | None:
-            with self._core_lock:
+            with self._pair_lock:
                 return self.core.pair.next_deadline(ts_ns)
 
         self.pair_agent = PairAgent(self._guarded_consume("pair", self._consume),

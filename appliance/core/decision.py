@@ -30,6 +30,11 @@ EXTERNAL_INPUTS = {"force": ("class_name", "link_name"), "release": ("class_name
                    "undrain": ("link_name",), "predict": ("link", "probability"),
                    "pair-force": ("role",)}
 
+# The pair core's inputs. It shares no state with the link and feed cores, so
+# the daemon serializes these under a lock of their own: the pair thread's
+# reading of a dead peer never waits behind a link health reading.
+PAIR_INPUTS = ("pair-health", "witness", "pair-force")
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -99,8 +104,7 @@ class Core:
             "reconfigure": self._reconfigure,
         }
         if self.pair:
-            self._handlers.update({"pair-health": self.pair.health, "witness": self.pair.witness_read,
-                                   "pair-force": self.pair.force})
+            self._handlers.update(zip(PAIR_INPUTS, (self.pair.health, self.pair.witness_read, self.pair.force)))
 
     def _reconfigure(self, ts_ns: int, links: dict, feeds: dict) -> list[tuple]:
         """A reload: both cores' new parameters, as a recorded input so that

@@ -108,7 +108,7 @@ class Observer:
         d = self.d
         if not d.core.pair:
             return {}
-        with d._core_lock:
+        with d._pair_lock:
             pair = d.core.pair.status()
         gate = d.gw.pair()
         pair["gate"] = {"mode": layout.PAIR_MODES.get(gate.mode, str(gate.mode)), "token": gate.token,
@@ -159,7 +159,7 @@ class Observer:
             passed = d.arbiter.global_stats()
         pair = None
         if d.core.pair:
-            with d._core_lock:
+            with d._pair_lock:
                 status = d.core.pair.status()
             pair = metrics.PairMetrics(role=status["role"], token=status["token"],
                                        witness_reachable=status["witness"]["reachable"],

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from appliance.core.decision import EXTERNAL_INPUTS, Core, Start, replay
+from appliance.core.decision import EXTERNAL_INPUTS, PAIR_INPUTS, Core, Start, replay
 from appliance.core.feeds import FeedParams
 from appliance.core.links import LinkParams
 from appliance.core.pair import (
@@ -2209,6 +2209,13 @@ def test_a_start_with_a_pair_round_trips_through_json():
     assert Start.from_json(raw) == start
     alone = replace(start, pair=None, pair_role=STANDBY, pair_token=0)
     assert "pair" not in alone.to_json() and Start.from_json(json.loads(json.dumps(alone.to_json()))) == alone
+
+
+def test_the_pair_inputs_are_served_by_the_pair_core_alone():
+    # The daemon consumes them under a lock of their own, concurrently with the link and feed inputs.
+    core = Core(pair_start(role=ACTIVE, token=7))
+    served = {kind for kind, handler in core._handlers.items() if getattr(handler, "__self__", None) is core.pair}
+    assert served == set(PAIR_INPUTS)
 
 
 def test_a_recorded_pair_replays_to_the_decisions_made_live(tmp_path):
