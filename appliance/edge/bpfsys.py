@@ -24,8 +24,11 @@ BPF_MAP_TYPE_HASH = 1
 # it, up to sys.getswitchinterval(), behind whichever thread took it. A
 # daemon thread reading a map element by element paid that at every element
 # (up to a millisecond per reading with the pair's threads busy).
-_LOOKUP_KEEPING_GIL = ctypes.PyDLL("libbpf.so.1", use_errno=True).bpf_map_lookup_elem
+_LIBBPF_KEEPING_GIL = ctypes.PyDLL("libbpf.so.1", use_errno=True)
+_LOOKUP_KEEPING_GIL = _LIBBPF_KEEPING_GIL.bpf_map_lookup_elem
 _LOOKUP_KEEPING_GIL.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_UPDATE_KEEPING_GIL = _LIBBPF_KEEPING_GIL.bpf_map_update_elem
+_UPDATE_KEEPING_GIL.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
 
 
 def check(rc: int, what: str) -> int:
@@ -42,9 +45,11 @@ def map_lookup(fd: int, key, value) -> None:
     check(LIBBPF.bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)), "map lookup")
 
 
-class ArrayReader:
-    """Elements 0..n-1 of an array map, read into one buffer without
-    releasing the GIL (see _LOOKUP_KEEPING_GIL). read() returns a copy."""
+class ArrayMap:
+    """Elements 0..n-1 of an array map, read into one buffer and written
+    without releasing the GIL (see _LOOKUP_KEEPING_GIL): for the maps the
+    daemon reads every probe period and the pair gate a takeover writes.
+    read() returns a copy."""
 
     def __init__(self, fd: int, value_type: type, n: int, value_size: int):
         """value_size: the map's own, which value_type must match."""
@@ -62,6 +67,10 @@ class ArrayReader:
             if _LOOKUP_KEEPING_GIL(self._fd, pkey, value) < 0:
                 check(-1, "map lookup")
         return type(self._values).from_buffer_copy(self._values)
+
+    def write(self, index: int, value) -> None:
+        if _UPDATE_KEEPING_GIL(self._fd, ctypes.byref(ctypes.c_uint32(index)), ctypes.byref(value), 0) < 0:
+            check(-1, "map update")
 
 
 def map_update(fd: int, key, value) -> None:

@@ -102,15 +102,17 @@ class Gateway:
         self.hb_egress = self.bpf.load_func("tp_hb_egress", BPF.SCHED_CLS)
         self.hb_ingress = self.bpf.load_func("tp_hb_ingress", BPF.SCHED_CLS)
         self._attached: list[tuple[int, str]] = []
-        # The maps the daemon reads every probe period, from its tick and its pair thread.
+        # The maps the daemon reads every probe period, from its tick and its
+        # pair thread, and the gate a takeover opens.
         n_links = len(cfg.links)
-        self._health = self._reader("tp_health", layout.Health, n_links)
-        self._rings = self._reader("tp_rtt_ring", layout.RttRing, n_links)
-        self._active = self._reader("tp_active", ctypes.c_uint64, len(cfg.classes))
+        self._health = self._array("tp_health", layout.Health, n_links)
+        self._rings = self._array("tp_rtt_ring", layout.RttRing, n_links)
+        self._active = self._array("tp_active", ctypes.c_uint64, len(cfg.classes))
+        self._gate = self._array("tp_pair", layout.Pair, 1)
 
-    def _reader(self, name: str, value_type: type, n: int) -> bpfsys.ArrayReader:
+    def _array(self, name: str, value_type: type, n: int) -> bpfsys.ArrayMap:
         table = self.bpf[name]
-        return bpfsys.ArrayReader(table.map_fd, value_type, n, ctypes.sizeof(table.Leaf))
+        return bpfsys.ArrayMap(table.map_fd, value_type, n, ctypes.sizeof(table.Leaf))
 
     # -- maps -------------------------------------------------------------
     def write_link(self, link_id: int, state: LinkState) -> None:
@@ -230,13 +232,13 @@ class Gateway:
         return list(self._active.read())
 
     def pair(self) -> layout.Pair:
-        return layout.Pair.from_buffer_copy(self.bpf["tp_pair"][ctypes.c_uint32(0)])
+        return self._gate.read()[0]
 
     def write_pair(self, mode: int, token: int) -> None:
         """The gate's mode and token; its fenced counter carries on."""
         gate = self.pair()
         gate.mode, gate.token = mode, token
-        self.bpf["tp_pair"][ctypes.c_uint32(0)] = gate
+        self._gate.write(0, gate)
 
     def health(self) -> list[layout.Health]:
         return list(self._health.read())

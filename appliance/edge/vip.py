@@ -12,8 +12,10 @@ waits only for the announcement. IPv4 only, as the rest of the data path.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
+import os
 import queue
 import socket
 import struct
@@ -25,6 +27,15 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 ETH_P_ARP = 0x0806
+MSG_DONTWAIT = 0x40
+
+# send(2) without handing the GIL over: a takeover's announcement goes out
+# on the pair thread, which would otherwise wait for the GIL behind another
+# thread after each frame. MSG_DONTWAIT: it never blocks holding the GIL.
+_LIBC = ctypes.PyDLL(None, use_errno=True)
+_SEND_KEEPING_GIL = _LIBC.send
+_SEND_KEEPING_GIL.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+_SEND_KEEPING_GIL.restype = ctypes.c_ssize_t
 BROADCAST = b"\xff" * 6
 # Announced again after these delays: a LAN that dropped the first frames
 # still moves (RFC 5227 announces twice; keepalived repeats too).
@@ -56,8 +67,11 @@ class Vip:
         self._worker.start()
 
     def announce(self) -> None:
+        fd = self._sock.fileno()
         for frame in self._frames:
-            self._sock.send(frame)
+            if _SEND_KEEPING_GIL(fd, frame, len(frame), MSG_DONTWAIT) < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"gratuitous ARP on {self.ifname}: {os.strerror(err)}")
 
     def claim(self) -> None:
         """Announce now (the trader moves); the worker then owns the address

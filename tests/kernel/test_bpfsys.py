@@ -1,4 +1,4 @@
-"""bpfsys.ArrayReader against a real array map: the elements, a copy per
+"""bpfsys.ArrayMap against a real array map: the elements, a copy per
 read, a layout that does not match the map refused, a failed lookup raised."""
 import ctypes
 import os
@@ -22,7 +22,7 @@ def health_map():
 def test_reads_every_element_into_a_fresh_copy(health_map):
     for i in range(3):
         bpfsys.map_update(health_map, ctypes.c_uint32(i), layout.Health(last_reply_ns=1000 + i, unanswered=i))
-    reader = bpfsys.ArrayReader(health_map, layout.Health, 3, ctypes.sizeof(layout.Health))
+    reader = bpfsys.ArrayMap(health_map, layout.Health, 3, ctypes.sizeof(layout.Health))
     first = reader.read()
     assert [(h.last_reply_ns, h.unanswered) for h in first] == [(1000, 0), (1001, 1), (1002, 2)]
     bpfsys.map_update(health_map, ctypes.c_uint32(1), layout.Health(last_reply_ns=7, unanswered=9))
@@ -33,11 +33,11 @@ def test_reads_every_element_into_a_fresh_copy(health_map):
 
 def test_a_value_type_of_another_size_is_refused(health_map):
     with pytest.raises(ValueError, match="bytes, the map's values"):
-        bpfsys.ArrayReader(health_map, layout.RttRing, 3, ctypes.sizeof(layout.Health))
+        bpfsys.ArrayMap(health_map, layout.RttRing, 3, ctypes.sizeof(layout.Health))
 
 
 def test_an_element_past_the_end_raises(health_map):
-    reader = bpfsys.ArrayReader(health_map, layout.Health, 4, ctypes.sizeof(layout.Health))
+    reader = bpfsys.ArrayMap(health_map, layout.Health, 4, ctypes.sizeof(layout.Health))
     with pytest.raises(OSError, match="map lookup"):
         reader.read()
 
@@ -46,6 +46,14 @@ def test_reads_plain_integers_too():
     fd = bpfsys.check(bpfsys.LIBBPF.bpf_map_create(BPF_MAP_TYPE_ARRAY, b"tp_test_u64", 4, 8, 2, None), "map create")
     try:
         bpfsys.map_update(fd, ctypes.c_uint32(1), ctypes.c_uint64(2**63 + 5))
-        assert list(bpfsys.ArrayReader(fd, ctypes.c_uint64, 2, 8).read()) == [0, 2**63 + 5]
+        assert list(bpfsys.ArrayMap(fd, ctypes.c_uint64, 2, 8).read()) == [0, 2**63 + 5]
     finally:
         os.close(fd)
+
+
+def test_writes_an_element(health_map):
+    array = bpfsys.ArrayMap(health_map, layout.Health, 3, ctypes.sizeof(layout.Health))
+    array.write(2, layout.Health(last_reply_ns=99, unanswered=4))
+    assert [(h.last_reply_ns, h.unanswered) for h in array.read()] == [(0, 0), (0, 0), (99, 4)]
+    with pytest.raises(OSError, match="map update"):
+        array.write(3, layout.Health())
