@@ -46,30 +46,39 @@ def map_lookup(fd: int, key, value) -> None:
 
 
 class ArrayMap:
-    """Elements 0..n-1 of an array map, read into one buffer and written
-    without releasing the GIL (see _LOOKUP_KEEPING_GIL): for the maps the
-    daemon reads every probe period and the pair gate a takeover writes.
-    read() returns a copy."""
+    """Elements 0..n-1 of an array map, read and written without releasing
+    the GIL (see _LOOKUP_KEEPING_GIL): for the maps the daemon reads every
+    probe period and the pair gate a takeover writes. value_type may be
+    shorter than the map's values: a later layout appends fields (as the
+    lab's upgrade does), and this code reads and writes the ones it knows,
+    leaving the rest as they are."""
 
     def __init__(self, fd: int, value_type: type, n: int, value_size: int):
-        """value_size: the map's own, which value_type must match."""
-        if ctypes.sizeof(value_type) != value_size:
+        """value_size: the map's own."""
+        if ctypes.sizeof(value_type) > value_size:
             raise ValueError(f"{value_type.__name__} is {ctypes.sizeof(value_type)} bytes, "
                              f"the map's values {value_size}")
-        self._fd, self._key = fd, ctypes.c_uint32()
-        self._values = (value_type * n)()
-        self._pointers = [ctypes.byref(self._values, i * value_size) for i in range(n)]
+        self._fd, self._key, self._type, self._size, self._n = fd, ctypes.c_uint32(), value_type, value_size, n
+        self._raw = ctypes.create_string_buffer(value_size * n)
+        self._pointers = [ctypes.byref(self._raw, i * value_size) for i in range(n)]
 
-    def read(self) -> ctypes.Array:
-        key, pkey = self._key, ctypes.byref(self._key)
-        for i, value in enumerate(self._pointers):
-            key.value = i
-            if _LOOKUP_KEEPING_GIL(self._fd, pkey, value) < 0:
-                check(-1, "map lookup")
-        return type(self._values).from_buffer_copy(self._values)
+    def _lookup(self, index: int) -> None:
+        self._key.value = index
+        if _LOOKUP_KEEPING_GIL(self._fd, ctypes.byref(self._key), self._pointers[index]) < 0:
+            check(-1, "map lookup")
+
+    def read(self) -> list:
+        """Every element, each a value_type of its own."""
+        for i in range(self._n):
+            self._lookup(i)
+        return [self._type.from_buffer_copy(self._raw, i * self._size) for i in range(self._n)]
 
     def write(self, index: int, value) -> None:
-        if _UPDATE_KEEPING_GIL(self._fd, ctypes.byref(ctypes.c_uint32(index)), ctypes.byref(value), 0) < 0:
+        if not 0 <= index < self._n:
+            raise OSError(errno.E2BIG, f"map update: element {index} of {self._n}")
+        self._lookup(index)   # the fields value_type does not know keep their values
+        ctypes.memmove(self._pointers[index], ctypes.byref(value), ctypes.sizeof(value))
+        if _UPDATE_KEEPING_GIL(self._fd, ctypes.byref(self._key), self._pointers[index], 0) < 0:
             check(-1, "map update")
 
 

@@ -229,7 +229,7 @@ class Gateway:
         self.bpf["tp_active"][ctypes.c_uint32(class_id)] = ctypes.c_uint64(link_id)
 
     def active(self) -> list[int]:
-        return list(self._active.read())
+        return [v.value for v in self._active.read()]
 
     def pair(self) -> layout.Pair:
         return self._gate.read()[0]

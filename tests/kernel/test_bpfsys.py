@@ -31,9 +31,24 @@ def test_reads_every_element_into_a_fresh_copy(health_map):
     assert (first[1].last_reply_ns, first[1].unanswered) == (1001, 1)     # an earlier read is not overwritten
 
 
-def test_a_value_type_of_another_size_is_refused(health_map):
+def test_a_value_type_longer_than_the_maps_values_is_refused(health_map):
     with pytest.raises(ValueError, match="bytes, the map's values"):
         bpfsys.ArrayMap(health_map, layout.RttRing, 3, ctypes.sizeof(layout.Health))
+
+
+class Older(ctypes.Structure):
+    """tp_health as a release before the last field was appended knew it."""
+    _fields_ = layout.Health._fields_[:-1]
+
+
+def test_a_layout_with_fields_appended_is_read_and_written_field_by_known_field(health_map):
+    bpfsys.map_update(health_map, ctypes.c_uint32(1), layout.Health(last_reply_ns=5, stamped_seq=77))
+    array = bpfsys.ArrayMap(health_map, Older, 3, ctypes.sizeof(layout.Health))
+    assert array.read()[1].last_reply_ns == 5
+    array.write(1, Older(last_reply_ns=6))
+    value = layout.Health()
+    bpfsys.map_lookup(health_map, ctypes.c_uint32(1), value)
+    assert (value.last_reply_ns, value.stamped_seq) == (6, 77)     # the field it does not know is kept
 
 
 def test_an_element_past_the_end_raises(health_map):
@@ -46,7 +61,7 @@ def test_reads_plain_integers_too():
     fd = bpfsys.check(bpfsys.LIBBPF.bpf_map_create(BPF_MAP_TYPE_ARRAY, b"tp_test_u64", 4, 8, 2, None), "map create")
     try:
         bpfsys.map_update(fd, ctypes.c_uint32(1), ctypes.c_uint64(2**63 + 5))
-        assert list(bpfsys.ArrayMap(fd, ctypes.c_uint64, 2, 8).read()) == [0, 2**63 + 5]
+        assert [v.value for v in bpfsys.ArrayMap(fd, ctypes.c_uint64, 2, 8).read()] == [0, 2**63 + 5]
     finally:
         os.close(fd)
 
