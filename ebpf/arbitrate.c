@@ -83,11 +83,13 @@
  *     N > p, TP_ARB_GAP [p, N - 1] (with n = 0 nothing moves: an
  *     announcement never sets the baseline). An end of session is forwarded
  *     once per (session, N): a copy with the same N as the last forwarded
- *     end is dropped. A heartbeat is dropped as a copy if a heartbeat was
- *     forwarded less than TP_HB_DEDUP_NS ago (kept in 4096-ns units),
- *     whatever either announces (each line names the next sequence it will
- *     carry, so the copies of one heartbeat differ after a loss); otherwise
- *     forwarded. Ends and heartbeats never deduplicate each other.
+ *     end is dropped. A heartbeat is dropped if N < n (behind the feed: the
+ *     late copy of a heartbeat on a line that lags by more than the dedup
+ *     window), or as a copy if a heartbeat was forwarded less than
+ *     TP_HB_DEDUP_NS ago (kept in 4096-ns units), whatever either announces
+ *     (each line names the next sequence it will carry, so the copies of one
+ *     heartbeat differ after a loss); otherwise forwarded. Ends and
+ *     heartbeats never deduplicate each other.
  *     Forwarded ones count heartbeats_forwarded.
  *  Races: every per-session word carries the generation tag, so a CPU that
  *  read the generation before a switch moves nothing of the new one; a data
@@ -344,6 +346,12 @@ static __always_inline int tp_announce(struct tp_arb_ctx *a, int end, __u64 next
 		    __sync_val_compare_and_swap(&st->end_seq, cur, want) != cur)
 			return XDP_DROP;
 	} else {
+		/* A heartbeat naming less than the feed has already reached is
+		 * behind it: the trader has heard more from the other line or
+		 * from data. This drops the late copy of a heartbeat whose lines
+		 * drift apart by more than the dedup window while data flows. */
+		if (next < n)
+			return XDP_DROP;
 		/* One heartbeat per dedup window, whatever it announces: each
 		 * line names the next sequence *it* will carry, so after a loss
 		 * the two copies of one heartbeat can differ. The arbiter's own

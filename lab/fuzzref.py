@@ -976,6 +976,8 @@ class ArbRef:
             st.end_seq = want
             ls["heartbeats_forwarded"] += 1
             return Expect(XDP_REDIRECT, out=arb_forward(f, feed), why="end of session forwarded")
+        if nxt < n:
+            return Expect(XDP_DROP, why="heartbeat behind the feed")
         # One heartbeat per dedup window, whatever it announces (commit
         # 3fc089a: after a loss the two lines' copies of one heartbeat differ).
         tb, ta = (before >> HB_TIME_SHIFT) & HB_TIME_MASK, (after >> HB_TIME_SHIFT) & HB_TIME_MASK

@@ -113,6 +113,9 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
             "lost_ranges": stream["lost_seqs_ranges"],
             "feed_sent": checked["sent"], "delivered": checked["delivered"],
             "delivered_twice": checked["delivered_twice"],
+            # What delivered_twice counts besides data: heartbeats and ends beyond one line's.
+            "feed_heartbeats": {"sent": checked["heartbeats_sent"], "received": checked["heartbeats_received"]},
+            "feed_ends": {"sent": checked["end_of_session_sent"], "received": checked["end_of_session_received"]},
             "feed_missing": checked["missing"].get("OPS", []),
             "interval_us": interval_us, "multiplier": multiplier, "rate_pps": rate_pps,
             "lab": lab.name,

@@ -13,7 +13,7 @@ from scapy.layers.l2 import ARP, Ether
 from appliance import layout
 from lab import feedproto
 from lab.libbpf import prog_test_run
-from tests.kernel.conftest import FEED_ADDR, FEED_PORTS, TRADER, XDP_DROP, XDP_PASS, XDP_REDIRECT
+from tests.kernel.conftest import FEED_ADDR, FEED_PORTS, HB_DEDUP_NS, TRADER, XDP_DROP, XDP_PASS, XDP_REDIRECT
 
 MOLD, MDP3 = "moldudp64", "mdp3"
 SESSION = "SESSION001"
@@ -586,13 +586,30 @@ def test_end_of_session_is_never_taken_for_a_heartbeats_copy(arbiter):
 
 
 def test_one_heartbeat_per_dedup_window_whatever_it_announces(arbiter):
-    """After a loss on B, B's copy of a heartbeat names a lower next sequence
-    than A's: still one heartbeat, not two (the lab checker counts a second
+    """After a loss on A, A's copy of a heartbeat names a higher next sequence
+    than B's: still one heartbeat, not two (the lab checker counts a second
     as delivered twice), while the gap accounting sees both."""
-    assert verdicts(arbiter, ("A", mold(1, 3)), ("B", heartbeat(3)), ("A", heartbeat(4)), ("A", mold(4, 2)),
-                    ("B", heartbeat(6))) == [XDP_REDIRECT, XDP_REDIRECT, XDP_DROP, XDP_REDIRECT, XDP_DROP]
+    assert verdicts(arbiter, ("B", mold(1, 3)), ("A", heartbeat(6)), ("B", heartbeat(4)), ("B", mold(4, 2)),
+                    ("A", heartbeat(6)), ("B", heartbeat(6))) == \
+        [XDP_REDIRECT, XDP_REDIRECT, XDP_DROP, XDP_REDIRECT, XDP_DROP, XDP_DROP]
     a, b = arbiter.stats("A"), arbiter.stats("B")
-    assert (a.heartbeats_forwarded, b.heartbeats_forwarded) == (0, 1)
+    assert (a.heartbeats_forwarded, b.heartbeats_forwarded) == (1, 0)
+    assert (a.heartbeats, b.heartbeats) == (2, 2)
+
+
+def test_a_heartbeat_behind_the_feed_is_dropped_even_past_the_window(arbiter):
+    """Lines that drift apart by more than the dedup window while data flows:
+    the lagging line's copy of a heartbeat comes after the window, naming a
+    sequence the feed has passed. Dropped: the trader has heard more. A
+    heartbeat of an idle feed after the window is the next one, forwarded."""
+    assert verdicts(arbiter, ("A", mold(1, 3)), ("A", heartbeat(4)), ("A", mold(4, 2))) == [XDP_REDIRECT] * 3
+    time.sleep(HB_DEDUP_NS * 1.5 / 1e9)
+    assert verdicts(arbiter, ("B", mold(1, 3)), ("B", heartbeat(4)), ("A", heartbeat(6))) == \
+        [XDP_DROP, XDP_DROP, XDP_REDIRECT]
+    time.sleep(HB_DEDUP_NS * 1.5 / 1e9)
+    assert verdicts(arbiter, ("B", mold(4, 2)), ("B", heartbeat(6))) == [XDP_DROP, XDP_REDIRECT]
+    a, b = arbiter.stats("A"), arbiter.stats("B")
+    assert (a.heartbeats_forwarded, b.heartbeats_forwarded) == (2, 1)
 
 
 def _run_line_on_cpu(fd, cpu, packets, start_ns, period_ns, conn):

@@ -72,7 +72,7 @@ def test_arbitration_lines_match_their_reference(arbiter_fixture):
         assert_clean(res)
     res = results["tp_arb_line_a"]
     deep = ["won", "won (overlap)", "lost:", "stale:", "another session", "far ahead,", "far behind,",
-            "heartbeat forwarded", "heartbeat copy", "end of session forwarded", "end of session already",
+            "heartbeat forwarded", "heartbeat copy", "heartbeat behind", "end of session forwarded", "end of session already",
             "malformed", "not a configured feed", "fragment", "TTL <= 1", "without receiver MAC",
             "ip_rcv() rejects", "IP options", "UDP header past", "not IPv4", "not UDP", "event session", "event session-candidate", "event resync", "event far-ahead",
             "event far-behind", "event gap", "event fill"]

@@ -26,7 +26,8 @@ def ops_result(lab, name):
 @pytest.mark.parametrize("name", ["daemon-restart", "upgrade", "reload"])
 def test_an_operation_loses_and_duplicates_nothing(lab, name):
     r = ops_result(lab, name)
-    assert (r["lost"], r["duplicated"], r["delivered_twice"]) == (0, 0, 0), r
+    assert (r["lost"], r["duplicated"], r["delivered_twice"]) == (0, 0, 0), \
+        {k: r[k] for k in ("lost_ranges", "feed_heartbeats", "feed_ends", "feed_missing", "operation")}
     assert r["feed_missing"] == [], r
     assert not r["failed_over"] and r["reflex_failovers"] == 0, r
     if name == "upgrade":
