@@ -50,7 +50,7 @@ int tp_steer(struct __sk_buff *skb)
 	}
 
 	struct tp_link *l;
-	__u32 link = tp_select_link(class_id, bpf_ktime_get_ns(), &l);
+	__u32 link = tp_select_link(class_id, &l);
 	__u32 idx = class_id * TP_MAX_LINKS + link;
 	struct tp_counters *c = tp_steer_stats.lookup(&idx);
 	if (c) {
