@@ -151,29 +151,36 @@ def gateway_cases() -> tuple[object, dict[str, Case]]:
 
 
 def arbitration_cases(calls: int) -> tuple[object, dict[str, Case]]:
-    """First copy (forwarded), duplicate (dropped) and passthrough (not a
-    feed) on a compiled arbiter with one MoldUDP64 feed. `calls` bounds how
-    many fresh sequences the first-copy case may ask for."""
+    """First copy (forwarded, the next sequence in order: a live feed's
+    common path), duplicate (dropped), late fill (forwarded below the feed's
+    high mark, with its fill event) and passthrough (not a feed) on a
+    compiled arbiter with two MoldUDP64 feeds. `calls` bounds how many fresh
+    sequences the first-copy and fill cases may ask for."""
     from appliance.edge.arbitration import Arbiter
 
     arb = Arbiter(hb_dedup_ns=50_000_000)
     port = FEED_PORTS["moldudp64"]
-    arb.write_feed(0, "moldudp64", ipaddress.IPv4Address(FEED_DST), port, TRADER["ifindex"],
-                   TRADER["src"], TRADER["dst"])
+    fill_port = port + 1  # a feed of its own: its high mark stays above every fill
+    for feed_id, p in enumerate((port, fill_port)):
+        arb.write_feed(feed_id, "moldudp64", ipaddress.IPv4Address(FEED_DST), p, TRADER["ifindex"],
+                       TRADER["src"], TRADER["dst"])
     arb.sync_clock()
 
-    def frame(seq: int) -> bytes:
+    def frame(seq: int, p: int = port) -> bytes:
         payload = feedproto.mold_packet("BENCH", seq, [feedproto.lab_message("moldudp64", seq, 16)])
-        return feedproto.line_frame(payload, FEED_DST, port, FEED_SOURCES["A"])
+        return feedproto.line_frame(payload, FEED_DST, p, FEED_SOURCES["A"])
 
     line_a, line_b = (p.fd for p in arb.lines)
-    fresh = [frame(s) for s in range(1, calls + 1)]
-    seen = frame(calls + 1)
+    seen = frame(1)
     prog_test_run(line_a, seen)  # line A delivered it: every later copy on B is a duplicate
+    in_order = [frame(s) for s in range(2, calls + 2)]
+    prog_test_run(line_a, frame(calls + 1, fill_port))
+    fills = [frame(s, fill_port) for s in range(1, calls + 1)]
     other = feedproto.line_frame(b"\x00" * 38, FEED_DST, 9100, FEED_SOURCES["A"])
     return arb, {
-        "arb_first_copy": Case("xdp", line_a, fresh.__getitem__, VERDICTS["redirect_xdp"], repeat=1),
+        "arb_first_copy": Case("xdp", line_a, in_order.__getitem__, VERDICTS["redirect_xdp"], repeat=1),
         "arb_duplicate": Case("xdp", line_b, lambda i: seen, VERDICTS["drop_xdp"]),
+        "arb_late_fill": Case("xdp", line_a, fills.__getitem__, VERDICTS["redirect_xdp"], repeat=1),
         "arb_passthrough": Case("xdp", line_a, lambda i: other, VERDICTS["pass_xdp"]),
     }
 
