@@ -39,6 +39,7 @@ C = header_constants(_HEADER)
 MAX_LINKS = C["TP_MAX_LINKS"]
 MAX_CLASSES = C["TP_MAX_CLASSES"]
 RULES_PER_PREFIX = C["TP_RULES_PER_PREFIX"]
+SMALL_PREFIXES = C["TP_SMALL_PREFIXES"]
 HIST_BUCKETS = C["TP_HIST_BUCKETS"]
 RTT_RING = C["TP_RTT_RING"]
 LINK_CARRIER = C["TP_LINK_CARRIER"]
@@ -119,6 +120,14 @@ class PrefixRules(ctypes.Structure):
     _fields_ = [("n_rules", u32), ("rules", Rule * RULES_PER_PREFIX)]
 
 
+class PrefixSlot(ctypes.Structure):
+    _fields_ = [("addr", u32), ("mask", u32), ("rules", PrefixRules)]  # addr, mask: network byte order
+
+
+class PrefixTable(ctypes.Structure):
+    _fields_ = [("live", u32), ("n", u32), ("slots", PrefixSlot * SMALL_PREFIXES)]
+
+
 class Counters(ctypes.Structure):
     _fields_ = [("packets", u64), ("bytes", u64), ("redirects", u64), ("failovers", u64)]
 
@@ -188,6 +197,7 @@ MAPS = {
     "tp_pair": (u32, Pair),
     "tp_keys": (u32, Key),
     "tp_rules": (LpmKey, PrefixRules),
+    "tp_prefix_table": (u32, PrefixTable),
     "tp_steer_stats": (u32, Counters),
     "tp_rtt_hist": (u32, u64),
     "tp_gstats": (u32, u64),

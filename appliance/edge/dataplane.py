@@ -158,22 +158,45 @@ class Gateway:
         self.set_active(class_id, link_id)
 
     def write_rules(self) -> None:
-        """The rule trie as the config has it: every prefix written, then
-        the prefixes it no longer has (a pinned trie's, or before a reload)
-        deleted. A packet meanwhile matches either rule set, never none."""
+        """The rules as the config has them, in the trie and, while they fit,
+        in the small table steer reads first (lib/layout.h). The trie: every
+        prefix written, then the prefixes it no longer has (a pinned trie's,
+        or before a reload) deleted. The table: the spare one filled, then
+        made live. A packet meanwhile matches either rule set, never none."""
+        compiled = {prefix: self._prefix_rules(rules) for prefix, rules in compile_rules(self.cfg).items()}
         trie = self.bpf["tp_rules"]
         keep = set()
-        for prefix, rules in compile_rules(self.cfg).items():
-            value = layout.PrefixRules(n_rules=len(rules))
-            for i, r in enumerate(rules):
-                value.rules[i] = layout.Rule(proto=r.proto, class_id=r.class_id,
-                                             port_lo=r.port_lo, port_hi=r.port_hi)
+        for prefix, value in compiled.items():
             key = layout.LpmKey(prefixlen=prefix.prefixlen,
                                 addr=int.from_bytes(prefix.network_address.packed, "little"))
             trie[key] = value
             keep.add(bytes(key))
         for key in [k for k in trie.keys() if bytes(k) not in keep]:
             del trie[key]
+        self._write_prefix_table(compiled)
+
+    @staticmethod
+    def _prefix_rules(rules) -> layout.PrefixRules:
+        value = layout.PrefixRules(n_rules=len(rules))
+        for i, r in enumerate(rules):
+            value.rules[i] = layout.Rule(proto=r.proto, class_id=r.class_id, port_lo=r.port_lo, port_hi=r.port_hi)
+        return value
+
+    def _write_prefix_table(self, compiled: dict) -> None:
+        tables, head_key = self.bpf["tp_prefix_table"], ctypes.c_uint32(0)
+        head = tables[head_key]
+        if len(compiled) > layout.SMALL_PREFIXES:
+            head.live = 0
+        else:
+            spare = 2 if head.live == 1 else 1
+            table = layout.PrefixTable(n=len(compiled))
+            for slot, prefix in zip(table.slots, sorted(compiled, key=lambda p: -p.prefixlen)):
+                slot.addr = int.from_bytes(prefix.network_address.packed, "little")
+                slot.mask = int.from_bytes(prefix.netmask.packed, "little")
+                slot.rules = compiled[prefix]
+            tables[ctypes.c_uint32(spare)] = table
+            head.live = spare
+        tables[head_key] = head
 
     def preferred_active(self) -> list[int]:
         return [self.cfg.link_index(c.links[0]) for c in self.cfg.classes]

@@ -1,5 +1,6 @@
-/* Traffic class of a packet: longest-prefix match on the destination, then
- * the first rule of that prefix matching protocol and destination port. */
+/* Traffic class of a packet: longest-prefix match on the destination (a
+ * small table or the trie, lib/layout.h's tp_prefix_table), then the first
+ * rule of that prefix matching protocol and destination port. */
 #ifndef TP_CLASSIFY_H
 #define TP_CLASSIFY_H
 
@@ -19,11 +20,35 @@ static __always_inline int tp_ports_inside(struct iphdr *ip, void *end)
 	       (void *)ip + sizeof(*ip) + TP_PORTS_LEN <= end;
 }
 
+/* The rules of the longest configured prefix containing daddr, or NULL:
+ * from the small table while the rule set fits it, else from the trie. */
+static __always_inline struct tp_prefix_rules *tp_prefix_rules(__u32 daddr)
+{
+	__u32 idx = 0;
+	struct tp_prefix_table *t = tp_prefix_table.lookup(&idx);
+
+	if (t && t->live) {
+		idx = t->live;
+		t = tp_prefix_table.lookup(&idx);
+		if (!t)
+			return NULL;
+		#pragma unroll
+		for (int i = 0; i < TP_SMALL_PREFIXES; i++) {
+			if (i >= t->n)
+				break;
+			if ((daddr & t->slots[i].mask) == t->slots[i].addr)
+				return &t->slots[i].rules;
+		}
+		return NULL;
+	}
+	struct tp_lpm_key key = { .prefixlen = 32, .addr = daddr };
+	return tp_rules.lookup(&key);
+}
+
 /* Class id, or -1 when no rule matches. The caller checked tp_ports_inside(). */
 static __always_inline int tp_classify(struct iphdr *ip, void *end)
 {
-	struct tp_lpm_key key = { .prefixlen = 32, .addr = ip->daddr };
-	struct tp_prefix_rules *pr = tp_rules.lookup(&key);
+	struct tp_prefix_rules *pr = tp_prefix_rules(ip->daddr);
 	__u16 dport = 0;
 
 	if (!pr)

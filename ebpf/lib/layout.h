@@ -180,6 +180,27 @@ struct tp_prefix_rules {
 	struct tp_rule rules[TP_RULES_PER_PREFIX];
 };
 
+/* tp_prefix_table: the same prefixes and rules as tp_rules when there are at
+ * most TP_SMALL_PREFIXES of them, longest first, so that steer matches with
+ * inlined array reads and a masked compare per prefix instead of the trie's
+ * walk (about 40 ns a packet here). [0].live names the table in use (1 or
+ * 2; 0: the rule set is larger, use tp_rules). The daemon fills the other
+ * table and then flips live, so a packet meets the old rule set or the new
+ * one, never a half-written one. */
+#define TP_SMALL_PREFIXES   8
+
+struct tp_prefix_slot {
+	__u32 addr;                 /* network byte order, host bits zero */
+	__u32 mask;                 /* network byte order */
+	struct tp_prefix_rules rules;
+};
+
+struct tp_prefix_table {
+	__u32 live;                 /* [0] only: 1 or 2, the table in use; 0: none, use tp_rules */
+	__u32 n;                    /* slots in use */
+	struct tp_prefix_slot slots[TP_SMALL_PREFIXES];
+};
+
 /* tp_steer_stats[class * TP_MAX_LINKS + link], per CPU. */
 struct tp_counters {
 	__u64 packets;

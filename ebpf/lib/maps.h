@@ -20,6 +20,7 @@ TP_MAP("array", int, struct tp_class, tp_classes, TP_MAX_CLASSES, 1, 0);
  * written by the daemon on failback. */
 TP_MAP("array", int, __u64, tp_active, TP_MAX_CLASSES, 1, 0); /* u64: BCC emits 64-bit cmpxchg only */
 TP_MAP("lpm_trie", struct tp_lpm_key, struct tp_prefix_rules, tp_rules, TP_MAX_PREFIXES, 1, BPF_F_NO_PREALLOC);
+TP_MAP("array", int, struct tp_prefix_table, tp_prefix_table, 3, 1, 0);
 TP_MAP("array", int, struct tp_pair, tp_pair, 1, 1, 0);
 TP_MAP("percpu_array", int, struct tp_counters, tp_steer_stats, TP_MAX_CLASSES * TP_MAX_LINKS, 1, 0);
 TP_MAP("percpu_array", int, __u64, tp_rtt_hist, TP_MAX_LINKS * TP_HIST_BUCKETS, 1, 0);

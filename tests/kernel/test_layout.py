@@ -18,6 +18,7 @@ VIEWS = {
         "tp_link": layout.Link, "tp_health": layout.Health, "tp_rtt_ring": layout.RttRing, "tp_key": layout.Key,
         "tp_class": layout.Class,
         "tp_lpm_key": layout.LpmKey, "tp_rule": layout.Rule, "tp_prefix_rules": layout.PrefixRules,
+        "tp_prefix_slot": layout.PrefixSlot, "tp_prefix_table": layout.PrefixTable,
         "tp_counters": layout.Counters, "tp_pair": layout.Pair, "tp_event": layout.Event, "tp_probe": layout.Probe,
         "tp_feed_key": layout.FeedKey, "tp_feed": layout.Feed, "tp_feed_state": layout.FeedState,
         "tp_feed_claims": layout.FeedClaims,

@@ -293,3 +293,57 @@ def test_the_pair_gate_drops_class_traffic_only_on_a_standby(gateway, mode, forw
     gate = gateway.gw.pair()
     assert (gate.mode, gate.token, gate.fenced) == (mode, 7, 0 if forwards else 1)
     assert gateway.gw.counters(ORDERS, A)["packets"] == (1 if forwards else 0)
+
+
+# -- where the rules live: the small table, or the trie for a larger rule set --
+def _prefix_table_live(gateway) -> int:
+    return gateway.gw.bpf["tp_prefix_table"][ctypes.c_uint32(0)].live
+
+
+def _assert_lab_rules_hold(gateway):
+    for dport, link in ((9000, "A"), (9150, "B")):
+        pkt = packet(l4=UDP(sport=40000, dport=dport))
+        verdict, out = gateway.run(gateway.gw.steer, bytes(pkt))
+        assert verdict == TC_ACT_REDIRECT
+        assert_forwarded(out, pkt, link)
+    assert gateway.run(gateway.gw.steer, bytes(packet(l4=UDP(sport=40000, dport=9300))))[0] == TC_ACT_OK
+
+
+def test_steer_matches_from_the_live_small_table_not_the_trie(gateway):
+    tables = gateway.gw.bpf["tp_prefix_table"]
+    live = ctypes.c_uint32(_prefix_table_live(gateway))
+    emptied = tables[live]
+    emptied.n = 0
+    tables[live] = emptied  # the trie still holds every rule
+    assert gateway.run(gateway.gw.steer, bytes(packet()))[0] == TC_ACT_OK
+
+
+def test_a_rewrite_of_the_small_table_fills_the_spare_and_flips(gateway):
+    live = _prefix_table_live(gateway)
+    assert live in (1, 2)
+    gateway.gw.write_rules()
+    assert _prefix_table_live(gateway) == 3 - live
+    _assert_lab_rules_hold(gateway)
+
+
+def test_a_rule_set_larger_than_the_small_table_matches_through_the_trie(gateway, fixture_config):
+    from appliance.core import config
+    from lab.topology import render_config
+    from tests.kernel.conftest import FIXTURE_INTERVAL_NS
+    extra = "".join(f'\n[[rules]]\nclass = "quotes"\ndst = "198.18.{200 + i}.0/24"\nproto = "udp"\n'
+                    f'ports = "1-65535"\n' for i in range(layout.SMALL_PREFIXES))
+    big = config.parse(render_config(interval_us=FIXTURE_INTERVAL_NS // 1000) + extra, "fixture-big")
+    gw = gateway.gw
+    try:
+        gw.cfg = big
+        gw.write_rules()
+        assert _prefix_table_live(gateway) == 0
+        _assert_lab_rules_hold(gateway)
+        assert gateway.run(gw.steer, bytes(packet(dst="198.18.207.9", l4=UDP(sport=1, dport=5))))[0] == \
+            TC_ACT_REDIRECT
+        assert gateway.run(gw.steer, bytes(packet(dst="198.18.199.9", l4=UDP(sport=1, dport=5))))[0] == TC_ACT_OK
+    finally:
+        gw.cfg = fixture_config
+        gw.write_rules()
+    assert _prefix_table_live(gateway) in (1, 2)
+    _assert_lab_rules_hold(gateway)

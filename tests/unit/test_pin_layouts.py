@@ -18,7 +18,7 @@ DEFINES = {"TP_INTERVAL_NS": "1000000ULL", "TP_DEAD_NS": "3000000ULL", "TP_PROBE
 def test_every_state_map_of_both_modules_is_declared_pinned_with_a_version():
     gateway = pins.declared_maps(assemble(GATEWAY_SOURCES, DEFINES))
     arbiter = pins.declared_maps(assemble(ARB_SOURCES, DEFINES))
-    assert {"tp_links", "tp_health", "tp_active", "tp_classes", "tp_rules", "tp_keys", "tp_rtt_ring",
+    assert {"tp_links", "tp_health", "tp_active", "tp_classes", "tp_rules", "tp_prefix_table", "tp_keys", "tp_rtt_ring",
             "tp_probe_round", "tp_steer_stats", "tp_rtt_hist", "tp_gstats", "tp_pair"} == set(gateway)
     assert {"tp_feeds", "tp_feed_state", "tp_feed_claims", "tp_arb_config", "tp_line_stats",
             "tp_arb_gstats"} == set(arbiter)
