@@ -264,11 +264,11 @@ class Gateway:
         self._gate.write(0, gate)
 
     def health(self) -> list[layout.Health]:
-        return list(self._health.read())
+        return self._health.read()
 
     def rtt_rings(self) -> list[layout.RttRing]:
         """Each link's last TP_RTT_RING accepted replies (one map read each)."""
-        return list(self._rings.read())
+        return self._rings.read()
 
     def rtt_histogram(self, link_id: int) -> list[int]:
         t = self.bpf["tp_rtt_hist"]
