@@ -484,7 +484,8 @@ class Daemon:
         program would have seen only that other link answering and moved
         traffic to it. With no probes at all every link ages alike, which
         never moves traffic (lib/reflex.h). The links owe no rounds to the
-        previous sender; ours starts."""
+        previous sender, and their silence counts from our first round (the
+        egress program marks it a resumption); ours starts."""
         self.gw.reset_probe_rounds(sender.stats.last_seq)
         sender.start()
         sender.record(self.pins)

@@ -96,6 +96,10 @@ class Health(ctypes.Structure):
                 ("unanswered", u64), ("stamped_seq", u64)]
 
 
+class Round(ctypes.Structure):
+    _fields_ = [("seq", u64), ("stamped_ns", u64), ("resumed_ns", u64)]
+
+
 class RttRing(ctypes.Structure):
     _fields_ = [("seq", u64 * RTT_RING), ("rtt_ns", u64 * RTT_RING)]
 
@@ -191,7 +195,7 @@ MAPS = {
     "tp_links": (u32, Link),
     "tp_health": (u32, Health),
     "tp_rtt_ring": (u32, RttRing),
-    "tp_probe_round": (u32, u64),
+    "tp_probe_round": (u32, Round),
     "tp_classes": (u32, Class),
     "tp_active": (u32, u64),
     "tp_pair": (u32, Pair),

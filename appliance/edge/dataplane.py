@@ -210,7 +210,10 @@ class Gateway:
             h = health[ctypes.c_uint32(i)]   # BCC's own view: the whole value, whatever this build's layout
             h.unanswered, h.stamped_seq = 0, last_seq
             health[ctypes.c_uint32(i)] = h
-        self.bpf["tp_probe_round"][zero] = ctypes.c_uint64(last_seq)
+        rounds = self.bpf["tp_probe_round"]
+        r = rounds[zero]
+        r.seq = last_seq   # stamped_ns stays: the new sender's first round is a resumption
+        rounds[zero] = r
 
     def previous_active(self, ipr: IPRoute) -> list[int] | None:
         """Each class's link as the steer program already attached (a previous

@@ -132,6 +132,16 @@ struct tp_health {
 	__u64 stamped_seq;          /* sequence of the last probe stamped on this link */
 };
 
+/* tp_probe_round[0]: the probe sender's progress, as the egress program
+ * stamps it. A round is one probe on every link, all with one sequence. */
+struct tp_round {
+	__u64 seq;                  /* highest probe sequence stamped on any link */
+	__u64 stamped_ns;           /* when that round's first probe was stamped */
+	__u64 resumed_ns;           /* when a round followed a gap longer than the dead interval
+	                             * (a sender restarted, or held off the CPU): links owed no
+	                             * answer while no probe was sent (lib/reflex.h) */
+};
+
 /* tp_rtt_ring[link]: the link's last TP_RTT_RING accepted replies, in slot
  * seq % TP_RTT_RING. The daemon reads it whole each tick: a probe sent more
  * than the dead interval ago whose slot does not hold its sequence was lost.

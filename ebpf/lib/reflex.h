@@ -19,7 +19,13 @@
  * later than before. A probe still in flight counts as unanswered: with an
  * RTT near the interval, choose a longer interval. (With maps pinned across
  * a restart, a new sender's first round must not be read against the old
- * one's stamped_seq.)
+ * one's stamped_seq.) Silence is counted from the later of the last reply
+ * and the sender's last resumption (tp_round.resumed_ns: a round after a gap
+ * longer than the dead interval): no link owed an answer while no probe was
+ * sent. Without that, a restarted sender (a daemon restart or upgrade: the
+ * gap is its start-up) found every link already past the dead interval, and
+ * one answer late by a round moved traffic; now a link must stay silent for
+ * the dead interval of probing, as it must on a running sender.
  *
  * Fresh (a standby): carrier up, next hop known, and a reply within the dead
  * interval. For a heartbeat failover it must also have answered probes sent
@@ -46,11 +52,9 @@
 
 /* The probe half of the dead rule: MISSED_PROBES rounds stamped on this link
  * and unanswered, or not stamped on it while other links' were. */
-static __always_inline int tp_probes_missed(struct tp_health *h)
+static __always_inline int tp_probes_missed(struct tp_health *h, struct tp_round *round)
 {
-	__u32 zero = 0;
-	__u64 *round = tp_probe_round.lookup(&zero);
-	__u64 unstamped = round && *round > h->stamped_seq ? *round - h->stamped_seq : 0;
+	__u64 unstamped = round && round->seq > h->stamped_seq ? round->seq - h->stamped_seq : 0;
 
 	return h->unanswered + unstamped >= TP_MISSED_PROBES;
 }
@@ -58,9 +62,10 @@ static __always_inline int tp_probes_missed(struct tp_health *h)
 /* Whether `link` may carry traffic now: as the current link (is_current:
  * dead only on evidence, above) or as a standby (fresh). *lp gets its
  * tp_links entry (or NULL), so the caller needs no second lookup to forward
- * on it. The clock is read into *now (0: not yet) only when the answer
- * depends on it: a current link whose probes are answered is alive whatever
- * the time, so the common path reads no clock (~30 ns here). */
+ * on it. *last_reply gets the instant its silence is counted from. The
+ * clock is read into *now (0: not yet) only when the answer depends on it:
+ * a current link whose probes are answered is alive whatever the time, so
+ * the common path reads no clock (~30 ns here). */
 static __always_inline int tp_link_fresh(__u32 link, __u64 *now, int is_current, struct tp_link **lp,
 					 __u64 *last_reply, __u32 *cause)
 {
@@ -79,17 +84,27 @@ static __always_inline int tp_link_fresh(__u32 link, __u64 *now, int is_current,
 	*cause = TP_CAUSE_HEARTBEAT;
 	if (!(l->flags & TP_LINK_NEXTHOP))
 		return 0;
-	if (is_current && !tp_probes_missed(h))
-		return 1;
+	if (is_current) {
+		__u32 zero = 0;
+		struct tp_round *round = tp_probe_round.lookup(&zero);
+
+		if (!tp_probes_missed(h, round))
+			return 1;
+		if (round && round->resumed_ns > *last_reply)
+			*last_reply = round->resumed_ns;
+	}
 	if (!*now)
 		*now = bpf_ktime_get_ns();
-	return h->last_reply_ns && *now - h->last_reply_ns <= TP_DEAD_NS;
+	return *last_reply && *now - *last_reply <= TP_DEAD_NS;
 }
 
 /* The link this class's packet leaves on, switching if the current one is
  * dead and a standby is fresh; *lp gets that link's tp_links entry (NULL:
  * caller routes normally). The class's link list is read only when the
- * current link is stale: the common path is two lookups. */
+ * current link is stale: the common path is four inlined array reads
+ * (active, link, health, round) and no clock. A heartbeat move needs a
+ * standby that answered at least TP_STANDBY_LEAD_NS after the current
+ * link's silence began. */
 static __always_inline __u32 tp_select_link(__u32 class_id, struct tp_link **lp)
 {
 	__u64 *active = tp_active.lookup(&class_id);

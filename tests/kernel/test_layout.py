@@ -15,7 +15,7 @@ from lab import layout as lab_layout
 # Header, as assemble() names it -> (its roots, which hold it first; struct -> Python view).
 VIEWS = {
     "lib/layout.h": ((EBPF_DIR,), {
-        "tp_link": layout.Link, "tp_health": layout.Health, "tp_rtt_ring": layout.RttRing, "tp_key": layout.Key,
+        "tp_link": layout.Link, "tp_health": layout.Health, "tp_round": layout.Round, "tp_rtt_ring": layout.RttRing, "tp_key": layout.Key,
         "tp_class": layout.Class,
         "tp_lpm_key": layout.LpmKey, "tp_rule": layout.Rule, "tp_prefix_rules": layout.PrefixRules,
         "tp_prefix_slot": layout.PrefixSlot, "tp_prefix_table": layout.PrefixTable,

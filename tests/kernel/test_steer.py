@@ -8,7 +8,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from appliance import layout
-from tests.kernel.conftest import MAC
+from tests.kernel.conftest import MAC, now_ns
 
 TC_ACT_OK, TC_ACT_REDIRECT = 0, 7
 ORDERS, MARKETDATA = 0, 1
@@ -248,13 +248,46 @@ def test_rounds_whose_probe_never_reached_egress_count_as_missed(gateway):
     # Other links' probes of those rounds were stamped: the rounds are missed.
     gateway.set_fresh(A, age_ns=1_000_000_000, unanswered=0, stamped_seq=100)
     gateway.set_fresh(B, age_ns=0, stamped_seq=102)
-    gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)] = ctypes.c_uint64(101)
+    gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)] = layout.Round(seq=101)
     verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
     assert Ether(out).dst == MAC["A.nh"]            # one round: a sender preempted mid-round looks the same
-    gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)] = ctypes.c_uint64(102)
+    gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)] = layout.Round(seq=102)
     verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
     assert Ether(out).dst == MAC["B.nh"]
     assert len(gateway.events) == 1
+
+
+def test_silence_counts_from_the_senders_resumption(gateway):
+    # A restarted sender (daemon restart, upgrade) finds every link's last
+    # reply older than the dead interval: its start-up was the gap. The
+    # current link's probes of the new sender missed, but it has not been
+    # silent for the dead interval of probing: it stays.
+    dead_ns = gateway.gw.cfg.heartbeat.dead_ns
+    rounds, zero = gateway.gw.bpf["tp_probe_round"], ctypes.c_uint32(0)
+    gateway.set_fresh(A, age_ns=10 * dead_ns, unanswered=2)
+    gateway.set_fresh(B, age_ns=0)
+    rounds[zero] = layout.Round(resumed_ns=now_ns() - dead_ns // 3)
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["A.nh"]
+    assert gateway.events == []
+    # Silent for the dead interval since, while the standby answered later rounds: dead.
+    rounds[zero] = layout.Round(resumed_ns=now_ns() - dead_ns - dead_ns // 3)
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["B.nh"]
+    (_, frm, to, _, silence), = gateway.events
+    assert (frm, to) == (A, B)
+    assert dead_ns < silence < 2 * dead_ns     # counted from the resumption, not from the last reply (10x)
+
+
+def test_after_a_resumption_a_standby_must_answer_later_rounds(gateway):
+    dead_ns, interval_ns = gateway.gw.cfg.heartbeat.dead_ns, gateway.gw.cfg.heartbeat.interval_us * 1000
+    gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)] = layout.Round(resumed_ns=now_ns() - dead_ns - interval_ns)
+    gateway.set_fresh(A, age_ns=10 * dead_ns, unanswered=2)
+    gateway.set_fresh(B, age_ns=dead_ns - interval_ns // 2)   # answered only the resumed sender's first round
+    verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
+    assert Ether(out).dst == MAC["A.nh"]
+    assert gateway.events == []
+    assert gateway.gw.global_stats()["all_stale"] == 1
 
 
 def test_standby_answering_later_rounds_wins(gateway):
