@@ -29,7 +29,8 @@ def test_an_operation_loses_and_duplicates_nothing(lab, name):
     assert (r["lost"], r["duplicated"], r["delivered_twice"]) == (0, 0, 0), \
         {k: r[k] for k in ("lost_ranges", "feed_heartbeats", "feed_ends", "feed_missing", "operation")}
     assert r["feed_missing"] == [], r
-    assert not r["failed_over"] and r["reflex_failovers"] == 0, r
+    assert not r["failed_over"] and r["reflex_failovers"] == 0, \
+        {k: r[k] for k in ("cause", "detect_us", "failover_us", "reflex_failovers", "daemon_failovers", "operation")}
     if name == "upgrade":
         assert r["operation"]["migrated"] == {"tp_health": 8}, r["operation"]
     if name == "daemon-restart":
