@@ -49,7 +49,9 @@ def _feed_plan(duration_s: float) -> FeedPlan:
 
 
 def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, before_s: float = 1.0,
-        after_s: float = 2.0, interval_us: int = 1000, multiplier: int = 3) -> dict:
+        after_s: float = 2.0, interval_us: int = 1000, multiplier: int = 3, slow_link_us: int = 0) -> dict:
+    """slow_link_us: a delay on what comes back over link A throughout (its
+    heartbeat RTT), from before the first daemon starts."""
     if name not in OPS_SCENARIOS:
         raise ScenarioError(f"unknown operations scenario {name!r}; choose from {', '.join(OPS_SCENARIOS)}")
     duration_s = before_s + OPERATION_S[name] + after_s
@@ -60,6 +62,9 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
         workdir = lab.dir / f"scenario-{name}-{time.strftime('%H%M%S')}"
         workdir.mkdir(parents=True, exist_ok=True)
         config = topology.write_config(lab, interval_us=interval_us, multiplier=multiplier, feeds=True)
+        if slow_link_us:
+            faults.inject(lab, "delay", FAULT_LINK, delay_us=slow_link_us)
+            cleanup.callback(faults.clear, lab, "delay", FAULT_LINK)
         first = DaemonProcess(lab, config, workdir / "daemon-1.jsonl")
         cleanup.callback(first.stop)
         first.wait_for("ready", 60)
@@ -117,7 +122,7 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
             "feed_heartbeats": {"sent": checked["heartbeats_sent"], "received": checked["heartbeats_received"]},
             "feed_ends": {"sent": checked["end_of_session_sent"], "received": checked["end_of_session_received"]},
             "feed_missing": checked["missing"].get("OPS", []),
-            "interval_us": interval_us, "multiplier": multiplier, "rate_pps": rate_pps,
+            "interval_us": interval_us, "multiplier": multiplier, "rate_pps": rate_pps, "slow_link_us": slow_link_us,
             "lab": lab.name,
             "operation": operation,
             "daemon_failovers": [e for d in daemons for e in d.events() if e.get("event") == "failover"],

@@ -37,6 +37,18 @@ def test_an_operation_loses_and_duplicates_nothing(lab, name):
         assert r["operation"]["migrated"] == {}, r["operation"]
 
 
+def test_a_restart_keeps_orders_on_a_current_link_slower_than_the_interval(lab):
+    # Link A answers in 15 ms at a 10 ms interval, so one probe is always in
+    # flight. The restarted sender found A's last reply past the dead interval
+    # (its start-up was the gap), and that probe plus the next one counted as
+    # two missed: every restart moved orders to B until silence was counted
+    # from the sender's resumption.
+    r = ops.run("daemon-restart", lab, interval_us=10_000, slow_link_us=15_000)
+    assert not r["failed_over"] and r["reflex_failovers"] == 0, \
+        {k: r[k] for k in ("cause", "failover_us", "reflex_failovers", "daemon_failovers", "operation")}
+    assert (r["lost"], r["duplicated"]) == (0, 0), r["lost_ranges"]
+
+
 def test_a_killed_daemon_leaves_a_data_path_that_still_fails_over(lab):
     r = ops_result(lab, "daemon-kill")
     assert r["failed_over"] and r["to_link"] == "B", r
