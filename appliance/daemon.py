@@ -485,7 +485,7 @@ class Daemon:
         traffic to it. With no probes at all every link ages alike, which
         never moves traffic (lib/reflex.h). The links owe no rounds to the
         previous sender, and their silence counts from our first round (the
-        egress program marks it a resumption); ours starts."""
+        egress program stamps its time); ours starts."""
         self.gw.reset_probe_rounds(sender.stats.last_seq)
         sender.start()
         sender.record(self.pins)

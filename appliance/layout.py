@@ -97,7 +97,7 @@ class Health(ctypes.Structure):
 
 
 class Round(ctypes.Structure):
-    _fields_ = [("seq", u64), ("stamped_ns", u64), ("resumed_ns", u64)]
+    _fields_ = [("seq", u64), ("started_ns", u64)]
 
 
 class RttRing(ctypes.Structure):

@@ -65,12 +65,11 @@ int tp_hb_egress(struct __sk_buff *skb)
 	__sync_fetch_and_add(&h->unanswered, 1);
 	h->stamped_seq = probe->seq;
 	/* A new round. One sender: a race only delays this by a round.
-	 * resumed_ns before seq, so a reader that sees the round sees it too. */
+	 * started_ns before seq, so a reader that sees the round sees it too. */
 	struct tp_round *round = tp_probe_round.lookup(&zero);
 	if (round && probe->seq > round->seq) {
-		if (now - round->stamped_ns > TP_DEAD_NS)
-			round->resumed_ns = now;
-		round->stamped_ns = now;
+		if (!round->started_ns)
+			round->started_ns = now;
 		round->seq = probe->seq;
 	}
 	tp_count(TP_STAT_PROBE_STAMPED);

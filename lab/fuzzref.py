@@ -237,7 +237,7 @@ class SteerRef:
     The reflex (lib/reflex.h) is modelled for the static health the harness
     keeps (every link's last reply written at one instant, refreshed well
     inside the dead interval), so its outcome is a function of the flags.
-    The sender's resumption (tp_round.resumed_ns, stamped by the egress
+    The sender's first round (tp_round.started_ns, stamped by the egress
     cases) only ever moves a silence's start later, so with every reply
     fresh it changes nothing here; tests/kernel/test_steer.py covers it."""
 

@@ -212,7 +212,7 @@ class Gateway:
             health[ctypes.c_uint32(i)] = h
         rounds = self.bpf["tp_probe_round"]
         r = rounds[zero]
-        r.seq = last_seq   # stamped_ns stays: the new sender's first round is a resumption
+        r.seq, r.started_ns = last_seq, 0   # the egress program stamps our first round
         rounds[zero] = r
 
     def previous_active(self, ipr: IPRoute) -> list[int] | None:

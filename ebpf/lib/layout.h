@@ -136,10 +136,9 @@ struct tp_health {
  * stamps it. A round is one probe on every link, all with one sequence. */
 struct tp_round {
 	__u64 seq;                  /* highest probe sequence stamped on any link */
-	__u64 stamped_ns;           /* when that round's first probe was stamped */
-	__u64 resumed_ns;           /* when a round followed a gap longer than the dead interval
-	                             * (a sender restarted, or held off the CPU): links owed no
-	                             * answer while no probe was sent (lib/reflex.h) */
+	__u64 started_ns;           /* when the running sender's first round was stamped (0: not
+	                             * yet; zeroed by the daemon before it starts a sender): links
+	                             * owed no answer before it (lib/reflex.h) */
 };
 
 /* tp_rtt_ring[link]: the link's last TP_RTT_RING accepted replies, in slot

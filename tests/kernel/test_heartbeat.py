@@ -84,23 +84,26 @@ def test_egress_stamps_kernel_time_signs_and_keeps_checksum_valid(gateway):
     assert gateway.gw.health()[A].stamped_seq == 1234
     rounds = gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)]
     assert rounds.seq == 1234
-    # No round stamped before: a resumption, from which links' silence counts.
-    assert rounds.stamped_ns == rounds.resumed_ns == probe.tx_ns
+    assert rounds.started_ns == probe.tx_ns    # no sender had stamped a round: this one starts
 
 
-def test_a_round_is_a_resumption_only_after_a_gap_longer_than_the_dead_interval(gateway):
+def test_only_a_new_senders_first_round_is_its_start(gateway):
     rounds, zero = gateway.gw.bpf["tp_probe_round"], ctypes.c_uint32(0)
     dead_ns = gateway.gw.cfg.heartbeat.dead_ns
-    rounds[zero] = layout.Round(seq=10, stamped_ns=now_ns() - dead_ns // 3, resumed_ns=1)
-    tx = probe_of(gateway.run(gateway.gw.hb_egress, bytes(probe_packet(echo_type=8, seq=11)))[1]).tx_ns
-    assert (rounds[zero].seq, rounds[zero].stamped_ns, rounds[zero].resumed_ns) == (11, tx, 1)
-    # Another probe of the same round (the next link's) is no new round.
+    # A running sender's round, even after a stall past the dead interval, is not a start.
+    started = now_ns() - 10 * dead_ns
+    rounds[zero] = layout.Round(seq=10, started_ns=started)
     gateway.run(gateway.gw.hb_egress, bytes(probe_packet(echo_type=8, seq=11)))
-    assert (rounds[zero].seq, rounds[zero].stamped_ns, rounds[zero].resumed_ns) == (11, tx, 1)
-    # The sender was silent past the dead interval (restarted, or held off the CPU).
-    rounds[zero] = layout.Round(seq=11, stamped_ns=now_ns() - dead_ns - 1_000_000, resumed_ns=1)
-    tx = probe_of(gateway.run(gateway.gw.hb_egress, bytes(probe_packet(echo_type=8, seq=12)))[1]).tx_ns
-    assert (rounds[zero].seq, rounds[zero].stamped_ns, rounds[zero].resumed_ns) == (12, tx, tx)
+    assert (rounds[zero].seq, rounds[zero].started_ns) == (11, started)
+    # The daemon zeroes started_ns before it starts a sender: its first round is.
+    gateway.gw.reset_probe_rounds(20)
+    assert (rounds[zero].seq, rounds[zero].started_ns) == (20, 0)
+    tx = probe_of(gateway.run(gateway.gw.hb_egress, bytes(probe_packet(echo_type=8, seq=21)))[1]).tx_ns
+    assert (rounds[zero].seq, rounds[zero].started_ns) == (21, tx)
+    # The next link's probe of that round, and the next round, change no start.
+    gateway.run(gateway.gw.hb_egress, bytes(probe_packet(echo_type=8, seq=21)))
+    gateway.run(gateway.gw.hb_egress, bytes(probe_packet(echo_type=8, seq=22)))
+    assert (rounds[zero].seq, rounds[zero].started_ns) == (22, tx)
 
 
 @pytest.mark.parametrize("pkt", [

@@ -257,7 +257,7 @@ def test_rounds_whose_probe_never_reached_egress_count_as_missed(gateway):
     assert len(gateway.events) == 1
 
 
-def test_silence_counts_from_the_senders_resumption(gateway):
+def test_silence_counts_from_a_new_senders_first_round(gateway):
     # A restarted sender (daemon restart, upgrade) finds every link's last
     # reply older than the dead interval: its start-up was the gap. The
     # current link's probes of the new sender missed, but it has not been
@@ -266,24 +266,24 @@ def test_silence_counts_from_the_senders_resumption(gateway):
     rounds, zero = gateway.gw.bpf["tp_probe_round"], ctypes.c_uint32(0)
     gateway.set_fresh(A, age_ns=10 * dead_ns, unanswered=2)
     gateway.set_fresh(B, age_ns=0)
-    rounds[zero] = layout.Round(resumed_ns=now_ns() - dead_ns // 3)
+    rounds[zero] = layout.Round(started_ns=now_ns() - dead_ns // 3)
     verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
     assert Ether(out).dst == MAC["A.nh"]
     assert gateway.events == []
-    # Silent for the dead interval since, while the standby answered later rounds: dead.
-    rounds[zero] = layout.Round(resumed_ns=now_ns() - dead_ns - dead_ns // 3)
+    # Silent for the dead interval of the new sender's rounds, while the standby answered later ones: dead.
+    rounds[zero] = layout.Round(started_ns=now_ns() - dead_ns - dead_ns // 3)
     verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
     assert Ether(out).dst == MAC["B.nh"]
     (_, frm, to, _, silence), = gateway.events
     assert (frm, to) == (A, B)
-    assert dead_ns < silence < 2 * dead_ns     # counted from the resumption, not from the last reply (10x)
+    assert dead_ns < silence < 2 * dead_ns     # counted from the sender's start, not from the last reply (10x)
 
 
-def test_after_a_resumption_a_standby_must_answer_later_rounds(gateway):
+def test_after_a_sender_restart_a_standby_must_answer_later_rounds(gateway):
     dead_ns, interval_ns = gateway.gw.cfg.heartbeat.dead_ns, gateway.gw.cfg.heartbeat.interval_us * 1000
-    gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)] = layout.Round(resumed_ns=now_ns() - dead_ns - interval_ns)
+    gateway.gw.bpf["tp_probe_round"][ctypes.c_uint32(0)] = layout.Round(started_ns=now_ns() - dead_ns - interval_ns)
     gateway.set_fresh(A, age_ns=10 * dead_ns, unanswered=2)
-    gateway.set_fresh(B, age_ns=dead_ns - interval_ns // 2)   # answered only the resumed sender's first round
+    gateway.set_fresh(B, age_ns=dead_ns - interval_ns // 2)   # answered only the new sender's first round
     verdict, out = gateway.run(gateway.gw.steer, bytes(packet()))
     assert Ether(out).dst == MAC["A.nh"]
     assert gateway.events == []
