@@ -58,7 +58,7 @@ from lab.colo import (
 )
 from lab.topology import (
     NETNS_RUN_DIR,
-    _ethtool,
+    set_features,
     _kill_processes,
     _ns_exec,
     _remove_tree,
@@ -750,9 +750,9 @@ def _build(lab: PairLab) -> None:
                                  CARRIER_LINKS["gw1", "A"])
         # As topology._make_veths_behave_like_nics: XDP-redirected frames reach the trader (NAPI on
         # its int0), and exch puts complete UDP checksums on the wire.
-        _ethtool(lab, "trader", TRADER_DEV, {"rx-gro": True})
+        set_features(lab, "trader", TRADER_DEV, {"rx-gro": True})
         for link in CARRIER_LINKS.values():
-            _ethtool(lab, "exch", link.handoff, {"tx-checksum-ip-generic": False})
+            set_features(lab, "exch", link.handoff, {"tx-checksum-ip-generic": False})
     finally:
         for ipr in handles.values():
             ipr.close()

@@ -9,6 +9,11 @@ ingress of exch's handoffs (hA, hB), does per UDP destination port:
   sink     count and drop
   pass     untouched, not counted (as every port that was never set)
 
+sink_xdp, the same sink as an XDP program, counts right past the gateway
+for the capacity bench: attach_sink() puts it on any lab device, with its
+own maps pinned as sink_<role>_<dev>_{cfg,stats}; set_sink_port() and
+sink_count() drive it.
+
 One compile per handoff, so each has its own maps (counters per handoff),
 pinned under /sys/fs/bpf/twinpath/<lab>/reflect_<handoff>_{cfg,stats} like
 the fault injector's. Nothing needs detaching: topology.down() deletes the
@@ -64,6 +69,29 @@ def counts(lab: Lab, port: int, link: str | None = None) -> int:
     return total
 
 
+def sink_pins(lab: Lab, role: str, dev: str) -> tuple[Path, Path]:
+    return lab.pin_dir / f"sink_{role}_{dev}_cfg", lab.pin_dir / f"sink_{role}_{dev}_stats"
+
+
+def attach_sink(lab: Lab, role: str, dev: str) -> None:
+    """sink_xdp on `dev` in role's namespace, every port passing."""
+    cfg, stats = sink_pins(lab, role, dev)
+    labbpf.attach_pinned(lab, "reflect.c", {labbpf.XDP: "sink_xdp"},
+                         {"reflect_cfg": cfg, "reflect_stats": stats}, role, dev)
+
+
+def set_sink_port(lab: Lab, role: str, dev: str, port: int, sink: bool = True) -> None:
+    """Count and drop UDP to `port` at the sink on dev (or pass it again)."""
+    cfg, stats = sink_pins(lab, role, dev)
+    with _pinned(cfg) as cfg_fd, _pinned(stats) as stats_fd:
+        write_port(cfg_fd, stats_fd, port, "sink" if sink else "pass", None)
+
+
+def sink_count(lab: Lab, role: str, dev: str, port: int) -> int:
+    with _pinned(sink_pins(lab, role, dev)[1]) as fd:
+        return read_count(fd, port)
+
+
 def write_port(cfg_fd: int, stats_fd: int, port: int, action: str, reply_port: int | None) -> None:
     """set_port() on one program's maps."""
     if action not in layout.REFLECT_ACTIONS:
@@ -100,4 +128,4 @@ def read_count(stats_fd: int, port: int) -> int:
 
 
 def _pinned(path: Path):
-    return labbpf.pinned(path, "run reflect.attach(lab) first")
+    return labbpf.pinned(path, "attach the reflector (attach) or the sink (attach_sink) first")

@@ -357,12 +357,12 @@ def _make_veths_behave_like_nics(lab: Lab) -> None:
     - a veth sender leaves UDP checksums to "offload" (only a pseudo-header
       sum on the packet), which XDP forwards as is: so exch's handoffs put
       complete checksums on the wire, as an exchange's NIC does."""
-    _ethtool(lab, "trader", "int0", {"rx-gro": True})
+    set_features(lab, "trader", "int0", {"rx-gro": True})
     for link in LINKS.values():
-        _ethtool(lab, "exch", link.handoff, {"tx-checksum-ip-generic": False})
+        set_features(lab, "exch", link.handoff, {"tx-checksum-ip-generic": False})
 
 
-def _ethtool(lab: Lab, role: str, dev: str, features: dict[str, bool]) -> None:
+def set_features(lab: Lab, role: str, dev: str, features: dict[str, bool]) -> None:
     # The ethtool ioctl works in the caller's namespace, so run it in there.
     script = ("import sys, json\nfrom pyroute2.ethtool import Ethtool\ne = Ethtool()\n"
               "f = e.get_features(sys.argv[1])\n"

@@ -7,6 +7,10 @@
  * on, as the exchange's own replies leave) or counted and dropped; anything
  * else passes untouched. lab/reflect.py loads it and writes
  * reflect_cfg through a pinned map.
+ *
+ * sink_xdp: the same sink as an XDP program, for counting at the first hop
+ * past the gateway (bench/capacity.py) without an skb: a port set to sink is
+ * counted and dropped, everything else passes.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -63,4 +67,25 @@ int reflect(struct __sk_buff *skb)
 				BPF_F_MARK_MANGLED_0 | sizeof(reply)) < 0)
 		return TC_ACT_SHOT;
 	return bpf_redirect(skb->ifindex, 0);
+}
+
+int sink_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct iphdr *ip;
+
+	if (tp_ipv4(data, end, end - data, &ip) != TP_IP_OK || tp_ip_fragment(ip) || ip->protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	struct udphdr *udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > end)
+		return XDP_PASS;
+	__u32 port = bpf_ntohs(udp->dest);
+	struct tp_reflect_port *cfg = reflect_cfg.lookup(&port);
+	if (!cfg || cfg->action != TP_REFLECT_SINK)
+		return XDP_PASS;
+	__u64 *count = reflect_stats.lookup(&port);
+	if (count)
+		*count += 1;
+	return XDP_DROP;
 }

@@ -213,3 +213,42 @@ def test_lab_down_removes_the_reflector():
     assert lab.name not in namespaces
     with pytest.raises(topology.LabError):
         reflect.counts(lab, REFLECTED)
+
+
+# -- sink_xdp: the same sink at XDP, for the capacity bench ------------------
+XDP_DROP, XDP_PASS = 1, 2
+
+
+@pytest.fixture(scope="module")
+def xdp_sink():
+    from bcc import BPF
+    bpf = BPF(text=assemble(["reflect.c"], roots=labbpf.BPF_ROOTS).encode())
+    prog = bpf.load_func(b"sink_xdp", BPF.XDP)
+    for port, action in ((SUNK, "sink"), (REFLECTED, "reflect"), (PASSED, "pass")):
+        reflect.write_port(bpf["reflect_cfg"].map_fd, bpf["reflect_stats"].map_fd, port, action,
+                           REPLY_PORT if action == "reflect" else None)
+
+    def run(frame) -> int:
+        return libbpf.prog_test_run(prog.fd, bytes(frame))[0]
+
+    def count(port) -> int:
+        return reflect.read_count(bpf["reflect_stats"].map_fd, port)
+
+    yield run, count
+    bpf.cleanup()
+
+
+def test_xdp_sink_drops_and_counts_only_its_ports(xdp_sink):
+    run, count = xdp_sink
+    before = {p: count(p) for p in (SUNK, REFLECTED, PASSED)}
+    assert run(request(l4=UDP(sport=40000, dport=SUNK))) == XDP_DROP
+    assert run(request(l4=UDP(sport=40000, dport=SUNK), payload=b"")) == XDP_DROP
+    # reflect is a TC action: at XDP it passes, uncounted, like every other port
+    for frame in (request(l4=UDP(sport=40000, dport=REFLECTED)), request(l4=UDP(sport=40000, dport=PASSED)),
+                  request(l4=UDP(sport=40000, dport=9999)), request(l4=TCP(sport=40000, dport=SUNK)),
+                  request(l4=UDP(sport=40000, dport=SUNK), flags="MF"),
+                  Ether() / IPv6() / UDP(dport=SUNK), Ether() / ARP()):
+        assert run(frame) == XDP_PASS, frame.summary()
+    truncated = bytes(request(l4=UDP(sport=40000, dport=SUNK)))[:14 + 20 + 4]
+    assert run(truncated) == XDP_PASS
+    assert {p: count(p) - before[p] for p in before} == {SUNK: 2, REFLECTED: 0, PASSED: 0}
