@@ -1,5 +1,6 @@
 """Python view of lab/ebpf/lab_layout.h: the one definition of the lab
-programs' map values (the fault injector's and the exchange reflector's).
+programs' map values (the fault injector's, the exchange reflector's and the
+capacity generator's).
 
 Read like appliance/layout.py reads the product's header: constants from the
 header itself, ctypes structs mirroring its structs field for field, checked
@@ -27,6 +28,15 @@ class FaultConfig(ctypes.Structure):
 
 class FaultCounters(ctypes.Structure):
     _fields_ = [("passed", u64), ("dropped", u64), ("delayed", u64)]
+
+
+BLAST_OUTPUTS, BLAST_HDR, BLAST_NO_SEQ = C["TP_BLAST_OUTPUTS"], C["TP_BLAST_HDR"], C["TP_BLAST_NO_SEQ"]
+
+
+class Blast(ctypes.Structure):
+    _fields_ = [("frames", u64), ("period_ps", u64), ("first_seq", u64), ("sent", u64), ("start_ns", u64),
+                ("last_ns", u64), ("outputs", u16), ("seq_offset", u16), ("frame_len", u16), ("pad", u16),
+                ("hdr", ctypes.c_uint8 * (BLAST_OUTPUTS * BLAST_HDR)), ("pad2", ctypes.c_uint8 * 4)]
 
 
 class ReflectPort(ctypes.Structure):

@@ -5,10 +5,11 @@ the lab's loaders."""
 from __future__ import annotations
 
 import ctypes
+import errno
 
 from appliance.edge.bpfsys import LIBBPF, check, map_update, obj_get, obj_pin, possible_cpus
 
-__all__ = ["prog_test_run", "map_update", "obj_get", "obj_pin", "possible_cpus"]
+__all__ = ["map_update", "obj_get", "obj_pin", "possible_cpus", "prog_test_run", "prog_test_run_live"]
 
 
 class TestRunOpts(ctypes.Structure):
@@ -33,6 +34,7 @@ class TestRunOpts(ctypes.Structure):
 
 
 LIBBPF.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(TestRunOpts)]
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1   # uapi/linux/bpf.h
 
 
 def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1,
@@ -47,3 +49,19 @@ def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1,
                        repeat=repeat)
     check(LIBBPF.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
     return opts.retval, data_out.raw[:opts.data_size_out], opts.duration
+
+
+def prog_test_run_live(prog_fd: int, packet: bytes, repeat: int, batch_size: int = 64) -> bool:
+    """Runs an XDP program `repeat` times in live-frames mode: each run gets
+    a real frame initialised from `packet`, and what it redirects or sends
+    back is transmitted, `batch_size` frames per flush. False if a signal
+    ended the runs early (the kernel checks between batches), else True."""
+    data_in = ctypes.create_string_buffer(packet, len(packet))
+    opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.addressof(data_in),
+                       data_size_in=len(packet), repeat=repeat, flags=BPF_F_TEST_XDP_LIVE_FRAMES,
+                       batch_size=batch_size)
+    rc = LIBBPF.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
+    if rc == -errno.EINTR:
+        return False
+    check(rc, "BPF_PROG_TEST_RUN (live frames)")
+    return True

@@ -58,4 +58,27 @@ struct tp_reflect_port {
 	__u16 reply_port;           /* REFLECT: the reply's destination port, host order */
 };
 
+/* ---- The capacity bench's generator (blast.c, driven by lab/blast.py) ---- */
+
+#define TP_BLAST_OUTPUTS    2           /* devmap slots: one frame per slot per message (A/B copies) */
+#define TP_BLAST_HDR        42          /* Ethernet + IPv4 + UDP, rewritten per output */
+#define TP_BLAST_NO_SEQ     0xFFFF      /* tp_blast.seq_offset: frames carry no sequence number */
+
+/* blast_cfg[0]: written whole by lab/blast.py before a run; blast.c then
+ * advances `sent` and the clock fields (one CPU runs it, so no atomics). */
+struct tp_blast {
+	__u64 frames;               /* frames to send in all, over every output */
+	__u64 period_ps;            /* between frames, in picoseconds (1e12 / rate) */
+	__u64 first_seq;            /* the first message's sequence number */
+	__u64 sent;                 /* frames handed to the redirect so far */
+	__u64 start_ns;             /* the first frame's time (0: not yet) */
+	__u64 last_ns;              /* the latest frame's time */
+	__u16 outputs;              /* 1 or 2: message i goes out on slot j as frame i * outputs + j */
+	__u16 seq_offset;           /* where the big-endian u64 sequence number goes, or TP_BLAST_NO_SEQ */
+	__u16 frame_len;            /* the template's length: seq_offset + 8 must fit in it */
+	__u16 pad;
+	__u8 hdr[TP_BLAST_OUTPUTS * TP_BLAST_HDR];  /* output j's headers at j * TP_BLAST_HDR, checksums complete */
+	__u8 pad2[4];
+};
+
 #endif

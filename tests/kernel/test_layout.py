@@ -26,7 +26,7 @@ VIEWS = {
     }),
     "lab_layout.h": (labbpf.BPF_ROOTS, {
         "tp_fault_config": lab_layout.FaultConfig, "tp_fault_counters": lab_layout.FaultCounters,
-        "tp_reflect_port": lab_layout.ReflectPort,
+        "tp_reflect_port": lab_layout.ReflectPort, "tp_blast": lab_layout.Blast,
     }),
 }
 STRUCTS = sorted((header, struct) for header, (_, view) in VIEWS.items() for struct in view)
