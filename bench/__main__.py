@@ -18,6 +18,8 @@ Sections, in order:
             and its benefit, the Cython speedup (bench/detection.py)
   latency   ping-pong latency (from the intended send time) and lossless packet rate,
             fast path vs kernel forwarding, alternating
+  capacity  highest lossless forwarding rate on one pinned core (generator on the other): fast
+            path, kernel routing, A/B arbitration; and each one's rate when overloaded
   control   daemon CPU % at 1 ms and 200 us with 2 and 8 links
   security  attacks from carrier A's wire: spoofed heartbeat replies during a blackhole, a forged
             MoldUDP64 session on line A (lab.attacks); then the differential fuzz of every product
@@ -44,7 +46,7 @@ from bench.progress import Progress
 from lab import topology
 from lab.hostscenario import HOST_SCENARIOS
 
-SECTIONS = ("fastpath", "failover", "stress", "detection", "latency", "control", "security", "host")
+SECTIONS = ("fastpath", "failover", "stress", "detection", "latency", "capacity", "control", "security", "host")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 
@@ -58,6 +60,7 @@ class Plan:
     latency_rate: int
     pps_steps: tuple[int, ...]
     pps_step_s: float
+    capacity_step_s: float       # per step of the capacity climb (bench/capacity.py)
     control_s: float
     security_spoof_trials: int   # spoofed-heartbeats runs
     security_forge_trials: int   # forged-session runs
@@ -72,11 +75,11 @@ class Plan:
 # pps steps: fine where the lab's one-core sender tops out (25-45k packets/s on the 2-core VM).
 FULL = Plan(fastpath_rounds=200, trials=200, stress_s=120, latency_blocks=6, latency_block_s=5, latency_rate=10_000,
             pps_steps=(10_000, 20_000, 25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 60_000, 80_000),
-            pps_step_s=2.0, control_s=10, security_spoof_trials=20, security_forge_trials=5,
+            pps_step_s=2.0, capacity_step_s=2.0, control_s=10, security_spoof_trials=20, security_forge_trials=5,
             fuzz_frames=10_000_000, soak_s=600, detection_trials=10,
             benefit_trials=5, host_trials=50)
 QUICK = Plan(fastpath_rounds=30, trials=8, stress_s=15, latency_blocks=2, latency_block_s=2, latency_rate=10_000,
-             pps_steps=(10_000, 20_000, 30_000, 40_000, 50_000), pps_step_s=1.0, control_s=3,
+             pps_steps=(10_000, 20_000, 30_000, 40_000, 50_000), pps_step_s=1.0, capacity_step_s=0.5, control_s=3,
              security_spoof_trials=3, security_forge_trials=1, fuzz_frames=500_000, soak_s=20, detection_trials=2,
              benefit_trials=2, host_trials=5)
 
@@ -122,6 +125,10 @@ def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path, progress: P
         from bench import latency
         with progress.bar(name, latency.advances(plan), "blocks and steps") as bar:
             return latency.run(lab, work, plan, bar.advance)
+    if name == "capacity":
+        from bench import capacity
+        with progress.bar(name, capacity.EXPECTED_STEPS, "steps (about)") as bar:
+            return capacity.run(work, plan.capacity_step_s, bar.advance)  # its own lab
     if name == "control":
         from bench import control
         with progress.bar(name, len(control.SETTINGS), "settings") as bar:

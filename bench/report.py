@@ -83,6 +83,8 @@ def summarise(raw: dict) -> dict:
         out["latency"] = {mode: lat["latency"][mode] for mode in ("fastpath", "kernel")}
         out["latency"]["detail"] = {k: v for k, v in lat["latency"].items() if k not in ("fastpath", "kernel")}
         out["throughput"] = lat["throughput"]
+    if "capacity" in s:
+        out["capacity"] = s["capacity"]
     if "control" in s:
         out["control"] = s["control"]
     if "security" in s:
@@ -278,6 +280,9 @@ def markdown(r: dict, plots: list[str]) -> str:
             lines.append(f"| {mode} | {_fmt(t['max_pps'])} | {t['limit']} | {_fmt(t['lossless_achieved_pps'])} |")
         lines += ["", r["throughput"]["method"]]
         lines.append("")
+    if "capacity" in r:
+        from bench import capacity
+        lines += capacity.report_lines(r["capacity"])
     if "control" in r:
         c = r["control"]
         lines += ["## Control-plane cost (daemon CPU, % of one core)", "", c["method"], "",
@@ -343,6 +348,9 @@ def headline(r: dict) -> str:
     if "fastpath_ns" in r and "steer_redirect" in r["fastpath_ns"]:
         s = r["fastpath_ns"]["steer_redirect"]
         out.append(f"steer: {s['ns']} ns/packet, {s['ratio']}x an empty TC program")
+    if "capacity" in r:
+        from bench import capacity
+        out.append(capacity.headline(r["capacity"]))
     if "control" in r:
         out.append("daemon CPU: " + ", ".join(f"{k} {v}%" for k, v in r["control"]["cpu_percent"].items()))
     if "security" in r:
