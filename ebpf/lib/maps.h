@@ -10,8 +10,9 @@
 TP_MAP("array", int, struct tp_link, tp_links, TP_MAX_LINKS, 1, 0);
 TP_MAP("array", int, struct tp_health, tp_health, TP_MAX_LINKS, 1, 0);
 TP_MAP("array", int, struct tp_rtt_ring, tp_rtt_ring, TP_MAX_LINKS, 1, 0);
-/* [0]: the sender's last round and resumption: a link whose own
- * stamped_seq lags the round sent no probe in those rounds (lib/reflex.h). */
+/* [0]: the sender's last round, and when a new sender's first round went
+ * out (started_ns): a link whose own stamped_seq lags the round sent no
+ * probe in those rounds (lib/reflex.h). */
 TP_MAP("array", int, struct tp_round, tp_probe_round, 1, 2, 0);
 TP_MAP("array", int, struct tp_key, tp_keys, TP_KEY_SLOTS, 1, 0);
 TP_MAP("array", int, struct tp_class, tp_classes, TP_MAX_CLASSES, 1, 0);

@@ -54,3 +54,14 @@ def test_the_climb_stops_at_its_ceiling():
     result = run_climb(1e12).result()
     assert result["limit"] == "ceiling"
     assert result["max_lossless_pps"] <= capacity.MAX_PPS
+
+
+def test_one_lossy_step_is_run_again_and_the_second_run_decides():
+    c = capacity.Climb("kernel")
+    step = {"rate_pps": capacity.START_PPS, "reached": True, "extra": 0, "gateway_core_busy": 0.5}
+    c.record({**step, "passed": False, "lost": 40})
+    assert c.rate == capacity.START_PPS, "the same rate again"
+    c.record({**step, "passed": True, "lost": 0})
+    assert c.result()["max_lossless_pps"] == capacity.START_PPS
+    assert c.rate == capacity.START_PPS * capacity.RATE_FACTOR
+    assert [s.get("retried", False) for s in c.result()["steps"]] == [True, False]
