@@ -54,6 +54,7 @@ ARB_FEEDS = C["TP_ARB_FEEDS"]
 ARB_LINES = C["TP_ARB_LINES"]
 ARB_SLOTS = C["TP_ARB_SLOTS"]
 ARB_STAMPS = C["TP_ARB_STAMPS"]
+ARB_COPIES = C["TP_ARB_COPIES"]
 ARB_MAX_MSGS = C["TP_ARB_MAX_MSGS"]
 FEED_PROTOCOLS = {"moldudp64": C["TP_PROTO_MOLDUDP64"], "mdp3": C["TP_PROTO_MDP3"]}
 ARB_EVENTS = {C["TP_ARB_GAP"]: "gap", C["TP_ARB_FILL"]: "fill", C["TP_ARB_SESSION"]: "session",
@@ -171,7 +172,7 @@ class FeedState(ctypes.Structure):
 
 
 class FeedClaims(ctypes.Structure):
-    _fields_ = [("claims", u64 * ARB_SLOTS), ("stamps", u64 * ARB_STAMPS)]
+    _fields_ = [("claims", u64 * ARB_SLOTS), ("stamps", u64 * ARB_STAMPS), ("copies", u64 * ARB_COPIES)]
 
 
 class ArbConfig(ctypes.Structure):

@@ -71,7 +71,10 @@
  *     is TP_ARB_SWEEP past the last sweep, one CPU empties the claim words
  *     of blocks below (n - TP_ARB_BEHIND) / 32 and the packet runs again:
  *     no verdict changes, lib/claim.h says why.)
- *  3. Data [s, e) (e = s + count): line_next_seq[l] = max(., e). Each
+ *  3. Data [s, e) (e = s + count): line_next_seq[l] = max(., e). If [s, e)
+ *     spans claim words and the copy record of block s / 32 holds (gtag, s,
+ *     count): dropped unclaimed, counted lost (an identical copy claims);
+ *     else such a packet writes that record. Each
  *     sequence's bit is claimed (lib/claim.h). None newly set: dropped,
  *     counted stale if a claim word held a newer block, else lost (and the
  *     lag histogram). Otherwise forwarded, counted won (and overlap if some
@@ -376,7 +379,8 @@ static __always_inline int tp_data(struct tp_arb_ctx *a, __u64 s, __u64 e)
 	__u64 old;
 
 	tp_raise(&st->line_next_seq[a->line & 1], a->gtag, e);
-	tp_claim_range(a->cl, a->gtag, s, e, &c);
+	if (!tp_copy_seen(a->cl, a->gtag, s, e))
+		tp_claim_range(a->cl, a->gtag, s, e, &c);
 	if (!c.first_new) {
 		__s64 lag = tp_lag(a->cl, s, a->line, a->now);
 		/* branch-free: a branch on a known 0/1 makes the verifier keep

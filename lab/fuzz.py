@@ -1685,7 +1685,7 @@ class ArbHarness(Harness):
                 self.ref.line_stats[(f.id, line)].update(
                     zip(ref.LINE_FIELDS, fx.line_stats[f.id * layout.ARB_LINES + line]))
         for f in fx.feeds:
-            self.ref.state[f.id].adopt(fx.state(f.id), fx.arb.bpf["tp_feed_claims"][ctypes.c_uint32(f.id)].claims)
+            self.ref.state[f.id].adopt(fx.state(f.id), fx.arb.bpf["tp_feed_claims"][ctypes.c_uint32(f.id)])
         fx.arb.poll(0)
         fx.events = []
 
@@ -1704,12 +1704,14 @@ class ArbHarness(Harness):
         state = out[ARB_PROGRAMS[0]]      # shared by both lines: reported once
         for f in fx.feeds:
             state += self._state_diff(f.id, fx.state(f.id), rf.state[f.id])
-            claims = list(fx.arb.bpf["tp_feed_claims"][ctypes.c_uint32(f.id)].claims)
-            bad = [i for i in range(layout.ARB_SLOTS) if claims[i] != rf.state[f.id].claims[i]]
-            if bad:
-                i = bad[0]
-                state.append(f"tp_feed_claims[{f.id}]: {len(bad)} word(s) differ, first [{i}] = "
-                             f"{claims[i]:#x}, reference {rf.state[f.id].claims[i]:#x}")
+            kernel_claims = fx.arb.bpf["tp_feed_claims"][ctypes.c_uint32(f.id)]
+            for field in ("claims", "copies"):
+                words, mine = list(getattr(kernel_claims, field)), getattr(rf.state[f.id], field)
+                bad = [i for i in range(len(words)) if words[i] != mine[i]]
+                if bad:
+                    i = bad[0]
+                    state.append(f"tp_feed_claims[{f.id}].{field}: {len(bad)} word(s) differ, first [{i}] = "
+                                 f"{words[i]:#x}, reference {mine[i]:#x}")
         return out
 
     @staticmethod

@@ -580,6 +580,7 @@ ARB_BEHIND = layout.C["TP_ARB_BEHIND"]
 ARB_SWEEP = layout.C["TP_ARB_SWEEP"]
 ARB_NEWGEN = layout.C["TP_ARB_NEWGEN"]
 ARB_SLOTS = layout.ARB_SLOTS
+ARB_COPIES = layout.ARB_COPIES
 ARB_MAX_MSGS = layout.ARB_MAX_MSGS
 CLAIM_WORDS = (ARB_MAX_MSGS + 30) // 32 + 1
 PROTO_MOLD, PROTO_MDP3 = layout.FEED_PROTOCOLS["moldudp64"], layout.FEED_PROTOCOLS["mdp3"]
@@ -634,7 +635,7 @@ def left_session(k: layout.FeedState) -> bytes | None:
 
 
 class FeedModel:
-    """tp_feed_state[feed] and tp_feed_claims[feed].claims."""
+    """tp_feed_state[feed] and tp_feed_claims[feed].claims and .copies."""
 
     def __init__(self):
         self.gen = 0
@@ -650,12 +651,13 @@ class FeedModel:
         self.end_seq = 0
         self.swept_seq = 0
         self.claims = [0] * ARB_SLOTS
+        self.copies = [0] * ARB_COPIES
 
     @property
     def gtag(self) -> int:
         return (self.gen >> 1) & 0xFF
 
-    def adopt(self, k: layout.FeedState, claims) -> None:
+    def adopt(self, k: layout.FeedState, claims: layout.FeedClaims) -> None:
         """Takes the kernel's state (after a mismatch: one wrong decision
         is then reported once, not again on every later packet)."""
         self.gen = k.gen
@@ -670,7 +672,7 @@ class FeedModel:
         t = k.hb_last & HB_TIME_MASK
         self.hb = (k.hb_last & ~HB_TIME_MASK, t, t) if k.hb_last else None
         self.end_seq, self.swept_seq = k.end_seq, k.swept_seq
-        self.claims = list(claims)
+        self.claims, self.copies = list(claims.claims), list(claims.copies)
 
     def clear_claims(self, gtag: int, floor_block: int, sweep: bool) -> None:
         claims = self.claims
@@ -698,6 +700,18 @@ class FeedModel:
             self.claims[slot] = (tag << 32) | mask
             return mask, False
         return 0, True
+
+    def copy_seen(self, gtag: int, s: int, e: int) -> bool:
+        """As tp_copy_seen: whether [s, e) spans claim words and an identical
+        packet of this generation recorded its claim; else records this one."""
+        if s >> 5 == (e - 1) >> 5:
+            return False
+        slot = (s >> 5) & (ARB_COPIES - 1)
+        mine = 1 << 63 | (gtag & 0xFF) << 55 | ((e - s - 1) & 0x7F) << 48 | (s & ((1 << 48) - 1))
+        if self.copies[slot] == mine:
+            return True
+        self.copies[slot] = mine
+        return False
 
     def claim_range(self, gtag: int, s: int, e: int) -> tuple[int, bool, bool]:
         """(first_new, partial, stale) as tp_claim_range for [s, e)."""
@@ -949,6 +963,9 @@ class ArbRef:
 
     def _data(self, feed, st: FeedModel, ls, line, s: int, e: int, gtag: int, f, events) -> Expect:
         st.raise_mark(line, gtag, e)
+        if st.copy_seen(gtag, s, e):
+            ls["lost"] += 1
+            return Expect(XDP_DROP, why="lost: an identical copy claimed first")
         first_new, partial, stale = st.claim_range(gtag, s, e)
         if not first_new:
             ls["stale" if stale else "lost"] += 1

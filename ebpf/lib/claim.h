@@ -3,7 +3,9 @@
  * A packet is forwarded iff it sets at least one sequence's bit in the feed's
  * claim words, and each bit is set by one compare-and-exchange: so no sequence
  * is ever delivered by two packets that carry nothing else, and none is lost
- * to a race. next_seq only tells where gaps are; it never decides delivery.
+ * to a race. A packet spanning several words is claimed by one copy only
+ * (tp_copy_seen), so two copies never split its words between them.
+ * next_seq only tells where gaps are; it never decides delivery.
  *
  * A claim word's tag is gtag:8 | block:24 and, in effect, compares the full
  * block number. Blocks: arbitrate.c claims only sequences within
@@ -36,6 +38,7 @@
 #define TP_STAMP_NS_MASK    ((1ULL << 40) - 1)
 #define TP_STAMP_SEQ_MASK   0x7fffffULL
 #define TP_SEQ_MASK         ((1ULL << TP_ARB_SEQ_BITS) - 1)
+#define TP_COPY_SEQ_MASK    ((1ULL << 48) - 1)
 
 /* The generation tag of seqlock value gen (even), as claim words and the
  * per-session words of tp_feed_state carry it. */
@@ -112,6 +115,31 @@ static __always_inline void tp_claim_range(struct tp_feed_claims *cl, __u64 gtag
 		if (got && !c->first_new)
 			c->first_new = (block << 5) + bpf_log2l(got & -got) - 1; /* lowest bit; log2l is floor+1 */
 	}
+}
+
+/* A packet whose sequences span claim words takes them one CAS at a time:
+ * two copies of it on two CPUs could each win a word, and both would be
+ * forwarded. So before its claim such a packet records (gtag, s, count) in
+ * copies[] and a copy that finds that record there is dropped unclaimed:
+ * the packet that wrote it claims everything both carry. Returns whether
+ * this packet is such a copy. A record overwritten meanwhile by a packet of
+ * other batching (both lines batching differently) only protects less:
+ * the claim then decides as before. */
+static __always_inline int tp_copy_seen(struct tp_feed_claims *cl, __u64 gtag, __u64 s, __u64 e)
+{
+	__u64 *slot = &cl->copies[(s >> 5) & (TP_ARB_COPIES - 1)];
+	__u64 mine = 1ULL << 63 | (gtag & 0xff) << 55 | ((e - s - 1) & 0x7f) << 48 | (s & TP_COPY_SEQ_MASK);
+
+	if ((s >> 5) == ((e - 1) >> 5))
+		return 0; /* one word: its CAS alone decides */
+	for (int r = 0; r < TP_CAS_RETRIES; r++) {
+		__u64 old = *(volatile __u64 *)slot;
+		if (old == mine)
+			return 1;
+		if (__sync_val_compare_and_swap(slot, old, mine) == old)
+			return 0;
+	}
+	return 0;
 }
 
 /* Raises the tagged word *next to e within generation tag gtag. Returns its

@@ -9,7 +9,7 @@
 
 TP_MAP("hash", struct tp_feed_key, struct tp_feed, tp_feeds, TP_ARB_FEEDS, 1, 0);
 TP_MAP("array", int, struct tp_feed_state, tp_feed_state, TP_ARB_FEEDS, 1, 0);
-TP_MAP("array", int, struct tp_feed_claims, tp_feed_claims, TP_ARB_FEEDS, 1, 0);
+TP_MAP("array", int, struct tp_feed_claims, tp_feed_claims, TP_ARB_FEEDS, 2, 0);
 TP_MAP("array", int, struct tp_arb_config, tp_arb_config, 1, 1, 0);
 TP_MAP("percpu_array", int, struct tp_line_stats, tp_line_stats, TP_ARB_FEEDS * TP_ARB_LINES, 1, 0);
 TP_MAP("percpu_array", int, __u64, tp_arb_gstats, TP_ARB_LINES * TP_ARB_STAT_MAX, 1, 0);

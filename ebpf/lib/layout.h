@@ -25,6 +25,7 @@
 #define TP_ARB_SLOTS        1024        /* claim words per feed, 32 sequences each */
 #define TP_ARB_STAMPS       4096        /* first-copy arrival stamps per feed */
 #define TP_ARB_MAX_MSGS     128         /* most MoldUDP64 message blocks a packet may carry */
+#define TP_ARB_COPIES       256         /* copy records per feed, for packets that span claim words */
 /* Evidence and plausibility bounds (the rules: ebpf/arbitrate.c's comment). */
 #define TP_ARB_SEQ_BITS     56          /* sequences are below 2^56; per-session words carry an 8-bit generation tag above */
 #define TP_ARB_CONFIRM      16          /* this many unconfirmed packets in a row are believed from one line */
@@ -315,6 +316,10 @@ struct tp_feed_claims {
 	/* stamps[seq % TP_ARB_STAMPS] = (seq & 0x7fffff) << 41 | line << 40 | ns & (2^40 - 1),
 	 * written by the packet that delivered seq first: the loser's lag. */
 	__u64 stamps[TP_ARB_STAMPS];
+	/* copies[(s >> 5) % TP_ARB_COPIES] = 1 << 63 | gtag << 55 | (count - 1) << 48 | s & (2^48 - 1):
+	 * the last packet [s, s + count) spanning claim words that began its
+	 * claim there; an identical copy that finds it leaves the claim to it. */
+	__u64 copies[TP_ARB_COPIES];
 };
 
 /* tp_arb_config[0], written by the daemon: what changes while it runs.

@@ -673,3 +673,19 @@ def test_lines_racing_on_two_cpus_deliver_each_sequence_exactly_once(arbiter):
     a, b = _race(arbiter, [mold(s, 1) for s in range(1, n + 1)])
     assert all({x, y} == {XDP_REDIRECT, XDP_DROP} for x, y in zip(a, b))
     assert arbiter.stats("A").won + arbiter.stats("B").won == n
+
+
+@pytest.mark.parametrize("count", [2, 100])
+def test_lines_racing_with_packets_across_claim_words_forward_one_copy(arbiter, count):
+    """Packets whose sequences span two or more claim words (32 each), both
+    lines in lockstep on two CPUs: one copy of each packet is forwarded. The
+    claim takes its words one CAS at a time, so without the copy record a
+    copy could win the first word while the other won the next one, and the
+    trader would get the same packet twice."""
+    n = 10_000 if count == 2 else 2_000
+    first = 31 if count == 2 else 1  # [31, 32] straddles words 0 and 1, and so on each 32
+    packets = [mold(first + (32 if count == 2 else count) * i, count) for i in range(n)]
+    a, b = _race(arbiter, packets)
+    twice = sum(x == y == XDP_REDIRECT for x, y in zip(a, b))
+    assert twice == 0
+    assert all(XDP_REDIRECT in (x, y) for x, y in zip(a, b))
