@@ -74,8 +74,7 @@ class DetectParams:
     baseline_ns: int = 60_000_000_000
 
 
-@dataclass(frozen=True)
-class Signal:
+class Signal(NamedTuple):   # built for every link at every reading: a tuple is cheap to make
     value: int | float | None
     threshold: int | float | None
     tripped: bool
@@ -94,7 +93,9 @@ class LinkDetector:
         self.rtt_ns: int | None = None      # median of the last window with answers
         self.jitter_ns: int | None = None
         self._floors: deque[tuple[int, int]] = deque()          # (bucket, lowest median in it)
-        self._probes: deque[tuple[int, int, int]] = deque()     # per window: (judged, lost, burst)
+        self._baseline_ns: int | None = None                    # the lowest of them
+        self._probes: deque[tuple[int, int]] = deque()          # per window: (judged, lost) ...
+        self._bursts: deque[int] = deque()                      # ... and its longest loss run
         self._judged = self._lost = 0
         self._run = 0            # consecutive losses at the end of the windows so far
         self._agree = self._healthy = 0
@@ -105,7 +106,7 @@ class LinkDetector:
 
     @property
     def baseline_ns(self) -> int | None:
-        return min(f for _, f in self._floors) if self._floors else None
+        return self._baseline_ns
 
     @property
     def loss(self) -> float | None:
@@ -122,7 +123,7 @@ class LinkDetector:
                 self.jitter_ns + ((w.jitter_ns - self.jitter_ns) >> JITTER_GAIN_SHIFT)
         self._count_losses(w)
         self._signals = self._measure()
-        if sum(s.tripped for s in self._signals.values()) >= self.p.quorum:
+        if sum([s.tripped for s in self._signals.values()]) >= self.p.quorum:
             self._agree, self._healthy = self._agree + 1, 0
         else:
             self._agree, self._healthy = 0, self._healthy + 1
@@ -153,11 +154,13 @@ class LinkDetector:
         judged = w.answered + w.lost
         if not judged:   # every probe still in flight: nothing to count, and the deque stays bounded
             return
-        self._probes.append((judged, w.lost, burst))
+        self._probes.append((judged, w.lost))
+        self._bursts.append(burst)
         self._judged += judged
         self._lost += w.lost
         while self._judged - self._probes[0][0] >= self.p.loss_window:
-            old_judged, old_lost, _ = self._probes.popleft()
+            old_judged, old_lost = self._probes.popleft()
+            self._bursts.popleft()
             self._judged -= old_judged
             self._lost -= old_lost
 
@@ -167,13 +170,19 @@ class LinkDetector:
             self._floors[-1] = (bucket, min(self._floors[-1][1], median_ns))
         else:
             self._floors.append((bucket, median_ns))
+        aged = False
         while self._floors[0][0] <= bucket - BASELINE_BUCKETS:
             self._floors.popleft()
+            aged = True
+        if aged or self._baseline_ns is None:
+            self._baseline_ns = min([f for _, f in self._floors])
+        else:
+            self._baseline_ns = min(self._baseline_ns, median_ns)
 
     @property
     def burst(self) -> int:
         """The longest run of losses among the sliding window's probes."""
-        return max((b for _, _, b in self._probes), default=0)
+        return max(self._bursts, default=0)
 
     def _measure(self) -> dict[str, Signal]:
         p, base, loss = self.p, self.baseline_ns, self.loss

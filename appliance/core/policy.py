@@ -29,13 +29,13 @@ to any fresh link when no healthy one is left.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 ACTIVE_BACKUP = "active-backup"
 LOWEST_LATENCY = "lowest-latency"
 
 
-@dataclass(frozen=True)
-class LinkObservation:
+class LinkObservation(NamedTuple):
     """One link as the daemon sees it at one instant (netlink + tp_health)."""
     carrier: bool
     nexthop: bool
@@ -71,9 +71,9 @@ class Prediction:
     threshold: float = 0.9
 
 
-@dataclass(frozen=True)
-class LinkView:
-    """One link as the policy sees it at one reading."""
+class LinkView(NamedTuple):
+    """One link as the policy sees it at one reading (a tuple: every link's
+    is made anew at every reading)."""
     fresh_for_ns: int                 # -1: not fresh now
     rtt_ns: int | None = None         # median of its last window with answers
     loss: float | None = None         # over its sliding loss window
@@ -135,9 +135,8 @@ def decide(class_id: int, prefs: list[int], current: int, links: list[LinkView],
     """The class's move at this reading, if any, and its state after it.
     `held`: the host stalled, so RTTs are not evidence and lowest-latency
     keeps its count where it was."""
-    if state.link is not None and state.link != current:
-        state = replace(state, moved_ns=now_ns)   # the reflex (or a restart) moved it
-    state = replace(state, link=current)
+    if state.link != current:   # the reflex (or a restart) moved it; None: the first reading
+        state = replace(state, link=current, moved_ns=now_ns if state.link is not None else state.moved_ns)
     target, cause, detail, state = _choose(prefs, current, links, rule, state, now_ns, holddown_ns, prediction,
                                            held)
     if target is None:
@@ -179,6 +178,12 @@ def _choose(prefs, current, links, rule, state, now_ns, holddown_ns, prediction,
     return nothing
 
 
+def _no_better(state: ClassState) -> ClassState:
+    """No candidate beats the current link: the count restarts (a new state only if it changes)."""
+    return state if state.better_link is None and not state.better_readings else \
+        replace(state, better_link=None, better_readings=0)
+
+
 def _lower_latency(current, links, rule, state, now_ns, holddown_ns, held, prefs, eligible):
     if held:
         return None, None, {}, state
@@ -186,11 +191,11 @@ def _lower_latency(current, links, rule, state, now_ns, holddown_ns, held, prefs
     # A link back from failure proves itself for the hold-down, as for failback.
     proven = [l for l in eligible if links[l].fresh_for_ns >= holddown_ns]
     if not (cur.usable and cur.rtt_ns is not None and proven):
-        return None, None, {}, replace(state, better_link=None, better_readings=0)
+        return None, None, {}, _no_better(state)
     best = _ranked(rule, prefs, links, proven)[0]
     margin_ns = max(rule.hysteresis_ns, int(rule.hysteresis_ratio * cur.rtt_ns))
     if cur.rtt_ns - links[best].rtt_ns <= margin_ns:
-        return None, None, {}, replace(state, better_link=None, better_readings=0)
+        return None, None, {}, _no_better(state)
     readings = state.better_readings + 1 if state.better_link == best else 1
     state = replace(state, better_link=best, better_readings=readings)
     dwelt = state.moved_ns is None or now_ns - state.moved_ns >= rule.min_dwell_ns

@@ -27,6 +27,9 @@ BPF_MAP_TYPE_HASH = 1
 _LIBBPF_KEEPING_GIL = ctypes.PyDLL("libbpf.so.1", use_errno=True)
 _LOOKUP_KEEPING_GIL = _LIBBPF_KEEPING_GIL.bpf_map_lookup_elem
 _LOOKUP_KEEPING_GIL.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_LOOKUP_BATCH_KEEPING_GIL = _LIBBPF_KEEPING_GIL.bpf_map_lookup_batch
+_LOOKUP_BATCH_KEEPING_GIL.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
 _UPDATE_KEEPING_GIL = _LIBBPF_KEEPING_GIL.bpf_map_update_elem
 _UPDATE_KEEPING_GIL.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
 
@@ -61,6 +64,7 @@ class ArrayMap:
         self._fd, self._key, self._type, self._size, self._n = fd, ctypes.c_uint32(), value_type, value_size, n
         self._raw = ctypes.create_string_buffer(value_size * n)
         self._pointers = [ctypes.byref(self._raw, i * value_size) for i in range(n)]
+        self._keys, self._batch, self._count = (ctypes.c_uint32 * n)(), ctypes.c_uint32(), ctypes.c_uint32()
 
     def _lookup(self, index: int) -> None:
         self._key.value = index
@@ -68,9 +72,14 @@ class ArrayMap:
             check(-1, "map lookup")
 
     def read(self) -> list:
-        """Every element, each a value_type of its own."""
-        for i in range(self._n):
-            self._lookup(i)
+        """Every element, each a value_type of its own: one batched lookup
+        (one syscall for the whole array, not one per element)."""
+        self._count.value = self._n
+        if _LOOKUP_BATCH_KEEPING_GIL(self._fd, None, ctypes.byref(self._batch), self._keys, self._raw,
+                                     ctypes.byref(self._count), None) < 0 and ctypes.get_errno() != errno.ENOENT:
+            check(-1, "map lookup batch")
+        if self._count.value != self._n:   # ENOENT ends a batch that reached the last element, and only that
+            raise OSError(errno.EIO, f"map lookup batch: {self._count.value} of {self._n} elements")
         return [self._type.from_buffer_copy(self._raw, i * self._size) for i in range(self._n)]
 
     def write(self, index: int, value) -> None:

@@ -51,6 +51,13 @@ def test_a_layout_with_fields_appended_is_read_and_written_field_by_known_field(
     assert (value.last_reply_ns, value.stamped_seq) == (6, 77)     # the field it does not know is kept
 
 
+def test_reads_the_first_n_elements_of_a_longer_map_in_one_batch(health_map):
+    bpfsys.map_update(health_map, ctypes.c_uint32(1), layout.Health(last_reply_ns=11))
+    bpfsys.map_update(health_map, ctypes.c_uint32(2), layout.Health(last_reply_ns=12))
+    assert [h.last_reply_ns for h in bpfsys.ArrayMap(health_map, layout.Health, 2,
+                                                     ctypes.sizeof(layout.Health)).read()] == [0, 11]
+
+
 def test_an_element_past_the_end_raises(health_map):
     reader = bpfsys.ArrayMap(health_map, layout.Health, 4, ctypes.sizeof(layout.Health))
     with pytest.raises(OSError, match="map lookup"):
