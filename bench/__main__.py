@@ -132,7 +132,7 @@ def run_section(name: str, plan: Plan, lab: topology.Lab, out: Path, progress: P
     if name == "control":
         from bench import control
         with progress.bar(name, len(control.SETTINGS), "settings") as bar:
-            return control.run(lab, work, plan.control_s, bar.advance)
+            return control.run(work, plan.control_s, bar.advance)  # its own lab
     if name == "security":
         from bench import security
         return security.run(lab, work, plan, progress)  # two bars: attack trials, then fuzz frames

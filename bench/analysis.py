@@ -78,6 +78,6 @@ def outside(times_ns: Sequence[int], windows: Sequence[tuple[int, int]]) -> int:
     return sum(1 for t in times_ns if not any(s <= t < e for s, e in windows))
 
 
-def cpu_percent(ticks_before: int, ticks_after: int, wall_s: float, clock_ticks: int) -> float:
-    """A process's CPU use over a wall interval, as % of one core."""
-    return round(100.0 * (ticks_after - ticks_before) / clock_ticks / wall_s, 2)
+def cpu_percent_ns(run_ns_before: int, run_ns_after: int, wall_s: float) -> float:
+    """Run time over a wall interval, as % of one core."""
+    return round(100.0 * (run_ns_after - run_ns_before) / 1e9 / wall_s, 2)

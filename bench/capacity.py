@@ -123,18 +123,6 @@ def _ns_sh(lab: topology.Lab, role: str, script: str) -> None:
     subprocess.run(["ip", "netns", "exec", lab.ns(role), "sh", "-c", script], check=True, timeout=10)
 
 
-def _napi_threads() -> dict[int, str]:
-    out = {}
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        try:
-            name = comm.read_text().strip()
-        except OSError:
-            continue
-        if name.startswith("napi/"):
-            out[int(comm.parent.name)] = name
-    return out
-
-
 GATEWAY_RX_DEVS = (INGRESS_DEV, *(link.gw_dev for link in LINKS.values()))
 
 
@@ -145,9 +133,9 @@ def pin_gateway_napi(lab: topology.Lab, devs: tuple[str, ...] = GATEWAY_RX_DEVS)
     programs. Returns {thread name: pid}."""
     if INGRESS_DEV in devs:
         topology.set_features(lab, "gw", INGRESS_DEV, {"rx-gro": True})
-    before = _napi_threads()
+    before = topology.napi_threads()
     _ns_sh(lab, "gw", " && ".join(f"echo 1 > /sys/class/net/{d}/threaded" for d in devs))
-    threads = {name: pid for pid, name in _napi_threads().items() if pid not in before}
+    threads = {name: pid for pid, name in topology.napi_threads().items() if pid not in before}
     wanted = {f"napi/{d}-" for d in devs}
     if not all(any(n.startswith(w) for n in threads) for w in wanted):
         raise RuntimeError(f"threaded NAPI did not start for every gw veth: got {sorted(threads)}")

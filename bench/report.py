@@ -286,8 +286,10 @@ def markdown(r: dict, plots: list[str]) -> str:
     if "control" in r:
         c = r["control"]
         lines += ["## Control-plane cost (daemon CPU, % of one core)", "", c["method"], "",
-                  "| setting | CPU % | sender late periods | max late us |", "|---|---|---|---|"]
-        lines += [f"| {s} | {v} | {c['heartbeat_sender'][s]['late_periods']} | "
+                  "| setting | CPU % | carriers' NAPI threads, CPU % | sender late periods | max late us |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {s} | {v} | {c.get('carrier_napi_cpu_percent', {}).get(s, '—')} | "
+                  f"{c['heartbeat_sender'][s]['late_periods']} | "
                   f"{c['heartbeat_sender'][s]['max_late_us']} |" for s, v in c["cpu_percent"].items()]
         lines.append("")
     if "security" in r:

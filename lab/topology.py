@@ -371,6 +371,19 @@ def set_features(lab: Lab, role: str, dev: str, features: dict[str, bool]) -> No
     _ns_exec(lab.ns(role), [sys.executable, "-c", script, dev, json.dumps(features)])
 
 
+def napi_threads() -> dict[int, str]:
+    """Every threaded-NAPI kernel thread on the host, pid -> name (napi/<dev>-<id>)."""
+    out = {}
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            name = comm.read_text().strip()
+        except OSError:
+            continue
+        if name.startswith("napi/"):
+            out[int(comm.parent.name)] = name
+    return out
+
+
 def _add_veth(lab: Lab, handles: dict[str, IPRoute], veth: Veth) -> None:
     # Creating the peer straight in its namespace avoids name clashes in the
     # root namespace between concurrent labs (every lab uses the same ifnames).

@@ -85,5 +85,5 @@ def test_outside_counts_events_with_no_fault_behind_them():
     assert analysis.outside([5, 15, 25, 35], [(10, 20), (30, 40)]) == 2  # 5 and 25
 
 
-def test_cpu_percent():
-    assert analysis.cpu_percent(100, 150, 10.0, 100) == 5.0
+def test_cpu_percent_of_run_time():
+    assert analysis.cpu_percent_ns(1_000_000_000, 1_500_000_000, 10.0) == 5.0
