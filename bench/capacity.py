@@ -119,10 +119,6 @@ def paths(lab: topology.Lab) -> dict[str, Path_]:
 
 # ---------------------------------------------------------------- the gateway's core
 
-def _ns_sh(lab: topology.Lab, role: str, script: str) -> None:
-    subprocess.run(["ip", "netns", "exec", lab.ns(role), "sh", "-c", script], check=True, timeout=10)
-
-
 GATEWAY_RX_DEVS = (INGRESS_DEV, *(link.gw_dev for link in LINKS.values()))
 
 
@@ -133,12 +129,7 @@ def pin_gateway_napi(lab: topology.Lab, devs: tuple[str, ...] = GATEWAY_RX_DEVS)
     programs. Returns {thread name: pid}."""
     if INGRESS_DEV in devs:
         topology.set_features(lab, "gw", INGRESS_DEV, {"rx-gro": True})
-    before = topology.napi_threads()
-    _ns_sh(lab, "gw", " && ".join(f"echo 1 > /sys/class/net/{d}/threaded" for d in devs))
-    threads = {name: pid for pid, name in topology.napi_threads().items() if pid not in before}
-    wanted = {f"napi/{d}-" for d in devs}
-    if not all(any(n.startswith(w) for n in threads) for w in wanted):
-        raise RuntimeError(f"threaded NAPI did not start for every gw veth: got {sorted(threads)}")
+    threads = topology.threaded_napi(lab, [("gw", d) for d in devs])
     for pid in threads.values():
         for cmd in (["taskset", "-pc", str(GATEWAY_CPU)], ["chrt", "-f", "-p", str(NAPI_FIFO_PRIORITY)]):
             subprocess.run([*cmd, str(pid)], check=True, capture_output=True, timeout=10)

@@ -47,14 +47,8 @@ def carrier_napi(lab: topology.Lab) -> list[int]:
     rx-udp-gro-forwarding lets frames from a sender with TSO on use it."""
     ends = [(link.carrier, link.carrier_dev) for link in topology.LINKS.values()] + \
         [(veth.peer_role, veth.peer_ifname) for veth in topology.SPARE_LINKS.values()]
-    before = set(topology.napi_threads())
-    for role, dev in ends:
-        topology.set_features(lab, role, dev, {"rx-gro": True, "rx-udp-gro-forwarding": True})
-        lab.run(role, ["sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"])
-    threads = {pid: name for pid, name in topology.napi_threads().items() if pid not in before}
-    if len(threads) < len(ends):
-        raise RuntimeError(f"threaded NAPI did not start on every carrier veth: got {sorted(threads.values())}")
-    return sorted(threads)
+    threads = topology.threaded_napi(lab, ends, {"rx-gro": True, "rx-udp-gro-forwarding": True})
+    return sorted(threads.values())
 
 
 def run(work: Path, seconds: float, advance: Advance) -> dict:

@@ -384,6 +384,22 @@ def napi_threads() -> dict[int, str]:
     return out
 
 
+def threaded_napi(lab: Lab, ends: list[tuple[str, str]], features: dict[str, bool] | None = None) -> dict[str, int]:
+    """Threaded NAPI on each (role, dev) veth, after setting `features` on it
+    (a veth has NAPI only with XDP or GRO on); returns the new NAPI threads,
+    name -> pid. Raises unless every device got one."""
+    before = napi_threads()
+    for role, dev in ends:
+        if features:
+            set_features(lab, role, dev, features)
+        lab.run(role, ["sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"])
+    threads = {name: pid for pid, name in napi_threads().items() if pid not in before}
+    missing = [dev for _, dev in ends if not any(name.startswith(f"napi/{dev}-") for name in threads)]
+    if missing:
+        raise RuntimeError(f"threaded NAPI did not start on {', '.join(missing)}: got {sorted(threads)}")
+    return threads
+
+
 def _add_veth(lab: Lab, handles: dict[str, IPRoute], veth: Veth) -> None:
     # Creating the peer straight in its namespace avoids name clashes in the
     # root namespace between concurrent labs (every lab uses the same ifnames).
