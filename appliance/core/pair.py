@@ -394,8 +394,12 @@ class PairCore:
                 if self.read_ns is not None and all(self._dead(l) for l in self.p.peer_links) and \
                         self._peer_state() is not None:
                     self.ceded_to = w.token
-                handed = self.answered is not None and self.answered[0] == "hand-over"
-                out.append(self._become(STANDBY, 0, cause, drain_until=ts_ns + HANDOVER_DRAIN_NS if handed else None))
+                # Our own hand-over, answered or (the watch can deliver it
+                # before the answer) still in flight: keep the gate open.
+                handing = self.answered or self.pending
+                handed = handing is not None and handing[0] == "hand-over"
+                out.append(self._become(STANDBY, 0, handing[1] if handed else cause,
+                                        drain_until=ts_ns + HANDOVER_DRAIN_NS if handed else None))
             elif self.answered and self.answered[0] == "hand-over" and not w.reachable:
                 # The hand-over may have been applied: forward nothing until a read says who owns.
                 out.append(self._become(SUSPENDED, self.token, "handing-over"))

@@ -304,9 +304,10 @@ def violations(c: Combo, causes: set | None = None, core_class=PairCore) -> list
                     out.append(f"{name}: a hand-over by a {s.role} not named owner, or to a peer not fit: {fields}")
             elif event == "pair-role":
                 role, was = fields["role"], fields["was"]
-                # Only the answer of its own hand-over leaves a standby's gate open (draining).
-                drains = name == "answer" and s.pending is not None and s.pending[0] == "hand-over" \
-                    and role == STANDBY
+                # Only its own hand-over, seen in the answer or in a watch before it,
+                # leaves a standby's gate open (draining).
+                drains = s.pending is not None and s.pending[0] == "hand-over" and role == STANDBY \
+                    and view.owner == PEER
                 if effect != ("pair", DRAINING if drains else role, fields["token"]) \
                         or ("draining_ms" in fields) is not drains:
                     out.append(f"{name}: role effect {effect} for {fields}")
@@ -1056,6 +1057,19 @@ def test_after_its_hand_over_the_old_owner_keeps_its_gate_open_for_the_drain_the
     [closed] = [d for d in core.health(TS + HANDOVER_DRAIN_NS, replies(TS + HANDOVER_DRAIN_NS))
                 if d[0] == "pair-drained"]
     assert closed[2] == ("pair", STANDBY, 0) and not core.status()["draining"]
+
+
+def test_a_watch_that_shows_its_hand_over_before_the_answer_drains_too():
+    # A loaded host: etcd's watch event reaches the old owner before the
+    # swap's own answer. Closing the gate then dropped every order until the
+    # new owner's gratuitous ARP (57 in a CI rolling upgrade).
+    core = active()
+    core.force(TS, STANDBY)
+    [down] = roles(core.witness_read(TS, **witness(PEER, 5)))
+    assert down[2] == ("pair", DRAINING, 0) and down[1]["cause"] == "force-standby"
+    assert core.pending and core.status()["draining"]
+    assert roles(core.witness_read(TS + MS, **answer(PEER, 5))) == []   # the answer changes nothing
+    assert not core.pending and core.status()["draining"]
 
 
 def test_a_deposed_active_closes_its_gate_at_once():
