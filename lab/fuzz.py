@@ -63,7 +63,8 @@ from lab.fuzzref import (
 STAT_INDEX = {name: i for i, name in enumerate(layout.STATS)}
 TEST_RUN_IFINDEX = 1          # BPF_PROG_TEST_RUN runs skb programs on loopback
 MAX_FRAME = 1600
-GATEWAY_PROGRAMS = ("tp_steer", "tp_hb_egress", "tp_hb_ingress")
+# tp_steer_xdp is fuzzed as the kernel runs it: XDP, then TC on what it passes (SteerAtXdpRun).
+GATEWAY_PROGRAMS = ("tp_steer", "tp_steer_xdp", "tp_hb_egress", "tp_hb_ingress")
 ARB_PROGRAMS = ("tp_arb_line_a", "tp_arb_line_b")
 PROGRAMS = GATEWAY_PROGRAMS + ARB_PROGRAMS
 PROGRESS_FRAMES = 4096        # frames between two on_frames() calls: a progress bar's grain, at no cost
@@ -170,16 +171,19 @@ def _mac(text: str) -> bytes:
 
 # tp_links as the fuzz fixture writes it: A and B usable (B with GTSM), C
 # without a next hop (its classes take kernel routing), D on another device
-# (steer redirects there; heartbeats on it are foreign), 4..7 empty.
+# (steer redirects there; heartbeats on it are foreign), 4..7 empty. A and D
+# take XDP frames (XDP steers to them), B does not (TC steers to it).
 FUZZ_LINKS = [
-    LinkModel(TEST_RUN_IFINDEX, layout.LINK_CARRIER | layout.LINK_NEXTHOP, _mac("02:00:00:00:0a:01"),
+    LinkModel(TEST_RUN_IFINDEX, layout.LINK_CARRIER | layout.LINK_NEXTHOP | layout.LINK_XDP_XMIT,
+              _mac("02:00:00:00:0a:01"),
               _mac("02:00:00:00:0a:02"), ref.addr("198.18.10.1"), ref.addr("198.18.10.2")),
     LinkModel(TEST_RUN_IFINDEX, layout.LINK_CARRIER | layout.LINK_NEXTHOP | layout.LINK_TTL_SECURITY,
               _mac("02:00:00:00:0b:01"), _mac("02:00:00:00:0b:02"), ref.addr("198.18.11.1"),
               ref.addr("198.18.11.2")),
     LinkModel(TEST_RUN_IFINDEX, layout.LINK_CARRIER, _mac("02:00:00:00:0c:01"), bytes(6),
               ref.addr("198.18.12.1"), ref.addr("198.18.12.2")),
-    LinkModel(9, layout.LINK_CARRIER | layout.LINK_NEXTHOP, _mac("02:00:00:00:0d:01"), _mac("02:00:00:00:0d:02"),
+    LinkModel(9, layout.LINK_CARRIER | layout.LINK_NEXTHOP | layout.LINK_XDP_XMIT, _mac("02:00:00:00:0d:01"),
+              _mac("02:00:00:00:0d:02"),
               ref.addr("198.18.13.1"), ref.addr("198.18.13.2")),
 ] + [LinkModel() for _ in range(layout.MAX_LINKS - 4)]
 
@@ -292,6 +296,28 @@ class TestRun:
         if self._fn(self._fd, self._ref) < 0:
             return ref.REFUSED, ctypes.get_errno()
         return o.retval, ctypes.string_at(self._out_addr, o.data_size_out)
+
+
+class SteerAtXdpRun:
+    """tp_steer_xdp, then tp_steer on the frame if XDP passed it, as the
+    kernel runs both on one ingress: the verdict the packet ends with, in TC
+    terms (XDP's redirect reads as TC's), so tp_steer's reference judges it.
+    An XDP pass that changed the frame, or any other XDP verdict, reads as
+    XDP_MISBEHAVED, which no reference expects."""
+    XDP_PASS, XDP_REDIRECT, TC_ACT_REDIRECT, XDP_MISBEHAVED = 2, 4, 7, -100
+
+    def __init__(self, xdp_fd: int, tc_fd: int):
+        self._xdp, self._tc = TestRun(xdp_fd), TestRun(tc_fd)
+
+    def __call__(self, frame: bytes) -> tuple[int, bytes | int]:
+        verdict, out = self._xdp(frame)
+        if verdict == self.XDP_REDIRECT:
+            return self.TC_ACT_REDIRECT, out
+        if verdict == ref.REFUSED:
+            return verdict, out
+        if verdict != self.XDP_PASS or out != frame:
+            return self.XDP_MISBEHAVED, out
+        return self._tc(frame)
 
 
 class PerCpuCounters:
@@ -828,8 +854,9 @@ class GatewayFixture:
         self.gstats_fast = PerCpuCounters(self.gw.bpf["tp_gstats"].map_fd)
         self.events: list[tuple[int, int, int]] = []
         self.gw.open_events(lambda ev: self.events.append((ev.class_id, ev.from_link, ev.to_link)))
-        self.runners = {"tp_steer": TestRun(self.gw.steer.fd), "tp_hb_egress": TestRun(self.gw.hb_egress.fd),
-                        "tp_hb_ingress": TestRun(self.gw.hb_ingress.fd)}
+        self.runners = {"tp_steer": TestRun(self.gw.steer.fd),
+                        "tp_steer_xdp": SteerAtXdpRun(self.gw.steer_xdp.fd, self.gw.steer.fd),
+                        "tp_hb_egress": TestRun(self.gw.hb_egress.fd), "tp_hb_ingress": TestRun(self.gw.hb_ingress.fd)}
 
     @property
     def dead_ns(self) -> int:
@@ -980,7 +1007,10 @@ class SteerHarness(Harness):
 
     def final_check(self) -> list[str]:
         fx, rf = self.fx, self.ref
-        problems = _compare_stats(fx.gstats(), rf.stats, layout.STATS)
+        # Forwarded at XDP: every redirect to a link that takes XDP frames, when XDP ran first.
+        at_xdp = sum(counts[2] for (_, link), counts in rf.steer_stats.items()
+                     if self.program == "tp_steer_xdp" and fx.links[link].flags & layout.LINK_XDP_XMIT)
+        problems = _compare_stats(fx.gstats(), {**rf.stats, "xdp_forwarded": at_xdp}, layout.STATS)
         for cid in range(len(fx.cfg.classes)):
             for link in range(layout.MAX_LINKS):
                 got = fx.gw.counters(cid, link)
@@ -994,6 +1024,11 @@ class SteerHarness(Harness):
         if fx.gw.active() != rf.active:
             problems.append(f"tp_active = {fx.gw.active()}, reference {rf.active}")
         return problems
+
+
+class SteerAtXdpHarness(SteerHarness):
+    """tp_steer's frames and reference, through SteerAtXdpRun."""
+    program = "tp_steer_xdp"
 
 
 class _HeartbeatHarness(Harness):
@@ -1747,7 +1782,7 @@ class ArbHarness(Harness):
 
 # -- entry points ------------------------------------------------------------
 def gateway_harnesses(fx: GatewayFixture) -> dict[str, Harness]:
-    return {"tp_steer": SteerHarness(fx), "tp_hb_egress": HbEgressHarness(fx),
+    return {"tp_steer": SteerHarness(fx), "tp_steer_xdp": SteerAtXdpHarness(fx), "tp_hb_egress": HbEgressHarness(fx),
             "tp_hb_ingress": HbIngressHarness(fx)}
 
 

@@ -27,6 +27,7 @@ from appliance.edge.netlink import (
     TC_EGRESS,
     TC_INGRESS,
     attach_bpf,
+    attach_xdp,
     detach_bpf,
     detach_xdp,
     ifindex,
@@ -38,7 +39,7 @@ from appliance.edge.pins import PinDir, declared_maps
 PROBE_IDENT = 0x7470        # ICMP echo identifier of twinpath probes ("tp")
 FILTER_PRIO = 0x7470        # our tc filter priority, so detach removes only ours
 SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h; Python's socket module lacks them
-GATEWAY_SOURCES = ["steer.c", "heartbeat.c"]
+GATEWAY_SOURCES = ["steer.c", "steer_xdp.c", "heartbeat.c"]
 
 
 def compile_gateway(interval_ns: int, dead_ns: int, ident: int = PROBE_IDENT, pins: PinDir | None = None) -> BPF:
@@ -77,10 +78,11 @@ class LinkState:
     local: ipaddress.IPv4Address | None = None    # probes leave from it
     target: ipaddress.IPv4Address | None = None   # replies must come from it
     ttl_security: bool = False
+    xdp_target: bool = False   # the device takes XDP redirects (netlink.XdpTargets)
 
     def to_map(self) -> layout.Link:
         flags = (layout.LINK_CARRIER if self.carrier else 0) | (layout.LINK_NEXTHOP if self.dst_mac else 0) | \
-            (layout.LINK_TTL_SECURITY if self.ttl_security else 0)
+            (layout.LINK_TTL_SECURITY if self.ttl_security else 0) | (layout.LINK_XDP_XMIT if self.xdp_target else 0)
         return layout.Link(ifindex=self.ifindex, flags=flags,
                            src_mac=layout.mac_array(self.src_mac), dst_mac=layout.mac_array(self.dst_mac),
                            local=addr_u32(self.local), target=addr_u32(self.target))
@@ -99,9 +101,11 @@ class Gateway:
                 "TP_DEAD_NS": f"{cfg.heartbeat.dead_ns}ULL", "TP_PROBE_IDENT": PROBE_IDENT}, pins)
         self.bpf = bpf
         self.steer = self.bpf.load_func("tp_steer", BPF.SCHED_CLS)
+        self.steer_xdp = self.bpf.load_func("tp_steer_xdp", BPF.XDP)
         self.hb_egress = self.bpf.load_func("tp_hb_egress", BPF.SCHED_CLS)
         self.hb_ingress = self.bpf.load_func("tp_hb_ingress", BPF.SCHED_CLS)
         self._attached: list[tuple[int, str]] = []
+        self._xdp_attached: int | None = None
         # The maps the daemon reads every probe period, from its tick and its
         # pair thread, and the gate a takeover opens.
         n_links = len(cfg.links)
@@ -308,8 +312,32 @@ class Gateway:
         never moving a class because one link's first reply beat another's.
         Until then a previous daemon's steer program, if any, keeps
         forwarding on its last state (its links all age together, so it
-        switches nothing), or traffic takes kernel routing."""
+        switches nothing), or traffic takes kernel routing.
+
+        Then, with steer.xdp, the XDP program in front of it (TC first: XDP
+        passes TC whatever it does not forward). Returns why XDP steering is
+        off, or None: a device without native XDP keeps TC steering alone."""
         self._attach_one(ipr, self.cfg.steer.ingress, TC_INGRESS, self.steer)
+        if not self.cfg.steer.xdp:
+            self._detach_previous_xdp(ipr)
+            return "steer.xdp = false"
+        try:
+            self._xdp_attached = attach_xdp(ipr, self.cfg.steer.ingress, self.steer_xdp)
+        except OSError as e:
+            return f"{self.cfg.steer.ingress}: no native XDP ({e})"
+        if self.pins:
+            self.pins.pin_program("xdp", self._xdp_attached, self.steer_xdp.fd)
+        return None
+
+    def _detach_previous_xdp(self, ipr: IPRoute) -> None:
+        """A previous daemon's XDP steering, when this config turns it off."""
+        if not self.pins:
+            return
+        idx = ifindex(ipr, self.cfg.steer.ingress)
+        for hook, pinned_idx, prog_id in self.pins.programs():
+            if hook == "xdp" and pinned_idx == idx:
+                detach_xdp(ipr, idx, prog_id)
+                self.pins.unpin_program(hook, idx)
 
     def _attach_one(self, ipr: IPRoute, dev: str, parent: str, fn) -> None:
         attached = attach_bpf(ipr, dev, parent, fn, FILTER_PRIO)
@@ -320,7 +348,10 @@ class Gateway:
         self._attached.append((attached, parent))
 
     def detach(self, ipr: IPRoute) -> None:
-        """Removes our filters only; traffic returns to kernel routing."""
+        """Removes our programs only; traffic returns to kernel routing."""
+        if self._xdp_attached is not None:
+            detach_xdp(ipr, self._xdp_attached)
+            self._xdp_attached = None
         for idx, parent in reversed(self._attached):
             detach_bpf(ipr, idx, parent, FILTER_PRIO)
         self._attached.clear()

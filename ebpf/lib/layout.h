@@ -81,6 +81,8 @@ enum tp_arb_stat {
 #define TP_LINK_CARRIER     (1u << 0)   /* netlink reports carrier */
 #define TP_LINK_NEXTHOP     (1u << 1)   /* next-hop MAC resolved */
 #define TP_LINK_TTL_SECURITY (1u << 2)  /* GTSM (RFC 5082): heartbeat replies must arrive with TTL 255 */
+#define TP_LINK_XDP_XMIT    (1u << 3)   /* the device takes XDP redirects now (its xdp_features has
+                                         * NDO_XMIT): steer may forward to it at XDP (lib/steer.h) */
 
 /* tp_event.cause */
 #define TP_CAUSE_HEARTBEAT  1           /* no heartbeat reply for the dead interval */
@@ -105,6 +107,8 @@ enum tp_stat {
 	TP_STAT_REPLY_FORGED,       /* heartbeat ingress: unknown key or MAC mismatch; dropped */
 	TP_STAT_REPLY_REPLAYED,     /* heartbeat ingress: valid MAC, but sent outside the dead interval or
 	                             * a sequence already seen or older than the window; dropped */
+	TP_STAT_XDP_FORWARDED,      /* steer: forwarded at XDP, before the kernel built an skb (the
+	                             * rest of what steer forwards went through its TC program) */
 	TP_STAT_MAX,
 };
 

@@ -24,7 +24,7 @@ TP_MAP("array", int, struct tp_prefix_table, tp_prefix_table, 3, 1, 0);
 TP_MAP("array", int, struct tp_pair, tp_pair, 1, 1, 0);
 TP_MAP("percpu_array", int, struct tp_counters, tp_steer_stats, TP_MAX_CLASSES * TP_MAX_LINKS, 1, 0);
 TP_MAP("percpu_array", int, __u64, tp_rtt_hist, TP_MAX_LINKS * TP_HIST_BUCKETS, 1, 0);
-TP_MAP("percpu_array", int, __u64, tp_gstats, TP_STAT_MAX, 1, 0);
+TP_MAP("percpu_array", int, __u64, tp_gstats, TP_STAT_MAX, 2, 0); /* v2: + xdp_forwarded */
 BPF_RINGBUF_OUTPUT(tp_events, 8);
 
 static __always_inline void tp_count(__u32 stat)

@@ -7,12 +7,20 @@
 
 #include "lib/maps.h"
 
-static __always_inline int tp_pair_fenced(void)
+static __always_inline struct tp_pair *tp_pair_standby(void)
 {
 	__u32 zero = 0;
 	struct tp_pair *p = tp_pair.lookup(&zero);
 
-	if (!p || p->mode != TP_PAIR_STANDBY)
+	return p && p->mode == TP_PAIR_STANDBY ? p : NULL;
+}
+
+/* Whether to drop it, counted in tp_pair.fenced. */
+static __always_inline int tp_pair_fenced(void)
+{
+	struct tp_pair *p = tp_pair_standby();
+
+	if (!p)
 		return 0;
 	__sync_fetch_and_add(&p->fenced, 1);
 	return 1;

@@ -102,12 +102,13 @@ static __always_inline int tp_link_fresh(__u32 link, __u64 *now, int is_current,
 
 /* The link this class's packet leaves on, switching if the current one is
  * dead and a standby is fresh; *lp gets that link's tp_links entry (NULL:
- * caller routes normally). The class's link list is read only when the
+ * caller routes normally); *all_stale is set when the current link is stale
+ * and no standby is fresh (the caller counts it, once per packet). The class's link list is read only when the
  * current link is stale: the common path is four inlined array reads
  * (active, link, health, round) and no clock. A heartbeat move needs a
  * standby that answered at least TP_STANDBY_LEAD_NS after the current
  * link's silence began. */
-static __always_inline __u32 tp_select_link(__u32 class_id, struct tp_link **lp)
+static __always_inline __u32 tp_select_link(__u32 class_id, struct tp_link **lp, int *all_stale)
 {
 	__u64 *active = tp_active.lookup(&class_id);
 	struct tp_class *cls;
@@ -155,7 +156,7 @@ static __always_inline __u32 tp_select_link(__u32 class_id, struct tp_link **lp)
 		*lp = tp_links.lookup(&winner);
 		return winner;
 	}
-	tp_count(TP_STAT_ALL_STALE);
+	*all_stale = 1;
 	return cur;
 }
 

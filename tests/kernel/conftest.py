@@ -67,14 +67,16 @@ class FixtureGateway:
         gw.poll(0)
         self.events.clear()
 
-    def set_link(self, link_id, carrier=True, nexthop=True, ifindex=TEST_RUN_IFINDEX, ttl_security=False):
+    def set_link(self, link_id, carrier=True, nexthop=True, ifindex=TEST_RUN_IFINDEX, ttl_security=False,
+                 xdp_target=True):
         import ipaddress
         name = "AB"[link_id]
         self.gw.write_link(link_id, self._LinkState(
             ifindex=ifindex, src_mac=MAC[f"{name}.src"],
             dst_mac=MAC[f"{name}.nh"] if nexthop else None, carrier=carrier,
             local=ipaddress.IPv4Address(ADDR[f"{name}.local"]),
-            target=ipaddress.IPv4Address(ADDR[f"{name}.target"]), ttl_security=ttl_security))
+            target=ipaddress.IPv4Address(ADDR[f"{name}.target"]), ttl_security=ttl_security,
+            xdp_target=xdp_target))
 
     def set_fresh(self, link_id, age_ns, fresh_for_ns=10**9, unanswered=3, stamped_seq=0):
         """The link's last reply age_ns ago (None: never), with `unanswered`

@@ -46,8 +46,9 @@ def test_gateway_program_matches_its_reference(gateway_fixture, program):
     res = fuzz.run(harness, gateway_fixture.runners, FRAMES, SEED)
     assert_clean(res)
     # The deep paths were reached, not only the cheap exits.
-    deep = {"tp_steer": ["-> link 0", "-> link 1", "-> link 3", "without next hop", "no rule", "TTL <= 1",
-                         "ports not inside", "IP options", "fragment", "ip_rcv() rejects", "not an IPv4"],
+    steer = ["-> link 0", "-> link 1", "-> link 3", "without next hop", "no rule", "TTL <= 1",
+             "ports not inside", "IP options", "fragment", "ip_rcv() rejects", "not an IPv4"]
+    deep = {"tp_steer": steer, "tp_steer_xdp": steer,
             "tp_hb_egress": ["signed", "not from its link", "not a probe"],
             "tp_hb_ingress": ["accepted on link 0", "accepted on link 1", "accepted on link 2", "MAC mismatch",
                               "names no key", "window or seen", "dead interval", "future", "tx_ns == 0",

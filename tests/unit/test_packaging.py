@@ -43,7 +43,7 @@ def test_wheel_holds_only_product_packages(wheel_files):
 
 def test_wheel_holds_every_product_bpf_program_and_no_lab_one(wheel_files):
     names = set(wheel_files)
-    assert {"ebpf/steer.c", "ebpf/heartbeat.c", "ebpf/arbitrate.c", "ebpf/lib/layout.h",
+    assert {"ebpf/steer.c", "ebpf/steer_xdp.c", "ebpf/heartbeat.c", "ebpf/arbitrate.c", "ebpf/lib/layout.h",
             "appliance/core/predict_weights.json"} <= names
     lab_programs = {p.name for p in (REPO / "lab" / "ebpf").iterdir()}
     assert lab_programs and not {Path(n).name for n in names} & lab_programs
