@@ -223,12 +223,25 @@ class Daemon:
         ts_ns = time.monotonic_ns()
         link_id = by_ifindex.get(change.ifindex)
         if link_id is not None:
-            if isinstance(change, netlink.LinkChange):
+            if isinstance(change, netlink.XdpChange):
+                self._set_xdp_target(link_id, change.redirect_target)
+            elif isinstance(change, netlink.LinkChange):
                 self._consume("carrier", ts_ns, link=link_id, up=change.carrier)
             else:
                 self._consume("neighbour", ts_ns, link=link_id, ip=str(change.ip), mac=change.mac)
         elif self.trader and change.ifindex == self.trader.ifindex and isinstance(change, netlink.NeighbourChange):
             self._consume("receiver", ts_ns, ip=str(change.ip), mac=change.mac)
+
+    def _set_xdp_target(self, link_id: int, on: bool) -> None:
+        """Whether steer may forward to this link at XDP: the kernel drops
+        what is redirected to a device that does not take XDP frames."""
+        with self._core_lock:
+            state = self.links[link_id]
+            if state.xdp_target == on:
+                return
+            state.xdp_target = on
+            self.gw.write_link(link_id, state)
+        self.log.emit("xdp-target", link=self.link_names[link_id], redirect_target=on)
 
     def _write_feed(self, feed_id: int, mac: str | None) -> None:
         feed = self.cfg.feeds[feed_id]
@@ -363,7 +376,13 @@ class Daemon:
             self.sender_stats = sender.stats
             self.log.emit("pinned", pin_dir=str(self.pins.path),
                           migrated={**self.gw.migrated, **(self.arbiter.migrated if self.arbiter else {})})
-            monitor = netlink.Monitor()
+            xdp_targets = netlink.XdpTargets()
+            monitor = netlink.Monitor(xdp_targets.mgmt_group)
+            with self._core_lock:   # asked after the monitor subscribed: no change between is missed
+                for i, state in enumerate(self.links):
+                    state.xdp_target = xdp_targets.redirect_target(state.ifindex)
+                    self.gw.write_link(i, state)
+            xdp_targets.close()
             start = self._start(receivers, **self._pair_start())
             self.core = Core(start)
             if self.record_path:
@@ -496,7 +515,10 @@ class Daemon:
     def _steer_attached(self, ipr: IPRoute) -> None:
         """Steering attached: every program of this daemon now runs, so the
         maps migrated from an older layout have no reader left."""
-        self.gw.attach_steer(ipr)
+        xdp_off = self.gw.attach_steer(ipr)
+        self.log.emit("steer-attached", ingress=self.cfg.steer.ingress, xdp=xdp_off is None,
+                      xdp_targets=[n for n, s in zip(self.link_names, self.links) if s.xdp_target],
+                      **({"xdp_off": xdp_off} if xdp_off else {}))
         retired = self.pins.retire()
         if retired:
             self.log.emit("migrated", retired=retired)

@@ -17,7 +17,10 @@ gw not keeping up, and the count shows it.
 
 Modes:
 - fastpath: UDP to the exchange port 9050, the "orders" rule: the daemon's
-  TC program redirects it to link A.
+  XDP steer program (steer.xdp = true) redirects it to link A, whose
+  carrier end takes XDP frames (its sink is an XDP program);
+  `steer.xdp_forwarded` says what share of the orders it forwarded, the
+  rest went through the TC program.
 - kernel: UDP to 9300, no rule: gw's routing table forwards it (via A); gw
   has no nftables rules, as a gateway would not.
 - arbitration: MoldUDP64, one message per packet, on lines A and B at once
@@ -48,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.progress import Advance, ignore
-from lab import feedproto, reflect, topology
+from lab import feedproto, ops, reflect, topology
 from lab.colo import EXCHANGE_ADDR, FEED_DST, FEED_PORTS, FEED_SOURCES, INGRESS_DEV, LINKS, TRADER_ADDR, TRADER_DEV
 from lab.processes import DaemonProcess
 
@@ -267,7 +270,7 @@ def measure(lab: topology.Lab, step_s: float, advance: Advance = ignore) -> dict
             seq += s["_messages"]
             # Per second of the generator's run, longer than step_s when it cannot offer OVERLOAD_PPS.
             runs[mode].append({"offered_pps": s["achieved_pps"], "delivered_per_s": round(s["counted"] / s["seconds"]),
-                               "gateway_core_busy": s["gateway_core_busy"]})
+                               "counted": s["counted"], "gateway_core_busy": s["gateway_core_busy"]})
             advance()
         order.reverse()
     overload = {m: {**sorted(r, key=lambda x: x["delivered_per_s"])[len(r) // 2], "runs": r}
@@ -290,10 +293,14 @@ def run(work: Path, step_s: float, advance: Advance) -> dict:
     lab = topology.up()
     daemon = None
     try:
-        config = topology.write_config(lab, interval_us=1000, multiplier=3, feeds=True)
+        config = topology.write_config(lab, interval_us=1000, multiplier=3, feeds=True, steer_xdp=True)
         daemon = DaemonProcess(lab, config, work / "daemon.jsonl", stats_interval_s=3600)
         daemon.wait_for("ready", 60)
         result = measure(lab, step_s, advance)
+        steered = sum(s["counted"] for s in result["fastpath"]["steps"]) + \
+            sum(r["counted"] for r in result["fastpath"]["at_overload"]["runs"])
+        result["steer"] = {"hook": "xdp" if daemon.wait_for("steer-attached", 1)["xdp"] else "tc",
+                           "xdp_forwarded": ops.gateway_stat(lab, "xdp_forwarded"), "fastpath_counted": steered}
         daemon.stop()
         result["daemon_failovers"] = [e for e in daemon.events() if e.get("event") == "failover"]
         return result

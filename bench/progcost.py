@@ -91,7 +91,7 @@ def measure(cases: dict[str, Case], rounds: int, calls_per_round: int, advance: 
 
 
 def gateway_cases() -> tuple[object, dict[str, Case]]:
-    """Steer (redirect to link A, and the no-rule exit to kernel routing) and
+    """Steer at TC and at XDP (redirect to link A, and the no-rule exit to kernel routing) and
     the heartbeat programs, on a gateway compiled from the lab config with
     link A fresh. Returns the Gateway too: the caller keeps it alive."""
     from scapy.layers.inet import ICMP, IP, UDP
@@ -109,7 +109,8 @@ def gateway_cases() -> tuple[object, dict[str, Case]]:
     gw.write_keys([key])
     local, target = ipaddress.IPv4Address(LINKS["A"].gw_addr), ipaddress.IPv4Address(LINKS["A"].target)
     for link_id in range(2):
-        gw.write_link(link_id, LinkState(TEST_RUN_IFINDEX, *LINK_A_MACS, carrier=True, local=local, target=target))
+        gw.write_link(link_id, LinkState(TEST_RUN_IFINDEX, *LINK_A_MACS, carrier=True, local=local, target=target,
+                                         xdp_target=True))
 
     def keep_fresh() -> None:
         now = time.monotonic_ns()
@@ -142,6 +143,11 @@ def gateway_cases() -> tuple[object, dict[str, Case]]:
     return gw, {
         "steer_redirect": Case("tc", gw.steer.fd, lambda i: steered, VERDICTS["redirect_tc"], prepare=keep_fresh),
         "steer_no_rule": Case("tc", gw.steer.fd, lambda i: unsteered, VERDICTS["ok_tc"], prepare=keep_fresh),
+        # The same order at XDP (steer.xdp), against an empty XDP program.
+        "steer_xdp_redirect": Case("xdp", gw.steer_xdp.fd, lambda i: steered, VERDICTS["redirect_xdp"],
+                                   prepare=keep_fresh),
+        "steer_xdp_no_rule": Case("xdp", gw.steer_xdp.fd, lambda i: unsteered, VERDICTS["pass_xdp"],
+                                  prepare=keep_fresh),
         "steer_bad_checksum": Case("tc", gw.steer.fd, lambda i: bytes(bad_checksum), VERDICTS["ok_tc"],
                                    prepare=keep_fresh),
         "heartbeat_reply": Case("tc", gw.hb_ingress.fd, signed_reply, VERDICTS["shot_tc"]),

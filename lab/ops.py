@@ -130,18 +130,29 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
         }
 
 
+def _newest_pin(lab: topology.Lab, name: str):
+    return max(lab.gw_pin_dir.glob(f"{name}_v*"), key=lambda p: int(p.name.rsplit("_v", 1)[1]))
+
+
 def reflex_failovers(lab: topology.Lab) -> int:
     """The data path's own count of reflex moves (pinned tp_steer_stats, every
     class, link and CPU): it also counts the moves made while no daemon runs
     to log them."""
-    pin = max(lab.gw_pin_dir.glob("tp_steer_stats_v*"), key=lambda p: int(p.name.rsplit("_v", 1)[1]))
     total = 0
-    with labbpf.pinned(pin, "is a daemon's data path attached?") as fd:
+    with labbpf.pinned(_newest_pin(lab, "tp_steer_stats"), "is a daemon's data path attached?") as fd:
         for index in range(layout.MAX_CLASSES * layout.MAX_LINKS):
             per_cpu = (layout.Counters * libbpf.possible_cpus())()
             bpfsys.map_lookup(fd, ctypes.c_uint32(index), per_cpu)
             total += sum(c.failovers for c in per_cpu)
     return total
+
+
+def gateway_stat(lab: topology.Lab, name: str) -> int:
+    """One of the data path's tp_gstats counters (layout.STATS), over every CPU, from its pin."""
+    with labbpf.pinned(_newest_pin(lab, "tp_gstats"), "is a daemon's data path attached?") as fd:
+        per_cpu = (ctypes.c_uint64 * libbpf.possible_cpus())()
+        bpfsys.map_lookup(fd, ctypes.c_uint32(layout.STATS.index(name)), per_cpu)
+        return sum(per_cpu)
 
 
 def _operate(name: str, lab: topology.Lab, config, workdir, first: DaemonProcess, cleanup: ExitStack,

@@ -209,13 +209,13 @@ def status(name: str | None = None) -> dict:
 
 
 def write_config(lab: Lab, interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,
-                 feeds: bool = False, spare_links: int = 0, damping: bool = True) -> Path:
+                 feeds: bool = False, spare_links: int = 0, damping: bool = True, steer_xdp: bool = False) -> Path:
     """Write the daemon config for this lab (atomically: a running daemon may
     re-read it), with the daemon's pins in the lab's own bpffs directory, so
     down() removes them. (The control socket's default already differs per
     network namespace.)"""
     _write_atomically(lab.config_path, render_config(interval_us, multiplier, holddown_ms, feeds, spare_links,
-                                                     damping) + lab_state_config(lab))
+                                                     damping, steer_xdp) + lab_state_config(lab))
     return lab.config_path
 
 
@@ -227,13 +227,15 @@ pin_dir = "{lab.gw_pin_dir}"
 
 
 def render_config(interval_us: int = 1000, multiplier: int = 3, holddown_ms: int = 1000,
-                  feeds: bool = False, spare_links: int = 0, damping: bool = True) -> str:
+                  feeds: bool = False, spare_links: int = 0, damping: bool = True, steer_xdp: bool = False) -> str:
     """The daemon config for the lab topology (also the packet fixtures'
     config); with `feeds`, XDP arbitration of the lab's two market-data feeds.
     The failover tests run without: see the README's known limits.
     `spare_links` adds that many of SPARE_LINKS (see add_spare_links).
     Without `damping`, a link that fails again and again is never held out
     (for benches that inject a fresh failure every second).
+    With `steer_xdp`, orders are steered at XDP too (steer.xdp): to a link
+    whose carrier end runs GRO or XDP (a veth's condition for taking XDP frames).
     Classes: orders (active-backup, A then B), marketdata (active-backup,
     B then A) and quotes (lowest-latency over A and B)."""
     link_a, link_b = LINKS["A"], LINKS["B"]
@@ -251,6 +253,7 @@ holddown_ms = {int(holddown_ms)}
 
 [steer]
 ingress = "{INGRESS_DEV}"
+xdp = {str(bool(steer_xdp)).lower()}
 
 [[links]]
 name = "{link_a.name}"
@@ -355,9 +358,9 @@ def _make_veths_behave_like_nics(lab: Lab) -> None:
     - a veth accepts frames redirected by XDP only when its peer runs NAPI,
       which GRO turns on: so the trader's int0 gets GRO;
     - a veth sender leaves UDP checksums to "offload" (only a pseudo-header
-      sum on the packet), which XDP forwards as is: so exch's handoffs put
-      complete checksums on the wire, as an exchange's NIC does."""
-    set_features(lab, "trader", "int0", {"rx-gro": True})
+      sum on the packet), which XDP forwards as is: so exch's handoffs and
+      the trader's int0 put complete checksums on the wire, as a NIC does."""
+    set_features(lab, "trader", "int0", {"rx-gro": True, "tx-checksum-ip-generic": False})
     for link in LINKS.values():
         set_features(lab, "exch", link.handoff, {"tx-checksum-ip-generic": False})
 

@@ -144,6 +144,11 @@ class Heartbeat(_Strict):
 
 class Steer(_Strict):
     ingress: StrictStr = Field(min_length=1, max_length=15, description="trader-facing interface")
+    xdp: StrictBool = Field(False, description="also steer at the ingress's XDP hook, before the kernel builds "
+                                               "an skb, to links whose device takes XDP redirects (TC steers the "
+                                               "rest). Only where frames reach the ingress with complete L4 "
+                                               "checksums, as from a NIC: XDP forwards a local sender's "
+                                               "offloaded (partial) checksum as it is")
 
 
 class LinkConfig(_Strict):

@@ -132,6 +132,7 @@ _RULES = (
     # warning, as at start.
     _Rule(("heartbeat.sender_priority",), "core", "the daemon sets the running probe sender process's scheduling, and with [pair] its own threads'"),
     _Rule(("steer.ingress",), "restart", "the steer program is attached to the ingress device"),
+    _Rule(("steer.xdp",), "restart", "XDP steering is attached, or not, with the steer program at start"),
     _Rule(("links.*", "links.*.name"), "restart", _LINK_IDS),
     _Rule(("links.*.dev",), "restart",
           "a link's device cannot change live (its programs and probe socket are bound to it)"),

@@ -1,4 +1,5 @@
-"""Link and neighbour state from rtnetlink, and tc BPF attachment.
+"""Link and neighbour state from rtnetlink, which devices take XDP
+redirects (the netdev generic-netlink family), and tc BPF attachment.
 
 Queries use pyroute2's IPRoute. Change notifications come from a plain
 NETLINK_ROUTE socket decoded by pyroute2's protocol layer (MarshalRtnl): it
@@ -23,6 +24,9 @@ import struct
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_REQUEST, genlmsg
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.generic import GenericNetlinkSocket
 from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
@@ -46,6 +50,60 @@ class NeighbourChange:
     ifindex: int
     ip: ipaddress.IPv4Address
     mac: str | None      # None: entry gone or unresolved
+
+
+@dataclass(frozen=True)
+class XdpChange:
+    ifindex: int
+    redirect_target: bool   # the device takes XDP redirects now
+
+
+# linux/netdev.h (Linux 6.3+): a device's xdp_features, and the bit that says
+# the kernel hands it redirected XDP frames. Without it, xdp_do_redirect()
+# drops them; a veth has it only while its peer runs XDP or GRO.
+NETDEV_FAMILY = "netdev"
+NETDEV_CMD_DEV_GET, NETDEV_CMD_DEV_ADD_NTF, NETDEV_CMD_DEV_DEL_NTF, NETDEV_CMD_DEV_CHANGE_NTF = 1, 2, 3, 4
+NETDEV_XDP_ACT_NDO_XMIT = 1 << 2
+NETLINK_GENERIC, NETLINK_ADD_MEMBERSHIP, SOL_NETLINK = 16, 1, 270
+
+
+class _netdevmsg(genlmsg):
+    nla_map = (("NETDEV_A_DEV_UNSPEC", "none"), ("NETDEV_A_DEV_IFINDEX", "uint32"),
+               ("NETDEV_A_DEV_PAD", "none"), ("NETDEV_A_DEV_XDP_FEATURES", "uint64"))
+
+
+class XdpTargets:
+    """Asks the kernel whether a device takes XDP redirects now. On a kernel
+    without the netdev family (before 6.3) no device does, as far as
+    twinpath knows: steering then stays at TC."""
+
+    def __init__(self):
+        self._sock: GenericNetlinkSocket | None = GenericNetlinkSocket()
+        try:
+            self._sock.bind(NETDEV_FAMILY, _netdevmsg)
+            self.mgmt_group: int | None = self._sock.mcast_groups["mgmt"]
+        except (NetlinkError, KeyError):
+            self.close()
+            self.mgmt_group = None
+
+    def redirect_target(self, ifindex: int) -> bool:
+        if self._sock is None:
+            return False
+        msg = _netdevmsg()
+        msg["cmd"], msg["version"] = NETDEV_CMD_DEV_GET, 1
+        msg["attrs"] = [("NETDEV_A_DEV_IFINDEX", ifindex)]
+        try:
+            (reply,) = self._sock.nlm_request(msg, msg_type=self._sock.prid, msg_flags=NLM_F_REQUEST)
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise
+        return bool((reply.get_attr("NETDEV_A_DEV_XDP_FEATURES") or 0) & NETDEV_XDP_ACT_NDO_XMIT)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def ifindex(ipr: IPRoute, dev: str) -> int:
@@ -207,18 +265,29 @@ def source_address(ipr: IPRoute, ifindex: int, dst: ipaddress.IPv4Address) -> ip
 
 
 class Monitor:
-    """Carrier and neighbour changes, as they happen."""
+    """Carrier and neighbour changes, and (with `xdp_group`, XdpTargets'
+    mgmt_group) changes of whether a device takes XDP redirects, as they
+    happen. Subscribed from construction: a query made after it misses none."""
 
-    def __init__(self):
+    def __init__(self, xdp_group: int | None = None):
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock.bind((0, RTMGRP_LINK | RTMGRP_NEIGH))
         self._marshal = MarshalRtnl()
+        self._genl = None
+        if xdp_group is not None:
+            self._genl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+            self._genl.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self._genl.bind((0, 0))
+            self._genl.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, xdp_group)
 
-    def read(self, timeout_s: float) -> list[LinkChange | NeighbourChange]:
-        if not select.select([self._sock], [], [], timeout_s)[0]:
-            return []
-        changes: list[LinkChange | NeighbourChange] = []
+    def read(self, timeout_s: float) -> list[LinkChange | NeighbourChange | XdpChange]:
+        ready = select.select([s for s in (self._sock, self._genl) if s], [], [], timeout_s)[0]
+        changes: list[LinkChange | NeighbourChange | XdpChange] = []
+        if self._genl in ready:
+            changes += _xdp_changes(self._genl.recv(1 << 16))
+        if self._sock not in ready:
+            return changes
         for msg in self._marshal.parse(self._sock.recv(1 << 16)):
             event = msg["event"]
             if event == "RTM_NEWLINK":
@@ -231,6 +300,27 @@ class Monitor:
 
     def close(self) -> None:
         self._sock.close()
+        if self._genl:
+            self._genl.close()
+
+
+def _xdp_changes(data: bytes) -> list[XdpChange]:
+    """The netdev family's device notifications in one read."""
+    changes, offset = [], 0
+    while offset + 16 <= len(data):
+        length = struct.unpack_from("=I", data, offset)[0]
+        if length < 16:
+            break
+        msg = _netdevmsg(data[offset:offset + length])
+        msg.decode()
+        offset += (length + 3) & ~3
+        idx = msg.get_attr("NETDEV_A_DEV_IFINDEX")
+        if idx is None or msg["cmd"] not in (NETDEV_CMD_DEV_ADD_NTF, NETDEV_CMD_DEV_DEL_NTF,
+                                             NETDEV_CMD_DEV_CHANGE_NTF):
+            continue
+        features = 0 if msg["cmd"] == NETDEV_CMD_DEV_DEL_NTF else msg.get_attr("NETDEV_A_DEV_XDP_FEATURES") or 0
+        changes.append(XdpChange(idx, bool(features & NETDEV_XDP_ACT_NDO_XMIT)))
+    return changes
 
 
 XDP_ATTACHED_NATIVE = "xdp"  # IFLA_XDP_ATTACHED = XDP_ATTACHED_DRV, as pyroute2 names it

@@ -293,6 +293,9 @@ class PinDir:
         bpfsys.obj_pin(prog_fd, str(tmp))
         os.replace(tmp, path)
 
+    def unpin_program(self, hook: str, ifindex: int) -> None:
+        self._unpin(f"prog_{hook}_{int(ifindex)}")
+
     def programs(self) -> list[tuple[str, int, int]]:
         """(hook, ifindex, program id) of every pinned program."""
         found = []
