@@ -49,9 +49,12 @@ def _feed_plan(duration_s: float) -> FeedPlan:
 
 
 def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, before_s: float = 1.0,
-        after_s: float = 2.0, interval_us: int = 1000, multiplier: int = 3, slow_link_us: int = 0) -> dict:
+        after_s: float = 2.0, interval_us: int = 1000, multiplier: int = 3, slow_link_us: int = 0,
+        steer_xdp: bool = False) -> dict:
     """slow_link_us: a delay on what comes back over link A throughout (its
-    heartbeat RTT), from before the first daemon starts."""
+    heartbeat RTT), from before the first daemon starts. steer_xdp: orders
+    steered at XDP (steer.xdp, and the carriers' ends run GRO so that gw's
+    links take XDP frames); xdp_forwarded then counts them."""
     if name not in OPS_SCENARIOS:
         raise ScenarioError(f"unknown operations scenario {name!r}; choose from {', '.join(OPS_SCENARIOS)}")
     duration_s = before_s + OPERATION_S[name] + after_s
@@ -61,7 +64,12 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
             cleanup.callback(topology.down, lab.name)
         workdir = lab.dir / f"scenario-{name}-{time.strftime('%H%M%S')}"
         workdir.mkdir(parents=True, exist_ok=True)
-        config = topology.write_config(lab, interval_us=interval_us, multiplier=multiplier, feeds=True)
+        config = topology.write_config(lab, interval_us=interval_us, multiplier=multiplier, feeds=True,
+                                       steer_xdp=steer_xdp)
+        if steer_xdp:
+            for link in topology.LINKS.values():
+                topology.set_features(lab, link.carrier, link.carrier_dev, {"rx-gro": True})
+                cleanup.callback(topology.set_features, lab, link.carrier, link.carrier_dev, {"rx-gro": False})
         if slow_link_us:
             faults.inject(lab, "delay", FAULT_LINK, delay_us=slow_link_us)
             cleanup.callback(faults.clear, lab, "delay", FAULT_LINK)
@@ -80,7 +88,7 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
         feed_thread.start()
         time.sleep(before_s)
 
-        reflex_before = reflex_failovers(lab)
+        reflex_before, xdp_before = reflex_failovers(lab), gateway_stat(lab, "xdp_forwarded")
         op_ns = time.monotonic_ns()
         second, operation = _operate(name, lab, config, workdir, first, cleanup, interval_us, multiplier)
         took_s = (time.monotonic_ns() - op_ns) / 1e9
@@ -95,6 +103,7 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
         time.sleep(feedrun.SETTLE_S)
 
         reflex = reflex_failovers(lab) - reflex_before
+        xdp_forwarded = gateway_stat(lab, "xdp_forwarded") - xdp_before
         arrivals = np.load(workdir / f"arrivals-{ORDERS_PORT}.npy")
         stream = analyze_stream(arrivals, sent["issued"], op_ns, lab.ifindex("exch", STANDBY_EXCH_DEV))
         checked = check(_feed_plan(duration_s), load_received(workdir / "feed" / "received.npy"),
@@ -127,6 +136,7 @@ def run(name: str, lab: topology.Lab | None = None, rate_pps: int = 10_000, befo
             "operation": operation,
             "daemon_failovers": [e for d in daemons for e in d.events() if e.get("event") == "failover"],
             "reflex_failovers": reflex,
+            "xdp_forwarded": xdp_forwarded,
         }
 
 

@@ -37,6 +37,18 @@ def test_an_operation_loses_and_duplicates_nothing(lab, name):
         assert r["operation"]["migrated"] == {}, r["operation"]
 
 
+@pytest.mark.parametrize("name", ["daemon-restart", "upgrade"])
+def test_an_operation_with_xdp_steering_loses_nothing(lab, name):
+    """The new daemon adopts the running XDP program's state and replaces it
+    in place; until it knows which links take XDP frames, XDP passes orders
+    to TC, which is attached throughout."""
+    r = ops.run(name, lab, steer_xdp=True)
+    assert r["sent"] > 0 and r["xdp_forwarded"] >= r["sent"] // 2, r["xdp_forwarded"]
+    assert (r["lost"], r["duplicated"], r["delivered_twice"]) == (0, 0, 0), r["lost_ranges"]
+    assert not r["failed_over"] and r["reflex_failovers"] == 0, \
+        {k: r[k] for k in ("cause", "detect_us", "failover_us", "reflex_failovers", "daemon_failovers", "operation")}
+
+
 def test_a_restart_keeps_orders_on_a_current_link_slower_than_the_interval(lab):
     # Link A answers in 15 ms at a 10 ms interval, so one probe is always in
     # flight. The restarted sender found A's last reply past the dead interval
