@@ -14,7 +14,9 @@ from lab.feedplan import FeedPlan
 REPORTS = {"attached", "adopted", "health", "feed-summary", "stopped", "warning", "log",
            # operations (issue #12): pins, the probe sender, the control socket, stop
            "pinned", "migrated", "feeds-removed", "sender-replaced", "control-listening", "control",
-           "reloaded", "reload-refused", "fail-static", "detached"}
+           "reloaded", "reload-refused", "fail-static", "detached",
+           # steering at XDP (issue #15): where steering attached, which links take XDP frames
+           "steer-attached", "xdp-target"}
 
 
 def decisions_logged(daemon) -> list[dict]:
