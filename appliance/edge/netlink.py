@@ -309,7 +309,7 @@ def _xdp_changes(data: bytes) -> list[XdpChange]:
     changes, offset = [], 0
     while offset + 16 <= len(data):
         length = struct.unpack_from("=I", data, offset)[0]
-        if length < 16:
+        if length < 16 or offset + length > len(data):   # not a whole message: nothing more to trust
             break
         msg = _netdevmsg(data[offset:offset + length])
         msg.decode()
