@@ -52,6 +52,8 @@ CAUSES = {C["TP_CAUSE_HEARTBEAT"]: "heartbeat", C["TP_CAUSE_CARRIER"]: "carrier"
 STATS = _enum_names("TP_STAT_")
 ARB_STATS = _enum_names("TP_ARB_STAT_")
 ARB_FEEDS = C["TP_ARB_FEEDS"]
+FEED_INDEX_BITS, FEED_INDEX_SLOTS = C["TP_FEED_INDEX_BITS"], C["TP_FEED_INDEX_SLOTS"]
+FEED_SLOT_USED = C["TP_FEED_SLOT_USED"]
 ARB_LINES = C["TP_ARB_LINES"]
 ARB_SLOTS = C["TP_ARB_SLOTS"]
 ARB_STAMPS = C["TP_ARB_STAMPS"]
@@ -164,6 +166,39 @@ class Feed(ctypes.Structure):
     _fields_ = [("id", u32), ("proto", u32), ("ifindex", u32), ("src_mac", u8 * 6), ("dst_mac", u8 * 6)]
 
 
+class FeedSlot(ctypes.Structure):
+    _fields_ = [("key", u64), ("feed", Feed)]
+
+
+class FeedIndex(ctypes.Structure):
+    _fields_ = [("live", u32), ("_pad", u32), ("mult", u64), ("slots", FeedSlot * FEED_INDEX_SLOTS)]
+
+
+
+def feed_index_key(key: FeedKey) -> int:
+    """A feed's tp_feed_index key without its used bit: addr << 16 | port,
+    as the program computes it from the packet."""
+    return key.addr << 16 | key.port
+
+
+def feed_index_slot(index_key: int, mult: int) -> int:
+    """The slot of tp_feed_index where the program looks for index_key."""
+    return ((index_key * mult) & (2**64 - 1)) >> (64 - FEED_INDEX_BITS)
+
+
+def feed_index_mult(index_keys: list[int], tries: int = 10_000) -> int:
+    """An odd multiplier that puts every key in a slot of its own. The same
+    keys always get the same one (a fixed seed). With TP_ARB_FEEDS (16) keys
+    in 256 slots a random multiplier succeeds about 6 times in 10."""
+    import random
+    rng = random.Random(0x7470)
+    for _ in range(tries):
+        mult = rng.getrandbits(64) | 1
+        if len({feed_index_slot(k, mult) for k in index_keys}) == len(index_keys):
+            return mult
+    raise ValueError(f"no multiplier in {tries} tries gives {len(index_keys)} feeds a slot each in "
+                     f"{FEED_INDEX_SLOTS}: are two feeds the same destination?")
+
 class FeedState(ctypes.Structure):
     _fields_ = [("gen", u64), ("session", u64 * 2), ("cand_meta", u64), ("far_count", u32 * ARB_LINES),
                 ("_pad0", u64 * 3),
@@ -212,6 +247,7 @@ MAPS = {
 # The same for ebpf/lib/feed_maps.h.
 ARB_MAPS = {
     "tp_feeds": (FeedKey, Feed),
+    "tp_feed_index": (u32, FeedIndex),
     "tp_feed_state": (u32, FeedState),
     "tp_feed_claims": (u32, FeedClaims),
     "tp_arb_config": (u32, ArbConfig),

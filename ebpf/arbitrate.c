@@ -544,8 +544,7 @@ static __always_inline int tp_arbitrate(struct xdp_md *ctx, const __u32 line)
 		tp_arb_count(line, TP_ARB_STAT_TRUNCATED);
 		return XDP_PASS;
 	}
-	struct tp_feed_key key = {.addr = ip->daddr, .port = udp->dest};
-	struct tp_feed *feed = tp_feeds.lookup(&key);
+	struct tp_feed *feed = tp_feed_of(ip->daddr, udp->dest);
 	if (!feed) {
 		tp_arb_count(line, TP_ARB_STAT_NOT_FEED);
 		return XDP_PASS;

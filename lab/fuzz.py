@@ -1351,7 +1351,7 @@ class ArbFixture:
 
     def reset(self) -> None:
         bpf = self.arb.bpf
-        for name in ("tp_feeds", "tp_feed_state", "tp_feed_claims", "tp_line_stats", "tp_arb_gstats"):
+        for name in ("tp_feeds", "tp_feed_index", "tp_feed_state", "tp_feed_claims", "tp_line_stats", "tp_arb_gstats"):
             bpf[name].clear()
         for f in self.feeds:
             mac = lambda b: ":".join(f"{x:02x}" for x in b)

@@ -81,6 +81,25 @@ class Arbiter:
         self.bpf["tp_feeds"][self.feed_key(addr, port)] = layout.Feed(
             id=feed_id, proto=layout.FEED_PROTOCOLS[protocol], ifindex=ifindex if dst_mac else 0,
             src_mac=layout.mac_array(src_mac), dst_mac=layout.mac_array(dst_mac))
+        self._write_index()
+
+    def _write_index(self) -> None:
+        """tp_feed_index from tp_feeds: the spare table is filled, then made
+        live, so a packet meets the old feeds or the new ones, never half of
+        them."""
+        feeds = [(layout.feed_index_key(k), layout.Feed.from_buffer_copy(v))
+                 for k, v in self.bpf["tp_feeds"].items()]
+        mult = layout.feed_index_mult([k for k, _ in feeds])
+        tables, head_key = self.bpf["tp_feed_index"], ctypes.c_uint32(0)
+        head = tables[head_key]
+        spare = 2 if head.live == 1 else 1
+        table = layout.FeedIndex(mult=mult)
+        for key, feed in feeds:
+            slot = table.slots[layout.feed_index_slot(key, mult)]
+            slot.key, slot.feed = key | layout.FEED_SLOT_USED, feed
+        tables[ctypes.c_uint32(spare)] = table
+        head.live = spare
+        tables[head_key] = head
 
     def feed_mac(self, addr: ipaddress.IPv4Address, port: int) -> str | None:
         """The receiver MAC a feed's entry holds (a pinned one: a previous
@@ -100,6 +119,8 @@ class Arbiter:
             gone.append(f"{ipaddress.IPv4Address(key.addr.to_bytes(4, 'little'))}:"
                         f"{int.from_bytes(key.port.to_bytes(2, 'little'), 'big')}")
             del table[key]
+        if gone:
+            self._write_index()
         return gone
 
     def sync_clock(self) -> None:

@@ -7,7 +7,9 @@
 #include "lib/layout.h"
 #include "lib/pin.h"
 
+/* tp_feeds is the daemon's record of the feeds; the programs read tp_feed_index. */
 TP_MAP("hash", struct tp_feed_key, struct tp_feed, tp_feeds, TP_ARB_FEEDS, 1, 0);
+TP_MAP("array", int, struct tp_feed_index, tp_feed_index, 3, 1, 0);
 TP_MAP("array", int, struct tp_feed_state, tp_feed_state, TP_ARB_FEEDS, 1, 0);
 TP_MAP("array", int, struct tp_feed_claims, tp_feed_claims, TP_ARB_FEEDS, 2, 0);
 TP_MAP("array", int, struct tp_arb_config, tp_arb_config, 1, 1, 0);
@@ -37,6 +39,24 @@ struct tp_arb_job {
 	__u32 _pad;
 };
 BPF_PERCPU_ARRAY(tp_arb_job, struct tp_arb_job, 1);
+
+/* The feed of UDP destination (addr, port), both as the packet holds them,
+ * or NULL: one slot of the table in use (lib/layout.h's tp_feed_index). */
+static __always_inline struct tp_feed *tp_feed_of(__u32 addr, __u16 port)
+{
+	__u32 idx = 0;
+	struct tp_feed_index *t = tp_feed_index.lookup(&idx);
+
+	if (!t || !t->live)
+		return NULL;
+	idx = t->live;
+	t = tp_feed_index.lookup(&idx);
+	if (!t)
+		return NULL;
+	__u64 key = (__u64)addr << 16 | port;
+	struct tp_feed_slot *slot = &t->slots[(key * t->mult) >> (64 - TP_FEED_INDEX_BITS)];
+	return slot->key == (key | TP_FEED_SLOT_USED) ? &slot->feed : NULL;
+}
 
 static __always_inline void tp_arb_count(__u32 line, __u32 stat)
 {

@@ -281,6 +281,32 @@ struct tp_feed {
 	__u8  dst_mac[6];           /* the receiver's (or the group's) MAC */
 };
 
+/* tp_feed_index: the arbitration programs' view of tp_feeds, which stays the
+ * daemon's record. A hash lookup cost about 65 ns a packet here, on every
+ * packet of the market-data lines; this is two inlined array reads and one
+ * compare. The feed of destination (addr, port) is in the slot
+ * ((addr << 16 | port) * mult) >> (64 - TP_FEED_INDEX_BITS) of the table in
+ * use, or nowhere: the daemon picks an odd mult that gives every configured
+ * feed a slot of its own (a perfect hash: no probing, no fallback). [0].live
+ * names the table in use (1 or 2; 0: no feeds); the daemon fills the other one
+ * and then flips live, as for tp_prefix_table. */
+#define TP_FEED_INDEX_BITS  8
+#define TP_FEED_INDEX_SLOTS 256                 /* 1 << TP_FEED_INDEX_BITS */
+#define TP_FEED_SLOT_USED   0x8000000000000000  /* 1 << 63 */
+_Static_assert(TP_FEED_INDEX_SLOTS == 1 << TP_FEED_INDEX_BITS, "TP_FEED_INDEX_SLOTS");
+
+struct tp_feed_slot {
+	__u64 key;                  /* TP_FEED_SLOT_USED | addr << 16 | port (both as the packet holds them); 0: empty */
+	struct tp_feed feed;
+};
+
+struct tp_feed_index {
+	__u32 live;                 /* [0] only: 1 or 2, the table in use; 0: none (no packet is a feed) */
+	__u32 _pad;
+	__u64 mult;                 /* odd; this table's hash multiplier */
+	struct tp_feed_slot slots[TP_FEED_INDEX_SLOTS];
+};
+
 /* tp_feed_state[feed] and tp_feed_claims[feed]: shared by both lines on every
  * CPU; split so that the daemon's frequent reads of the first stay small.
  * Fields that decide delivery change only by compare-and-exchange. A sequence

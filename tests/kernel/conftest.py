@@ -149,7 +149,7 @@ class FixtureArbiter:
     def reset(self):
         import ipaddress
         arb = self.arb
-        for name in ("tp_feeds", "tp_feed_state", "tp_feed_claims", "tp_line_stats", "tp_arb_gstats"):
+        for name in ("tp_feeds", "tp_feed_index", "tp_feed_state", "tp_feed_claims", "tp_line_stats", "tp_arb_gstats"):
             arb.bpf[name].clear()
         for proto, port in FEED_PORTS.items():
             arb.write_feed(FEED_IDS[proto], proto, ipaddress.IPv4Address(FEED_ADDR), port,

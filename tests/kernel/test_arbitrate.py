@@ -205,6 +205,62 @@ def test_feed_without_receiver_mac_passes_to_kernel_routing(arbiter):
     assert arbiter.arb.global_stats()["A"]["no_output"] == 1
 
 
+def _live_index(arbiter) -> layout.FeedIndex:
+    tables = arbiter.arb.bpf["tp_feed_index"]
+    return layout.FeedIndex.from_buffer_copy(tables[ctypes.c_uint32(tables[ctypes.c_uint32(0)].live)])
+
+
+def _index_key(dst: str, port: int) -> int:
+    import ipaddress
+    return layout.feed_index_key(arbiter_key(ipaddress.IPv4Address(dst), port))
+
+
+def arbiter_key(addr, port):
+    from appliance.edge.arbitration import Arbiter
+    return Arbiter.feed_key(addr, port)
+
+
+def test_every_configured_feed_is_found_and_a_destination_sharing_its_slot_is_not(arbiter):
+    """tp_feed_index (lib/layout.h) with as many feeds as the map holds: each
+    is arbitrated; a destination the hash puts in a feed's slot passes."""
+    import ipaddress
+    feeds = [(f"198.18.{1 + i % 3}.{10 + i}", 30000 + 7 * i) for i in range(layout.ARB_FEEDS)]
+    arbiter.arb.bpf["tp_feeds"].clear()
+    for feed_id, (dst, port) in enumerate(feeds):
+        arbiter.arb.write_feed(feed_id, MOLD, ipaddress.IPv4Address(dst), port,
+                               TRADER["ifindex"], TRADER["src"], TRADER["dst"])
+    index = _live_index(arbiter)
+    slots = {layout.feed_index_slot(_index_key(d, p), index.mult) for d, p in feeds}
+    assert len(slots) == len(feeds) and sum(1 for s in index.slots if s.key) == len(feeds)
+    for dst, port in feeds:
+        payload = feedproto.mold_packet(SESSION, 1, [feedproto.lab_message(MOLD, 1, 16)])
+        assert arbiter.run("A", frame(payload, port=port, dst=dst))[0] == XDP_REDIRECT, (dst, port)
+    taken = {layout.feed_index_slot(_index_key(d, p), index.mult): (d, p) for d, p in feeds}
+    strangers = [(f"198.18.9.{h}", port) for h in range(1, 255) for port in (30000, 30007, 31000)
+                 if layout.feed_index_slot(_index_key(f"198.18.9.{h}", port), index.mult) in taken][:5]
+    assert strangers
+    for dst, port in strangers:
+        packet = frame(feedproto.mold_packet(SESSION, 1, [b"x"]), port=port, dst=dst)
+        verdict, out = arbiter.run("B", packet)
+        assert verdict == XDP_PASS and out[:len(packet)] == packet
+    assert arbiter.arb.global_stats()["B"]["not_feed"] == len(strangers)
+
+
+def test_a_pruned_feed_is_not_arbitrated_and_an_empty_slot_matches_nothing(arbiter):
+    import ipaddress
+    assert arbiter.arb.prune_feeds([(ipaddress.IPv4Address(FEED_ADDR), FEED_PORTS[MDP3])]) == \
+        [f"{FEED_ADDR}:{FEED_PORTS[MOLD]}"]
+    packet = mold(1, 1)
+    verdict, out = arbiter.run("A", packet)
+    assert verdict == XDP_PASS and out[:len(packet)] == packet
+    assert arbiter.run("A", mdp3(1, time.time_ns()))[0] == XDP_REDIRECT
+    # An empty slot's key is 0: the destination 0.0.0.0:0 must not match it.
+    assert _live_index(arbiter).slots[layout.feed_index_slot(0, _live_index(arbiter).mult)].key == 0
+    zero = frame(feedproto.mold_packet(SESSION, 1, [b"x"]), port=0, dst="0.0.0.0")
+    assert arbiter.run("A", zero)[0] == XDP_PASS
+    assert arbiter.arb.global_stats()["A"]["not_feed"] == 2
+
+
 def test_ip_options_pass_to_the_stack_and_claim_nothing(arbiter):
     """The one rule of lib/parse.h: options are never fast-pathed."""
     from scapy.layers.inet import IPOption_NOP

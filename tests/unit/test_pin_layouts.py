@@ -20,7 +20,7 @@ def test_every_state_map_of_both_modules_is_declared_pinned_with_a_version():
     arbiter = pins.declared_maps(assemble(ARB_SOURCES, DEFINES))
     assert {"tp_links", "tp_health", "tp_active", "tp_classes", "tp_rules", "tp_prefix_table", "tp_keys", "tp_rtt_ring",
             "tp_probe_round", "tp_steer_stats", "tp_rtt_hist", "tp_gstats", "tp_pair"} == set(gateway)
-    assert {"tp_feeds", "tp_feed_state", "tp_feed_claims", "tp_arb_config", "tp_line_stats",
+    assert {"tp_feeds", "tp_feed_index", "tp_feed_state", "tp_feed_claims", "tp_arb_config", "tp_line_stats",
             "tp_arb_gstats"} == set(arbiter)
     assert all(v >= 1 for v in {**gateway, **arbiter}.values())
     # Nothing else keeps state in a map of its own: only the event rings, the
