@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import threading
 import time
 
 from bcc import BPF
@@ -68,6 +69,10 @@ class Arbiter:
         for i, fn in enumerate([*self.lines, self.clear]):
             progs[ctypes.c_int(i)] = ctypes.c_int(fn.fd)
         self._attached: list[int] = []
+        # write_feed runs on the netlink thread (a receiver learnt) and on a
+        # reload's: one rebuild of tp_feed_index at a time, or two could
+        # fill the same spare table while one of them makes it live.
+        self._index_lock = threading.Lock()
 
     # -- maps -------------------------------------------------------------
     @staticmethod
@@ -87,19 +92,20 @@ class Arbiter:
         """tp_feed_index from tp_feeds: the spare table is filled, then made
         live, so a packet meets the old feeds or the new ones, never half of
         them."""
-        feeds = [(layout.feed_index_key(k), layout.Feed.from_buffer_copy(v))
-                 for k, v in self.bpf["tp_feeds"].items()]
-        mult = layout.feed_index_mult([k for k, _ in feeds])
-        tables, head_key = self.bpf["tp_feed_index"], ctypes.c_uint32(0)
-        head = tables[head_key]
-        spare = 2 if head.live == 1 else 1
-        table = layout.FeedIndex(mult=mult)
-        for key, feed in feeds:
-            slot = table.slots[layout.feed_index_slot(key, mult)]
-            slot.key, slot.feed = key | layout.FEED_SLOT_USED, feed
-        tables[ctypes.c_uint32(spare)] = table
-        head.live = spare
-        tables[head_key] = head
+        with self._index_lock:
+            feeds = [(layout.feed_index_key(k), layout.Feed.from_buffer_copy(v))
+                     for k, v in self.bpf["tp_feeds"].items()]
+            mult = layout.feed_index_mult([k for k, _ in feeds])
+            tables, head_key = self.bpf["tp_feed_index"], ctypes.c_uint32(0)
+            head = tables[head_key]
+            spare = 2 if head.live == 1 else 1
+            table = layout.FeedIndex(mult=mult)
+            for key, feed in feeds:
+                slot = table.slots[layout.feed_index_slot(key, mult)]
+                slot.key, slot.feed = key | layout.FEED_SLOT_USED, feed
+            tables[ctypes.c_uint32(spare)] = table
+            head.live = spare
+            tables[head_key] = head
 
     def feed_mac(self, addr: ipaddress.IPv4Address, port: int) -> str | None:
         """The receiver MAC a feed's entry holds (a pinned one: a previous
