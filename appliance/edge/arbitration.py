@@ -178,6 +178,8 @@ class Arbiter:
             self._attached.append(attach_xdp(ipr, dev, prog))
             if self.pins:
                 self.pins.pin_program("xdp", self._attached[-1], prog.fd)
+        if self.pins:
+            self.pins.pin_tail_calls("tp_arb_progs", self.bpf["tp_arb_progs"].map_fd)
 
     def detach(self, ipr: IPRoute) -> None:
         for idx in reversed(self._attached):

@@ -283,15 +283,29 @@ class PinDir:
             pass
 
     # -- programs and qdiscs ---------------------------------------------
+    def _pin_replacing(self, name: str, fd: int) -> None:
+        """Pins fd as name in one step: the pin it replaces is there until then."""
+        # bpffs refuses names with dots (EPERM): the staging name has none.
+        tmp = f"new_{name}"
+        self._unpin(tmp)
+        bpfsys.obj_pin(fd, str(self.path / tmp))
+        os.replace(self.path / tmp, self.path / name)
+
     def pin_program(self, hook: str, ifindex: int, prog_fd: int) -> None:
         """Records an attached program as prog_<hook>_<ifindex> (replacing
         the one it replaced), for `twinpath detach` and inspection."""
-        # bpffs refuses names with dots (EPERM): the staging name has none.
-        path = self.path / f"prog_{hook}_{int(ifindex)}"
-        tmp = self.path / f"new_prog_{hook}_{int(ifindex)}"
-        self._unpin(tmp.name)
-        bpfsys.obj_pin(prog_fd, str(tmp))
-        os.replace(tmp, path)
+        self._pin_replacing(f"prog_{hook}_{int(ifindex)}", prog_fd)
+
+    def pin_tail_calls(self, table: str, map_fd: int) -> None:
+        """Keeps the attached programs' tail-call table (a BPF_PROG_ARRAY)
+        filled after this daemon exits, as prog_array_<table>. The kernel
+        empties a program array once no file descriptor or pin holds it,
+        even while programs that call through it stay attached: their tail
+        calls would then fail. Each build pins its own table over the one
+        its programs replaced, never reusing it: an old program must not
+        tail-call into a new build's. Call it once every program using the
+        table is attached."""
+        self._pin_replacing(f"prog_array_{table}", map_fd)
 
     def unpin_program(self, hook: str, ifindex: int) -> None:
         self._unpin(f"prog_{hook}_{int(ifindex)}")

@@ -14,7 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.edge import bpfsys
-from lab import ops, processes, topology
+from lab import feedrun, ops, processes, topology
+from lab.feedplan import FeedPlan
 
 
 def ops_result(lab, name):
@@ -100,6 +101,24 @@ def test_stop_is_fail_static_and_detach_removes_only_what_twinpath_added(lab, tm
     again = lab.run("gw", [sys.executable, "-m", "appliance.cli", "detach", "--config", str(config)]).stdout
     assert "nothing to detach" in again
     lab.run("gw", ["tc", "qdisc", "del", "dev", "int", "clsact"])
+
+
+def test_a_stopped_daemons_arbitration_still_takes_new_sessions(lab, tmp_path):
+    """A feed's first packet, a session change and a resync run the packet
+    again by tail call. The kernel empties a program array that no fd or
+    pin holds, so with the daemon gone they were dropped: every session
+    lost its first message until a daemon came back."""
+    config = topology.write_config(lab, feeds=True)
+    daemon = processes.DaemonProcess(lab, config, tmp_path / "daemon.jsonl")
+    try:
+        daemon.wait_for("ready", 60)
+        daemon.stop(detach=False)
+        plan = FeedPlan(messages=400, rate=20_000, session="STOPPED01", session_change_at=200,
+                        next_session="STOPPED02", seed=7)
+        r = feedrun.run_feed(lab, plan, tmp_path).result
+        assert (r["delivered"], r["delivered_twice"], r["missing"]) == (r["sent"], 0, {}), r
+    finally:
+        cli(lab, "detach", "--config", str(config))
 
 
 def test_detach_is_refused_while_a_daemon_runs(lab, tmp_path):
