@@ -8,6 +8,7 @@ import json
 import sys
 
 from lab import faults, hostscenario, pair, scenario, topology
+from lab.colo import LabError
 
 
 def cmd_up(args) -> int:
@@ -247,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except LabError as exc:   # a wrong name or a missing lab: the message says what to do
+        print(f"lab: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
