@@ -59,6 +59,7 @@ from fastpath.heartbeat import Stats
 TICK_S = 0.005
 FEED_TICK_S = 0.01       # gap grace windows and line health
 FEED_SUMMARY_S = 1.0
+SENDER_RESTART_S = 1.0   # at most one probe sender restart per second: one that dies at start does not spin
 READY_TIMEOUT_NS = 5_000_000_000  # steering attaches by then even if a link never answered
 # A thread woken by a deadline (the pair's) waits for the GIL up to this long
 # while another runs Python: CPython's default of 5 ms would be a takeover's
@@ -119,6 +120,9 @@ class Daemon:
         self.observer = Observer(self)
         self.sender_stats: Stats | None = None
         self.sender_pid: int | None = None
+        self.sender_restarts = 0
+        self._sender_exit_logged: int | None = None   # the dead sender's pid, once its exit is logged
+        self._sender_retry_at = 0.0
         self._errors = itertools.count(1)  # exceptions in event handlers, logged as 'error' (see _guarded)
         self.pair_agent: PairAgent | None = None
         self.vip: Vip | None = None
@@ -415,7 +419,7 @@ class Daemon:
                                               "receiver_mac": receivers[i]}
                                      for i, f in enumerate(cfg.feeds)})
                 self._resolve_missing_nexthops(ipr)
-                self._main_loop(stop, sender.stats, feedwatch)
+                self._main_loop(stop, sender, feedwatch)
             finally:
                 sd_notify("STOPPING=1")
                 stats = sender.stats
@@ -511,6 +515,35 @@ class Daemon:
         self.sender_pid = sender.pid
         if previous:
             self.log.emit("sender-replaced", previous_pid=previous, pid=sender.pid)
+
+    def _keep_sender(self, sender: SenderProcess) -> None:
+        """A probe sender that died (killed, out of memory) is started again
+        at once, carrying on its sequence: with no probes the data path
+        detects no dead link at all. Its counters start again from zero. The
+        gap moves nothing: every link ages alike (lib/reflex.h), the core
+        takes it for a stall, and the new sender's links owe no missed rounds."""
+        status = sender.exit_status()
+        if status is None:
+            return
+        if self._sender_exit_logged != sender.pid:
+            self._sender_exit_logged = sender.pid
+            self.log.emit("error", where="sender", errors=next(self._errors),
+                          error=f"the probe sender (pid {sender.pid}) exited with status {status}: no probes go "
+                                f"out, so no dead link is detected until it runs again")
+        now = time.monotonic()
+        if now < self._sender_retry_at:
+            return
+        self._sender_retry_at = now + SENDER_RESTART_S
+        previous = sender.pid
+        try:
+            self._start_sender(sender, None)
+        except (OSError, RuntimeError) as e:
+            self.log.emit("error", where="sender", errors=next(self._errors),
+                          error=f"restarting the probe sender failed ({e}); retrying in {SENDER_RESTART_S:g} s")
+            return
+        self.sender_restarts += 1
+        self.log.emit("sender-restarted", previous_pid=previous, status=status, pid=sender.pid,
+                      first_seq=sender.stats.last_seq + 1, restarts=self.sender_restarts)
 
     def _steer_attached(self, ipr: IPRoute) -> None:
         """Steering attached: every program of this daemon now runs, so the
@@ -629,7 +662,8 @@ class Daemon:
             if mac:
                 self._consume("neighbour", time.monotonic_ns(), link=i, ip=str(link.gateway), mac=mac)
 
-    def _main_loop(self, stop: threading.Event, sender: Stats, feedwatch: FeedWatch | None) -> None:
+    def _main_loop(self, stop: threading.Event, sender_process: SenderProcess, feedwatch: FeedWatch | None) -> None:
+        sender = sender_process.stats
         next_health = time.monotonic() + self.stats_interval_s
         next_feed_tick = time.monotonic()
         next_feed_summary = next_feed_tick + FEED_SUMMARY_S
@@ -641,6 +675,7 @@ class Daemon:
                 self.reload("SIGHUP")
             self.gw.poll(int(TICK_S * 1000))
             self._tick(sender, windows)
+            self._keep_sender(sender_process)
             now = time.monotonic()
             if feedwatch:
                 self.arbiter.poll(0)

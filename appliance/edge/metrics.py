@@ -77,6 +77,7 @@ class Snapshot:
     feeds: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # feed -> "A"/"B" -> ARB_COUNTERS
     arbitration_passed: dict[str, dict[str, int]] = field(default_factory=dict)  # Arbiter.global_stats()
     pair: PairMetrics | None = None
+    sender_restarts: int = 0   # heartbeat senders that died and were started again (each restarts sender_*)
 
 
 def rtt_histogram(counts: list[int]) -> tuple[list[tuple[str, int]], float]:
@@ -145,7 +146,9 @@ def _families(s: Snapshot) -> list:
     for counter, help_text in [
             ("periods", "Heartbeat sender periods (one probe round each)."),
             ("late_periods", "Heartbeat sender periods that started late."),
-            ("skipped_periods", "Whole heartbeat sender periods missed (the sender was held off the CPU).")]:
+            ("skipped_periods", "Whole heartbeat sender periods missed (the sender was held off the CPU)."),
+            ("restarts", "Heartbeat senders that died and were started again by the daemon; each restart "
+                         "starts the other sender counters again from zero.")]:
         families.append(CounterMetricFamily(f"twinpath_heartbeat_sender_{counter}_total", help_text,
                                             value=getattr(s, f"sender_{counter}")))
 

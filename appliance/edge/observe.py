@@ -167,5 +167,5 @@ class Observer:
                                        role_changes=dict(self.tally.pair_causes))
         return metrics.Snapshot(up_since_s=self.started_s, links=links, classes=classes, pair=pair,
                                 sender_periods=stats.periods, sender_late_periods=stats.late_periods,
-                                sender_skipped_periods=stats.skipped_periods,
+                                sender_skipped_periods=stats.skipped_periods, sender_restarts=d.sender_restarts,
                                 datapath_stats=d.gw.global_stats(), feeds=feeds, arbitration_passed=passed)

@@ -85,19 +85,26 @@ class SenderProcess:
         # child runs (Daemon resets the links' missed rounds to it).
         self.stats.reset(time.monotonic_ns() // 1000)
         self._fds = [s.fileno() for s in sockets]
-        self._argv = [sys.executable, "-m", "appliance.edge.probesender", "--stats-fd", str(self._memfd),
-                "--last-seq", str(self.stats.last_seq),
-                "--interval-ns", str(interval_ns), "--seq-offset", str(seq_offset), "--priority", str(priority),
-                "--sockets", ",".join(map(str, self._fds)), "--templates", ",".join(t.hex() for t in templates)]
+        self._args = ["--interval-ns", str(interval_ns), "--seq-offset", str(seq_offset), "--priority", str(priority),
+                      "--sockets", ",".join(map(str, self._fds)), "--templates", ",".join(t.hex() for t in templates)]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
+        """Starts the child; its first round is stats.last_seq + 1, so a
+        restarted one carries on the dead one's sequence."""
         # Its own session: a signal to the daemon's process group (a terminal's
         # Ctrl-C) does not reach it; stdout/stderr stay the daemon's (journald).
         # Without the daemon's systemd notify and watchdog sockets: those are the daemon's to speak on.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_"))}
-        self.proc = subprocess.Popen(self._argv, pass_fds=[self._memfd, *self._fds], start_new_session=True,
+        argv = [sys.executable, "-m", "appliance.edge.probesender", "--stats-fd", str(self._memfd),
+                "--last-seq", str(self.stats.last_seq), *self._args]
+        self.proc = subprocess.Popen(argv, pass_fds=[self._memfd, *self._fds], start_new_session=True,
                                      stdin=subprocess.DEVNULL, env=env)
+
+    def exit_status(self) -> int | None:
+        """None while the child runs; else its status (negative: the signal
+        that ended it). A zombie is reaped here."""
+        return self.proc.poll() if self.proc else None
 
     @property
     def pid(self) -> int | None:

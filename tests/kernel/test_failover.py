@@ -153,6 +153,28 @@ def test_failback_only_after_holddown(lab, workdir, daemon):
     assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hA")}
 
 
+def test_a_dead_probe_sender_is_restarted_and_detection_resumes(lab, workdir, daemon):
+    """A probe sender killed under a running daemon (the OOM killer, a stray
+    kill) left every link unprobed: the data path detected nothing, and
+    nothing said so. The daemon now reports it and starts a new one, which
+    carries on the sequence; the gap moves nothing."""
+    first = daemon.wait_for("attached", 1)["sender_pid"]
+    os.kill(first, signal.SIGKILL)
+    restarted = daemon.wait_for("sender-restarted", 10)
+    assert (restarted["previous_pid"], restarted["status"]) == (first, -signal.SIGKILL)
+    assert restarted["pid"] != first and os.path.exists(f"/proc/{restarted['pid']}")
+    assert [e["where"] for e in daemon.events() if e.get("event") == "error"] == ["sender"]
+    result, arrivals = stream(lab, workdir, 9000, 0.3)
+    assert failovers(daemon) == [] and result["lost"] == 0, result
+    assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hA")}
+    faults.inject(lab, "blackhole", "A")
+    try:
+        stream(lab, workdir, 9000, 0.3)               # traffic makes the data path switch
+    finally:
+        faults.clear(lab, "blackhole", "A")
+    assert [(e["from"], e["to"]) for e in failovers(daemon, "heartbeat")] == [("A", "B")]
+
+
 def _restart_during_stream(lab, workdir, old, seconds=3.0):
     """Kills `old` (its programs keep forwarding) and starts a new daemon on
     the same config while an order stream runs; returns (analysis,

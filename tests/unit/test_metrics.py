@@ -28,7 +28,7 @@ def snapshot() -> Snapshot:
         classes={"orders": ClassMetrics(link="fiber", links=["fiber", "radio"],
                                         packets={"fiber": 10, "radio": 2}, bytes={"fiber": 1000, "radio": 200},
                                         failovers={"blackhole": 2, "operator": 1})},
-        sender_periods=1000, sender_late_periods=3, sender_skipped_periods=1,
+        sender_periods=1000, sender_late_periods=3, sender_skipped_periods=1, sender_restarts=2,
         datapath_stats={name: i for i, name in enumerate(layout.STATS)},
         feeds={"itch": {line: {c: i + (10 if line == "B" else 0) for i, c in enumerate(ARB_COUNTERS)}
                         for line in "AB"}},
@@ -88,7 +88,7 @@ def test_every_snapshot_value_is_exposed_with_its_labels():
                                      ("heartbeat_send_errors", 1, 0), ("link_up", 1, 0), ("link_carrier", 1, 0),
                                      ("link_drained", 0, 1)]:
         assert values(fams, f"twinpath_{name}") == {fiber: on_fiber, radio: on_radio}, name
-    for name, value in [("periods", 1000), ("late_periods", 3), ("skipped_periods", 1)]:
+    for name, value in [("periods", 1000), ("late_periods", 3), ("skipped_periods", 1), ("restarts", 2)]:
         assert values(fams, f"twinpath_heartbeat_sender_{name}") == {(): value}
     orders = ("class", "orders")
     assert values(fams, "twinpath_class_packets") == {(orders, *fiber): 10, (orders, *radio): 2}
