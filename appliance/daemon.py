@@ -39,9 +39,9 @@ from appliance.core.decision import PAIR_INPUTS, Core, Decision, Start
 from appliance.core.feeds import FeedParams
 from appliance.core.pair import ACTIVE, DRAINING, STANDBY, PairParams
 from appliance.edge import gatelock, netlink, preflight, probesender
-from appliance.edge.arbitration import Arbiter, multicast_mac
+from appliance.edge.arbitration import TAIL_CALLS, Arbiter, multicast_mac
 from appliance.edge.control import ControlServer, EventHub, socket_path
-from appliance.edge.dataplane import PROBE_IDENT, Gateway, LinkState, detach_all, open_probe_socket
+from appliance.edge.dataplane import PROBE_IDENT, Gateway, LinkState, detach_all, detach_stale, open_probe_socket
 from appliance.edge.feedwatch import FeedWatch
 from appliance.edge.jsonlog import EventLog, JsonFormatter
 from appliance.edge.keys import HeartbeatKey
@@ -552,6 +552,13 @@ class Daemon:
         self.log.emit("steer-attached", ingress=self.cfg.steer.ingress, xdp=xdp_off is None,
                       xdp_targets=[n for n, s in zip(self.link_names, self.links) if s.xdp_target],
                       **({"xdp_off": xdp_off} if xdp_off else {}))
+        ours, tail_calls = self.gw.attachments(), set()
+        if self.arbiter:
+            ours |= self.arbiter.attachments()
+            tail_calls.add(TAIL_CALLS)
+        stale = detach_stale(ipr, self.pins, ours, tail_calls)
+        if stale:
+            self.log.emit("detached-stale", removed=stale)
         retired = self.pins.retire()
         if retired:
             self.log.emit("migrated", retired=retired)

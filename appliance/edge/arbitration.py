@@ -26,6 +26,7 @@ from appliance.edge.pins import PinDir
 
 ARB_SOURCES = ["arbitrate.c"]
 LINE_PROGRAMS = ("tp_arb_line_a", "tp_arb_line_b")  # line A = 0, line B = 1
+TAIL_CALLS = "tp_arb_progs"      # the line programs' tail-call table (ebpf/lib/feed_maps.h)
 CLEAR_PROGRAM = "tp_arb_clear"  # tp_arb_progs[2]: the rare paths' claim clearing (ebpf/lib/feed_maps.h)
 
 
@@ -65,7 +66,7 @@ class Arbiter:
         self.clear = self.bpf.load_func(CLEAR_PROGRAM, BPF.XDP)
         # Tail-call targets: a session switch, a believed far-ahead sequence
         # or a claim sweep runs tp_arb_clear and the packet again on its line.
-        progs = self.bpf["tp_arb_progs"]
+        progs = self.bpf[TAIL_CALLS]
         for i, fn in enumerate([*self.lines, self.clear]):
             progs[ctypes.c_int(i)] = ctypes.c_int(fn.fd)
         self._attached: list[int] = []
@@ -179,7 +180,11 @@ class Arbiter:
             if self.pins:
                 self.pins.pin_program("xdp", self._attached[-1], prog.fd)
         if self.pins:
-            self.pins.pin_tail_calls("tp_arb_progs", self.bpf["tp_arb_progs"].map_fd)
+            self.pins.pin_tail_calls(TAIL_CALLS, self.bpf[TAIL_CALLS].map_fd)
+
+    def attachments(self) -> set[tuple[str, int]]:
+        """(hook, ifindex) of every program this arbiter attached, as pinned."""
+        return {("xdp", int(idx)) for idx in self._attached}
 
     def detach(self, ipr: IPRoute) -> None:
         for idx in reversed(self._attached):

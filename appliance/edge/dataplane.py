@@ -319,7 +319,6 @@ class Gateway:
         off, or None: a device without native XDP keeps TC steering alone."""
         self._attach_one(ipr, self.cfg.steer.ingress, TC_INGRESS, self.steer)
         if not self.cfg.steer.xdp:
-            self._detach_previous_xdp(ipr)
             return "steer.xdp = false"
         try:
             self._xdp_attached = attach_xdp(ipr, self.cfg.steer.ingress, self.steer_xdp)
@@ -329,15 +328,12 @@ class Gateway:
             self.pins.pin_program("xdp", self._xdp_attached, self.steer_xdp.fd)
         return None
 
-    def _detach_previous_xdp(self, ipr: IPRoute) -> None:
-        """A previous daemon's XDP steering, when this config turns it off."""
-        if not self.pins:
-            return
-        idx = ifindex(ipr, self.cfg.steer.ingress)
-        for hook, pinned_idx, prog_id in self.pins.programs():
-            if hook == "xdp" and pinned_idx == idx:
-                detach_xdp(ipr, idx, prog_id)
-                self.pins.unpin_program(hook, idx)
+    def attachments(self) -> set[tuple[str, int]]:
+        """(hook, ifindex) of every program this gateway attached, as pinned."""
+        ours = {(TC_HOOKS[parent], int(idx)) for idx, parent in self._attached}
+        if self._xdp_attached is not None:
+            ours.add(("xdp", int(self._xdp_attached)))
+        return ours
 
     def _attach_one(self, ipr: IPRoute, dev: str, parent: str, fn) -> None:
         attached = attach_bpf(ipr, dev, parent, fn, FILTER_PRIO)
@@ -373,12 +369,7 @@ def detach_all(ipr: IPRoute, pins: PinDir) -> list[str]:
     if sender:
         removed.append(f"probe sender pid {sender}")
     for hook, idx, prog_id in pins.programs():
-        if hook == "xdp":
-            gone = detach_xdp(ipr, idx, prog_id)
-        else:
-            parent = next(p for p, h in TC_HOOKS.items() if h == hook)
-            gone = detach_bpf(ipr, idx, parent, FILTER_PRIO, prog_id)
-        if gone:
+        if _detach_pinned(ipr, hook, idx, prog_id):
             removed.append(f"{hook} program {prog_id} on ifindex {idx}")
     for idx in pins.qdiscs():
         if remove_clsact_if_empty(ipr, idx):
@@ -386,6 +377,34 @@ def detach_all(ipr: IPRoute, pins: PinDir) -> list[str]:
     removed.append(f"{len(pins.pins())} pinned maps and programs under {pins.path}")
     pins.remove()
     return removed
+
+
+def detach_stale(ipr: IPRoute, pins: PinDir, ours: set[tuple[str, int]], tail_calls: set[str]) -> list[str]:
+    """A previous daemon's programs where this one attached none (a device
+    the config no longer names, arbitration or XDP steering turned off), and
+    tail-call tables no program of ours uses: detached (matched by program
+    id) and unpinned. Left attached, they went on forwarding and arbitrating
+    on the old config. Call it once every program of ours is attached."""
+    removed = []
+    for hook, idx, prog_id in pins.programs():
+        if (hook, idx) in ours:
+            continue
+        if _detach_pinned(ipr, hook, idx, prog_id):
+            removed.append(f"{hook} program {prog_id} on ifindex {idx}")
+        pins.unpin_program(hook, idx)
+    for table in pins.tail_call_tables() - tail_calls:
+        pins.unpin_tail_calls(table)
+        removed.append(f"tail-call table {table}")
+    return removed
+
+
+def _detach_pinned(ipr: IPRoute, hook: str, idx: int, prog_id: int) -> bool:
+    """Removes the pinned program `prog_id` from where it was attached, if it
+    is still there; another tool's program in its place is left."""
+    if hook == "xdp":
+        return detach_xdp(ipr, idx, prog_id)
+    parent = next(p for p, h in TC_HOOKS.items() if h == hook)
+    return detach_bpf(ipr, idx, parent, FILTER_PRIO, prog_id)
 
 
 def open_probe_socket(dev: str, local: ipaddress.IPv4Address, target: ipaddress.IPv4Address) -> socket.socket:

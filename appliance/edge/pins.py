@@ -307,6 +307,12 @@ class PinDir:
         table is attached."""
         self._pin_replacing(f"prog_array_{table}", map_fd)
 
+    def unpin_tail_calls(self, table: str) -> None:
+        self._unpin(f"prog_array_{table}")
+
+    def tail_call_tables(self) -> set[str]:
+        return {pin.removeprefix("prog_array_") for pin in self.pins() if pin.startswith("prog_array_")}
+
     def unpin_program(self, hook: str, ifindex: int) -> None:
         self._unpin(f"prog_{hook}_{int(ifindex)}")
 

@@ -121,6 +121,29 @@ def test_a_stopped_daemons_arbitration_still_takes_new_sessions(lab, tmp_path):
         cli(lab, "detach", "--config", str(config))
 
 
+def test_a_restart_without_feeds_takes_the_previous_arbitration_off_the_lines(lab, tmp_path):
+    """The previous daemon's arbitration programs stayed on the lines and
+    went on arbitrating on the old config, with nothing of this one's to
+    say so; now the new daemon detaches and unpins what it did not attach."""
+    config = topology.write_config(lab, feeds=True)
+    first = processes.DaemonProcess(lab, config, tmp_path / "first.jsonl")
+    first.wait_for("ready", 60)
+    first.stop(detach=False)
+    assert (lab.gw_pin_dir / "prog_array_tp_arb_progs").exists()
+    second = processes.DaemonProcess(lab, topology.write_config(lab), tmp_path / "second.jsonl")
+    try:
+        second.wait_for("ready", 60)
+        removed = second.wait_for("detached-stale", 5)["removed"]
+        assert len(removed) == 3 and sum(r.startswith("xdp program") for r in removed) == 2, removed
+        for dev in ("lnkA", "lnkB"):
+            assert "xdp" not in lab.run("gw", ["ip", "-d", "link", "show", dev]).stdout
+        pins = {p.name for p in lab.gw_pin_dir.iterdir()}
+        assert not {p for p in pins if p.startswith(("prog_xdp", "prog_array"))}, pins
+        assert "tp_steer" in tc_filters(lab, "int") and "tp_hb_ingress" in tc_filters(lab, "lnkA")
+    finally:
+        second.stop()
+
+
 def test_detach_is_refused_while_a_daemon_runs(lab, tmp_path):
     config = topology.write_config(lab)
     daemon = processes.DaemonProcess(lab, config, tmp_path / "daemon.jsonl")
