@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from appliance import layout
 from appliance.edge.dataplane import load_pinned
-from appliance.edge.netlink import attach_xdp, detach_xdp
+from appliance.edge.netlink import attach_xdp
 from appliance.edge.pins import PinDir
 
 ARB_SOURCES = ["arbitrate.c"]
@@ -186,7 +186,3 @@ class Arbiter:
         """(hook, ifindex) of every program this arbiter attached, as pinned."""
         return {("xdp", int(idx)) for idx in self._attached}
 
-    def detach(self, ipr: IPRoute) -> None:
-        for idx in reversed(self._attached):
-            detach_xdp(ipr, idx)
-        self._attached.clear()

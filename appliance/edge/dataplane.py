@@ -343,15 +343,6 @@ class Gateway:
                 self.pins.note_qdisc(attached)
         self._attached.append((attached, parent))
 
-    def detach(self, ipr: IPRoute) -> None:
-        """Removes our programs only; traffic returns to kernel routing."""
-        if self._xdp_attached is not None:
-            detach_xdp(ipr, self._xdp_attached)
-            self._xdp_attached = None
-        for idx, parent in reversed(self._attached):
-            detach_bpf(ipr, idx, parent, FILTER_PRIO)
-        self._attached.clear()
-
 
 TC_HOOKS = {TC_INGRESS: "tc-ingress", TC_EGRESS: "tc-egress"}
 
