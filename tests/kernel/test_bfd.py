@@ -3,9 +3,13 @@
 The detection bounds follow from the timers, not from machine speed: bfdd
 declares a session down 3 x 10 ms after the last control packet it received,
 and the carrier sends one every 7.5-10 ms (RFC 5880 jitter), so a fault is
-detected no sooner than 2 x 10 ms after it starts (unless the carrier's bfdd
-itself stalled just before); the upper bound (1 s) only has to survive a
-loaded 2-core machine.
+detected about 2 x 10 ms after it starts at the soonest. Sooner only if the
+carrier's bfdd was late with its last packet before the fault, which a
+loaded machine does: a fresh-clone CI run saw 19.8 ms. The lower bound is
+therefore one interval, which only a carrier silent for two thirds of the
+detection time could break; the cause is checked by the diagnostic
+(control-expired). The upper bound (1 s) only has to survive a loaded
+2-core machine.
 """
 
 import os
@@ -21,7 +25,7 @@ from lab.topology import LINKS
 pytestmark = pytest.mark.kernel
 
 INTERVAL_MS, MULTIPLIER = 10, 3
-MIN_DETECT_NS = 2 * INTERVAL_MS * 1_000_000
+MIN_DETECT_NS = INTERVAL_MS * 1_000_000
 MAX_DETECT_NS = 1_000_000_000
 DOWN_TIMEOUT_S = 5
 # Back up takes up to a few seconds: a down session sends at 1/s until its peer answers.
