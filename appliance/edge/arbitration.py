@@ -185,4 +185,3 @@ class Arbiter:
     def attachments(self) -> set[tuple[str, int]]:
         """(hook, ifindex) of every program this arbiter attached, as pinned."""
         return {("xdp", int(idx)) for idx in self._attached}
-
