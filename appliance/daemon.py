@@ -60,6 +60,11 @@ TICK_S = 0.005
 FEED_TICK_S = 0.01       # gap grace windows and line health
 FEED_SUMMARY_S = 1.0
 SENDER_RESTART_S = 1.0   # at most one probe sender restart per second: one that dies at start does not spin
+SENDER_CHECK_S = 0.1     # the probe sender's liveness: a waitpid and a counter read, not worth every tick
+# A sender alive that sends no round for this long (and this many of its
+# periods) while the daemon watched it throughout is stopped or wedged.
+SENDER_STALL_S = 1.0
+SENDER_STALL_ROUNDS = 10
 READY_TIMEOUT_NS = 5_000_000_000  # steering attaches by then even if a link never answered
 # A thread woken by a deadline (the pair's) waits for the GIL up to this long
 # while another runs Python: CPython's default of 5 ms would be a takeover's
@@ -123,6 +128,11 @@ class Daemon:
         self.sender_restarts = 0
         self._sender_exit_logged: int | None = None   # the dead sender's pid, once its exit is logged
         self._sender_retry_at = 0.0
+        self._sender_seq: int | None = None        # its last round, as the last check saw it ...
+        self._sender_quiet_since = 0.0             # ... unchanged since then ...
+        self._sender_checked_at: float | None = None   # ... by checks made on schedule
+        self._sender_stall_s = max(SENDER_STALL_S, SENDER_STALL_ROUNDS * cfg.heartbeat.interval_us / 1e6)
+        self._sender_killed: int | None = None      # the pid killed for stalling
         self._errors = itertools.count(1)  # exceptions in event handlers, logged as 'error' (see _guarded)
         self.pair_agent: PairAgent | None = None
         self.vip: Vip | None = None
@@ -516,21 +526,23 @@ class Daemon:
         if previous:
             self.log.emit("sender-replaced", previous_pid=previous, pid=sender.pid)
 
-    def _keep_sender(self, sender: SenderProcess) -> None:
+    def _keep_sender(self, sender: SenderProcess, now: float) -> None:
         """A probe sender that died (killed, out of memory) is started again
         at once, carrying on its sequence: with no probes the data path
         detects no dead link at all. Its counters start again from zero. The
         gap moves nothing: every link ages alike (lib/reflex.h), the core
-        takes it for a stall, and the new sender's links owe no missed rounds."""
+        takes it for a stall, and the new sender's links owe no missed rounds.
+        One that lives but sends nothing (stopped, wedged) is killed first."""
         status = sender.exit_status()
         if status is None:
+            if self._sender_stalled(sender.stats.last_seq, now):
+                self._kill_stalled_sender(sender, now)
             return
         if self._sender_exit_logged != sender.pid:
             self._sender_exit_logged = sender.pid
             self.log.emit("error", where="sender", errors=next(self._errors),
                           error=f"the probe sender (pid {sender.pid}) exited with status {status}: no probes go "
                                 f"out, so no dead link is detected until it runs again")
-        now = time.monotonic()
         if now < self._sender_retry_at:
             return
         self._sender_retry_at = now + SENDER_RESTART_S
@@ -542,8 +554,33 @@ class Daemon:
                           error=f"restarting the probe sender failed ({e}); retrying in {SENDER_RESTART_S:g} s")
             return
         self.sender_restarts += 1
-        self.log.emit("sender-restarted", previous_pid=previous, status=status, pid=sender.pid,
+        self.log.emit("sender-restarted", previous_pid=previous, status=status,
+                      cause="stalled" if previous == self._sender_killed else "exited", pid=sender.pid,
                       first_seq=sender.stats.last_seq + 1, restarts=self.sender_restarts)
+
+    def _sender_stalled(self, seq: int, now: float) -> bool:
+        """Whether the sender's round has stood still for the stall bound
+        while this daemon checked on schedule. A late check (the daemon held
+        off the CPU too: a host stall, which the core already holds
+        verdicts for) starts the count again."""
+        on_schedule = self._sender_checked_at is not None and now - self._sender_checked_at <= 3 * SENDER_CHECK_S
+        self._sender_checked_at = now
+        if seq != self._sender_seq or not on_schedule:
+            self._sender_seq, self._sender_quiet_since = seq, now
+            return False
+        return now - self._sender_quiet_since >= self._sender_stall_s
+
+    def _kill_stalled_sender(self, sender: SenderProcess, now: float) -> None:
+        """Killed, it is restarted on the next check like one that died;
+        its exit is this error, not another."""
+        pid = sender.pid
+        self.log.emit("error", where="sender", errors=next(self._errors),
+                      error=f"the probe sender (pid {pid}, state {sender.state()}) has sent no probe for "
+                            f"{now - self._sender_quiet_since:.1f} s: no dead link is detected without "
+                            f"probes; killing it to start a new one")
+        self._sender_killed = self._sender_exit_logged = pid
+        self._sender_seq = None
+        sender.kill()
 
     def _steer_attached(self, ipr: IPRoute) -> None:
         """Steering attached: every program of this daemon now runs, so the
@@ -672,7 +709,7 @@ class Daemon:
     def _main_loop(self, stop: threading.Event, sender_process: SenderProcess, feedwatch: FeedWatch | None) -> None:
         sender = sender_process.stats
         next_health = time.monotonic() + self.stats_interval_s
-        next_feed_tick = time.monotonic()
+        next_feed_tick = next_sender_check = time.monotonic()
         next_feed_summary = next_feed_tick + FEED_SUMMARY_S
         hists = [[0] * layout.HIST_BUCKETS for _ in self.links]
         windows = ProbeWindows(self.cfg.heartbeat.multiplier)
@@ -682,8 +719,10 @@ class Daemon:
                 self.reload("SIGHUP")
             self.gw.poll(int(TICK_S * 1000))
             self._tick(sender, windows)
-            self._keep_sender(sender_process)
             now = time.monotonic()
+            if now >= next_sender_check:
+                self._keep_sender(sender_process, now)
+                next_sender_check = now + SENDER_CHECK_S
             if feedwatch:
                 self.arbiter.poll(0)
                 if now >= next_feed_tick:

@@ -32,16 +32,21 @@ REGISTRY_KEY = "sender"
 STOP_WAIT_S = 2.0
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat
-    field 22): with the pid, it names one process even after pid reuse.
-    None for a process gone or a zombie."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3 (the state) on; None for a process gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat
+    field 22): with the pid, it names one process even after pid reuse.
+    None for a process gone or a zombie."""
+    fields = _stat_fields(pid)
+    return None if not fields or fields[0] in ("Z", "X") else fields[19]
 
 
 def _is_sender(pid: int) -> bool:
@@ -109,6 +114,16 @@ class SenderProcess:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    def state(self) -> str:
+        """The child's scheduler state, as /proc names it (R, S, D, T, ...)."""
+        fields = _stat_fields(self.pid) if self.proc else None
+        return fields[0] if fields else "gone"
+
+    def kill(self) -> None:
+        """SIGKILL; exit_status() then reaps it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
 
     def record(self, pins) -> None:
         started = None

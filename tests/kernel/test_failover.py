@@ -175,6 +175,27 @@ def test_a_dead_probe_sender_is_restarted_and_detection_resumes(lab, workdir, da
     assert [(e["from"], e["to"]) for e in failovers(daemon, "heartbeat")] == [("A", "B")]
 
 
+def test_a_stopped_probe_sender_is_replaced_and_detection_resumes(lab, workdir, daemon):
+    """A sender that lives but sends nothing (stopped here; wedged alike)
+    left every link unprobed with no word: the daemon now kills it after a
+    second of silence and starts a new one."""
+    first = daemon.wait_for("attached", 1)["sender_pid"]
+    os.kill(first, signal.SIGSTOP)
+    restarted = daemon.wait_for("sender-restarted", 15)
+    assert (restarted["previous_pid"], restarted["status"], restarted["cause"]) == (first, -signal.SIGKILL, "stalled")
+    [error] = [e for e in daemon.events() if e.get("event") == "error"]
+    assert error["where"] == "sender" and f"pid {first}, state T" in error["error"], error
+    result, arrivals = stream(lab, workdir, 9000, 0.3)
+    assert failovers(daemon) == [] and result["lost"] == 0, result
+    assert set(arrivals["ifindex"]) == {lab.ifindex("exch", "hA")}
+    faults.inject(lab, "blackhole", "A")
+    try:
+        stream(lab, workdir, 9000, 0.3)
+    finally:
+        faults.clear(lab, "blackhole", "A")
+    assert [(e["from"], e["to"]) for e in failovers(daemon, "heartbeat")] == [("A", "B")]
+
+
 def _restart_during_stream(lab, workdir, old, seconds=3.0):
     """Kills `old` (its programs keep forwarding) and starts a new daemon on
     the same config while an order stream runs; returns (analysis,
