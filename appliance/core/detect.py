@@ -74,12 +74,6 @@ class DetectParams:
     baseline_ns: int = 60_000_000_000
 
 
-class Signal(NamedTuple):   # built for every link at every reading: a tuple is cheap to make
-    value: int | float | None
-    threshold: int | float | None
-    tripped: bool
-
-
 def _us(ns: int | None) -> float | None:
     return None if ns is None else round(ns / 1000, 1)
 
@@ -94,12 +88,20 @@ class LinkDetector:
         self.jitter_ns: int | None = None
         self._floors: deque[tuple[int, int]] = deque()          # (bucket, lowest median in it)
         self._baseline_ns: int | None = None                    # the lowest of them
-        self._probes: deque[tuple[int, int]] = deque()          # per window: (judged, lost) ...
-        self._bursts: deque[int] = deque()                      # ... and its longest loss run
+        self._probes: deque[tuple[int, int, int]] = deque()     # per window: (judged, lost, longest loss run)
+        # The windows' loss runs that no later window's run equals or
+        # exceeds, longest first: the first is the longest in the sliding
+        # window (a sliding maximum, without a scan of every window).
+        self._longest: deque[tuple[int, int]] = deque()         # (window number, run)
+        self._windows = 0        # windows counted so far
         self._judged = self._lost = 0
         self._run = 0            # consecutive losses at the end of the windows so far
         self._agree = self._healthy = 0
-        self._signals: dict[str, Signal] = {}
+        # The last reading's detectors (None before the first): the
+        # parameters they ran with, the rtt threshold, and what tripped.
+        self._measured_p = p
+        self._rtt_limit: int | None = None
+        self._tripped: tuple[bool, bool, bool, bool] | None = None   # rtt, loss, jitter, feed
         # Market-data lines this link carries that are silent or behind while
         # their peer line flows ("feed/line" -> status): its receive path.
         self.feed_lines: dict[str, str] = {}
@@ -122,8 +124,7 @@ class LinkDetector:
             self.jitter_ns = w.jitter_ns if self.jitter_ns is None else \
                 self.jitter_ns + ((w.jitter_ns - self.jitter_ns) >> JITTER_GAIN_SHIFT)
         self._count_losses(w)
-        self._signals = self._measure()
-        if sum([s.tripped for s in self._signals.values()]) >= self.p.quorum:
+        if self._measure() >= self.p.quorum:
             self._agree, self._healthy = self._agree + 1, 0
         else:
             self._agree, self._healthy = 0, self._healthy + 1
@@ -154,15 +155,21 @@ class LinkDetector:
         judged = w.answered + w.lost
         if not judged:   # every probe still in flight: nothing to count, and the deque stays bounded
             return
-        self._probes.append((judged, w.lost))
-        self._bursts.append(burst)
+        self._probes.append((judged, w.lost, burst))
+        longest = self._longest
+        while longest and longest[-1][1] <= burst:
+            longest.pop()
+        longest.append((self._windows, burst))
+        self._windows += 1
         self._judged += judged
         self._lost += w.lost
         while self._judged - self._probes[0][0] >= self.p.loss_window:
-            old_judged, old_lost = self._probes.popleft()
-            self._bursts.popleft()
+            old_judged, old_lost, _ = self._probes.popleft()
             self._judged -= old_judged
             self._lost -= old_lost
+        first = self._windows - len(self._probes)   # the oldest window still in the sliding window
+        while longest[0][0] < first:
+            longest.popleft()
 
     def _learn(self, ts_ns: int, median_ns: int) -> None:
         bucket = ts_ns // max(1, self.p.baseline_ns // BASELINE_BUCKETS)
@@ -182,37 +189,40 @@ class LinkDetector:
     @property
     def burst(self) -> int:
         """The longest run of losses among the sliding window's probes."""
-        return max(self._bursts, default=0)
+        return self._longest[0][1] if self._longest else 0
 
-    def _measure(self) -> dict[str, Signal]:
-        p, base, loss = self.p, self.baseline_ns, self.loss
-        if base is None or self.rtt_ns is None:
-            rtt = Signal(self.rtt_ns, None, False)
+    def _measure(self) -> int:
+        """Runs the detectors on the link as it now stands; returns how many tripped.
+        (Every link, every reading: it keeps what evidence() needs, no more.)"""
+        p, base, rtt = self.p, self._baseline_ns, self.rtt_ns
+        if base is None or rtt is None:
+            self._rtt_limit, slow = None, False
         else:
-            limit = base + max(p.rtt_margin_ns, int(p.rtt_margin_ratio * base))
-            rtt = Signal(self.rtt_ns, limit, self.rtt_ns > limit)
-        lossy = (self._judged >= p.loss_window and loss > p.loss_threshold) or self.burst > p.loss_burst
+            self._rtt_limit = limit = base + max(p.rtt_margin_ns, int(p.rtt_margin_ratio * base))
+            slow = rtt > limit
+        judged = self._judged
+        lossy = (judged >= p.loss_window and self._lost / judged > p.loss_threshold) or self.burst > p.loss_burst
         jittery = self.jitter_ns is not None and self.jitter_ns > p.jitter_threshold_ns
-        return {"rtt": rtt, "loss": Signal(loss, p.loss_threshold, lossy),
-                "jitter": Signal(self.jitter_ns, p.jitter_threshold_ns, jittery),
-                "feed": Signal(len(self.feed_lines), None, bool(self.feed_lines))}
+        feed = bool(self.feed_lines)
+        self._measured_p, self._tripped = p, (slow, lossy, jittery, feed)
+        return slow + lossy + jittery + feed
 
     def evidence(self) -> dict:
         """For the log: each detector's value, threshold and whether it
         tripped, the baseline, and the verdict."""
-        s = self._signals
-        if not s:
+        if self._tripped is None:
             return {"gray": self.gray, "baseline_us": None, "rtt": None, "loss": None, "jitter": None}
-        rtt, loss, jitter = s["rtt"], s["loss"], s["jitter"]
+        slow, lossy, jittery, feed = self._tripped
+        p, loss = self._measured_p, self.loss
         return {
             "gray": self.gray, "baseline_us": _us(self.baseline_ns),
-            "rtt": {"value_us": _us(rtt.value), "threshold_us": _us(rtt.threshold), "tripped": rtt.tripped},
-            "loss": {"value": None if loss.value is None else round(loss.value, 4), "threshold": loss.threshold,
+            "rtt": {"value_us": _us(self.rtt_ns), "threshold_us": _us(self._rtt_limit), "tripped": slow},
+            "loss": {"value": None if loss is None else round(loss, 4), "threshold": p.loss_threshold,
                      "probes": self._judged, "burst": self.burst, "burst_threshold": self.p.loss_burst,
-                     "tripped": loss.tripped},
-            "jitter": {"value_us": _us(jitter.value), "threshold_us": _us(jitter.threshold),
-                       "tripped": jitter.tripped},
-            "feed": {"lines": dict(sorted(self.feed_lines.items())), "tripped": s["feed"].tripped},
+                     "tripped": lossy},
+            "jitter": {"value_us": _us(self.jitter_ns), "threshold_us": _us(p.jitter_threshold_ns),
+                       "tripped": jittery},
+            "feed": {"lines": dict(sorted(self.feed_lines.items())), "tripped": feed},
         }
 
 

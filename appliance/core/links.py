@@ -32,6 +32,9 @@ from appliance.core.detect import DetectParams, LinkDetector, StallWatch, Window
 from appliance.core.predict import LinkPredictor, Model
 
 
+DEFAULT_POLICY = policy.ClassPolicy()   # frozen: one serves every class without a policy of its own
+
+
 @dataclass(frozen=True)
 class LinkParams:
     names: list[str]
@@ -48,7 +51,7 @@ class LinkParams:
     model: Model | None = None    # the failure-prediction model, recorded with the start so replay uses it
 
     def policy_of(self, class_id: int) -> policy.ClassPolicy:
-        return self.class_policies[class_id] if self.class_policies else policy.ClassPolicy()
+        return self.class_policies[class_id] if self.class_policies else DEFAULT_POLICY
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +136,7 @@ class LinkCore:
 
     def observations(self, links: list[list[int]]) -> list[policy.LinkObservation]:
         """links: each link's [last_reply_ns, fresh_since_ns] from tp_health."""
-        return [policy.LinkObservation(carrier=c, nexthop=m is not None, last_reply_ns=last, fresh_since_ns=since)
+        return [policy.LinkObservation(c, m is not None, last, since)
                 for c, m, (last, since) in zip(self.carriers, self.nexthops, links)]
 
     def health(self, ts_ns: int, links: list[list[int]], active: list[int],
@@ -149,7 +152,8 @@ class LinkCore:
         for link in range(len(self.p.names)):
             if self.failed[link] and self._fresh_for_ns(link) >= 0 and not self.detectors[link].gray:
                 self.failed[link] = False
-            out += self._settle(ts_ns, link)
+            if self.damping[link].suppressed:   # only a suppressed link has anything to settle
+                out += self._settle(ts_ns, link)
         views = self.views(ts_ns)
         for class_id, current in enumerate(active):
             out += self._decide(ts_ns, class_id, current, views)
@@ -291,9 +295,8 @@ class LinkCore:
 
     def views(self, ts_ns: int) -> list[policy.LinkView]:
         """Every link as the policy sees it now (also what `twinpath status` shows)."""
-        return [policy.LinkView(fresh_for_ns=self._fresh_for_ns(link), rtt_ns=d.rtt_ns, loss=d.loss,
-                                gray=d.gray, suppressed=self.damping[link].suppressed, drained=self.drained[link],
-                                predicted=self._predicted(link, ts_ns))
+        return [policy.LinkView(self._fresh_for_ns(link), d.rtt_ns, d.loss, d.gray, self.damping[link].suppressed,
+                                self.drained[link], self._predicted(link, ts_ns))
                 for link, d in enumerate(self.detectors)]
 
     def _predicted(self, link: int, ts_ns: int) -> float:

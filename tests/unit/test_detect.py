@@ -1,5 +1,7 @@
 """Gray-failure detectors and the host-stall hold, fed window summaries:
 pure, no root."""
+import random
+
 import pytest
 
 from appliance.core.detect import DetectParams, LinkDetector, StallWatch, Window
@@ -107,6 +109,17 @@ def test_a_burst_longer_than_loss_burst_trips_even_across_windows():
     assert d.burst == 4 and d.evidence()["loss"]["tripped"]
     feed(d, [window(answered=5)] * 4, start=T0 + 2 * S)   # 20 later probes: the burst slid out
     assert d.burst == 0 and not d.evidence()["loss"]["tripped"]
+
+
+def test_the_longest_burst_is_a_sliding_maximum_over_the_windows_in_the_loss_window():
+    """burst is kept as a sliding maximum: checked against a scan of every
+    window the loss window holds, over random windows (empty ones too)."""
+    rng = random.Random(7)
+    d = LinkDetector(P)
+    for i in range(3000):
+        answered, lost = rng.choice([0, 0, 1, 3, 5]), rng.choice([0, 0, 0, 1, 2, 4])
+        d.observe(T0 + i * 5_000_000, window(answered=answered, lost=lost, gap=rng.randint(0, lost)))
+        assert d.burst == max((burst for _, _, burst in d._probes), default=0)
 
 
 def test_an_interrupted_run_of_readings_is_not_consecutive_evidence():
