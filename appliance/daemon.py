@@ -535,7 +535,8 @@ class Daemon:
         One that lives but sends nothing (stopped, wedged) is killed first."""
         status = sender.exit_status()
         if status is None:
-            if self._sender_stalled(sender.stats.last_seq, now):
+            # A killed sender blocked in the kernel exits when it returns: killed once, logged once.
+            if self._sender_killed != sender.pid and self._sender_stalled(sender.stats.last_seq, now):
                 self._kill_stalled_sender(sender, now)
             return
         if self._sender_exit_logged != sender.pid:

@@ -118,6 +118,17 @@ def test_a_sender_that_sends_nothing_for_a_second_is_killed_once_and_restarted()
     assert starts == [200, 201]
 
 
+def test_a_killed_sender_that_does_not_exit_yet_is_killed_and_logged_once():
+    """SIGKILL takes effect when a process blocked in the kernel returns."""
+    log = ListLog()
+    daemon = Daemon(config.parse(render_config(interval_us=1000), "lab"), log)
+    sender = StuckSender()
+    kills = []
+    sender.kill = lambda: kills.append(sender.pid)
+    checks(daemon, sender, 1000.0, 0.1, 50)
+    assert kills == [200] and [e for e, _ in log.events] == ["error"]
+
+
 def test_a_sender_is_not_killed_when_the_daemon_itself_was_held_off():
     """Checks that come late (the whole host stalled, or the daemon alone)
     say nothing about the sender: the count starts again."""
