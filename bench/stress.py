@@ -22,7 +22,7 @@ from lab.processes import DaemonProcess, stop_stream, udp_stream
 PORTS = {"orders": 9000, "marketdata": 9100}
 INTERVAL_US, MULTIPLIER = 1000, 3
 STREAM_SLACK_S = 30
-DECISIONS = ("gray", "gray-cleared", "hold", "damped", "undamped", "warning", "error")
+DECISIONS = ("gray", "gray-cleared", "gray-held", "hold", "damped", "undamped", "warning", "error")
 
 
 def run(lab: topology.Lab, work: Path, seconds: float, advance: Advance, rate_pps: int = 5000,

@@ -27,6 +27,10 @@ One detector can be noise: a link is declared gray only when at least
 `quorum` agree for `confirm` consecutive readings, and cleared once fewer
 than `quorum` agree for `clear` consecutive readings.
 
+Symptoms compare links: each detector's value over its threshold (above 1
+trips), which the policy reads to tell a link's own failure from one its
+standby shares (appliance.core.policy.relieves).
+
 A host that stalls (the probe sender held off the CPU) makes every link
 look slow and lossy at once. Such a stretch is not
 evidence against any link: StallWatch holds every verdict for as long as the
@@ -57,6 +61,15 @@ class Window(NamedTuple):
     rtt_max_ns: int
     jitter_ns: int
     longest_gap: int
+
+
+class Symptoms(NamedTuple):
+    """A link's detectors at the last reading: each one's severity (its
+    value over its threshold; feed: 1.0 when its lines are behind), whether
+    it tripped, and how many must agree for gray. Order: rtt, loss, jitter, feed."""
+    severity: tuple[float, float, float, float]
+    tripped: tuple[bool, bool, bool, bool]
+    quorum: int
 
 
 @dataclass(frozen=True)
@@ -206,6 +219,17 @@ class LinkDetector:
         feed = bool(self.feed_lines)
         self._measured_p, self._tripped = p, (slow, lossy, jittery, feed)
         return slow + lossy + jittery + feed
+
+    def symptoms(self) -> Symptoms | None:
+        """None before the first reading with windows."""
+        if self._tripped is None:
+            return None
+        p, base, rtt, jitter = self._measured_p, self._baseline_ns, self.rtt_ns, self.jitter_ns
+        slow = 0.0 if self._rtt_limit is None else max(0, rtt - base) / max(1, self._rtt_limit - base)
+        rate = self._lost / self._judged / p.loss_threshold if self._judged >= p.loss_window else 0.0
+        lossy = max(rate, self.burst / p.loss_burst)
+        jittery = 0.0 if jitter is None else jitter / p.jitter_threshold_ns
+        return Symptoms((slow, lossy, jittery, float(self._tripped[3])), self._tripped, p.quorum)
 
     def evidence(self) -> dict:
         """For the log: each detector's value, threshold and whether it

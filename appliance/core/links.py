@@ -9,7 +9,8 @@
 - flap damping (appliance.core.damping): carrier loss, a reflex failover
   away from a link and a gray declaration each count as one flap of a link
   that was usable;
-- where each class runs (appliance.core.policy), including the operator's
+- where each class runs (appliance.core.policy: a class stays on a gray link
+  that no healthy standby relieves, logged once as "gray-held"), including the operator's
   force, drain and release and the prediction hook: with prediction enabled
   and a model, each link's probability of failing comes from its own
   windows (appliance.core.predict); an outside "predict" input stands beside
@@ -295,8 +296,9 @@ class LinkCore:
 
     def views(self, ts_ns: int) -> list[policy.LinkView]:
         """Every link as the policy sees it now (also what `twinpath status` shows)."""
+        compare = any(d.gray for d in self.detectors)   # symptoms serve only to leave a gray link
         return [policy.LinkView(self._fresh_for_ns(link), d.rtt_ns, d.loss, d.gray, self.damping[link].suppressed,
-                                self.drained[link], self._predicted(link, ts_ns))
+                                self.drained[link], self._predicted(link, ts_ns), d.symptoms() if compare else None)
                 for link, d in enumerate(self.detectors)]
 
     def _predicted(self, link: int, ts_ns: int) -> float:
@@ -304,10 +306,23 @@ class LinkCore:
         return max(self.predicted[link], modelled)
 
     def _decide(self, ts_ns: int, class_id: int, current: int, views: list[policy.LinkView]) -> list[tuple]:
+        held_before = self.classes[class_id].gray_held
         switch, self.classes[class_id] = policy.decide(
             class_id, self.p.class_links[class_id], current, views, self.p.policy_of(class_id),
             self.classes[class_id], ts_ns, self.p.holddown_ns, self.p.prediction, self.stall.held(ts_ns))
-        return [self._switched(ts_ns, switch)] if switch else []
+        if switch:
+            return [self._switched(ts_ns, switch)]
+        if self.classes[class_id].gray_held and not held_before:
+            return [self._gray_held(ts_ns, class_id, current, views)]
+        return []
+
+    def _gray_held(self, ts_ns: int, class_id: int, current: int, views: list[policy.LinkView]) -> tuple:
+        """Logged once per stay: the class keeps its gray link, since every
+        healthy standby shows its symptoms too (or it trips nothing now)."""
+        standbys = [l for l in self.p.class_links[class_id] if l != current and views[l].healthy]
+        return ("gray-held", {"class": self.p.class_names[class_id], "link": self.p.names[current],
+                              "standbys": [self.p.names[l] for l in standbys],
+                              "evidence": self._evidence(ts_ns, current, *standbys)}, None)
 
     def _switched(self, ts_ns: int, sw: policy.Switch) -> tuple:
         self.classes[sw.class_id] = replace(self.classes[sw.class_id], link=sw.to_link, moved_ns=ts_ns)

@@ -9,7 +9,13 @@ reading:
   backstop: if that link dies the class leaves it, and returns once the link
   has held fresh for the hold-down); a drained link is left at once;
 - a class on a gray-failed link (still answering, so the reflex keeps it)
-  moves to a healthy standby;
+  moves to a healthy standby that relieves it (`relieves`): one that reads
+  clearly lower than the gray link on a quorum of the detectors that trip
+  on it now.
+  A standby that shares the symptoms shares their cause (the gateway's own
+  receive path overloaded, the far end), and a gray link that trips nothing
+  now is clearing: moving would fix nothing, so the class stays and
+  `ClassState.gray_held` says so;
 - a link predicted to fail (when prediction is on) may be left early, but
   only for a healthy standby that is no worse in RTT and loss;
 - active-backup (the default): with preempt, a class returns to a more
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
+
+from appliance.core.detect import Symptoms
 
 ACTIVE_BACKUP = "active-backup"
 LOWEST_LATENCY = "lowest-latency"
@@ -81,6 +89,7 @@ class LinkView(NamedTuple):
     suppressed: bool = False
     drained: bool = False
     predicted: float = 0.0            # probability of failure, from the prediction hook
+    symptoms: Symptoms | None = None  # its detectors, made only while some link is gray
 
     @property
     def usable(self) -> bool:
@@ -99,6 +108,7 @@ class ClassState:
     better_link: int | None = None    # lowest-latency: the candidate beating the current link ...
     better_readings: int = 0          # ... for this many readings in a row
     forced: int | None = None         # the link an operator pinned the class to
+    gray_held: bool = False           # on a gray link that no healthy standby relieves
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,27 @@ class Switch:
 
 def predicted(view: LinkView, prediction: Prediction) -> bool:
     return prediction.enabled and view.predicted > prediction.threshold
+
+
+# A standby relieves a detector that trips on the gray link when it reads at
+# most this share of the gray link's severity there: clearly better, not
+# just below the threshold (under a common cause both sit near it).
+RELIEF_RATIO = 0.5
+
+
+def relieves(standby: LinkView, gray: LinkView) -> bool:
+    """Whether the gray link is gray on evidence the standby does not
+    share: at least the quorum of its detectors trip now with the standby
+    reading at most RELIEF_RATIO of their severity. A detector both links
+    show is a common cause, and one detector alone can be noise (the
+    quorum's reason). No symptoms (none measured yet): no evidence that a
+    move helps."""
+    cur, alt = gray.symptoms, standby.symptoms
+    if cur is None or alt is None:
+        return False
+    relieved = sum(1 for tripped, severity, other in zip(cur.tripped, cur.severity, alt.severity)
+                   if tripped and other <= RELIEF_RATIO * severity)
+    return relieved >= cur.quorum
 
 
 def not_worse(candidate: LinkView, current: LinkView) -> bool:
@@ -142,7 +173,8 @@ def decide(class_id: int, prefs: list[int], current: int, links: list[LinkView],
     if target is None:
         return None, state
     switch = Switch(class_id, current, target, cause, links[target].fresh_for_ns, detail)
-    return switch, replace(state, link=target, moved_ns=now_ns, better_link=None, better_readings=0)
+    return switch, replace(state, link=target, moved_ns=now_ns, better_link=None, better_readings=0,
+                           gray_held=False)
 
 
 def _choose(prefs, current, links, rule, state, now_ns, holddown_ns, prediction, held):
@@ -161,8 +193,14 @@ def _choose(prefs, current, links, rule, state, now_ns, holddown_ns, prediction,
         return ((healthy or usable)[0], "drained", {}, state) if usable else nothing
     eligible = [l for l in standbys if links[l].healthy and not predicted(links[l], prediction)
                 and (rule.policy != LOWEST_LATENCY or links[l].rtt_ns is not None)]
+    gray_held = False
     if cur.gray and cur.usable and eligible:
-        return _ranked(rule, prefs, links, eligible)[0], "gray", {}, state
+        relieving = [l for l in eligible if relieves(links[l], cur)]
+        if relieving:
+            return _ranked(rule, prefs, links, relieving)[0], "gray", {}, state
+        gray_held = True
+    if gray_held != state.gray_held:
+        state = replace(state, gray_held=gray_held)
     if predicted(cur, prediction) and cur.usable:
         safer = [l for l in eligible if not_worse(links[l], cur)]
         if safer:
@@ -175,7 +213,7 @@ def _choose(prefs, current, links, rule, state, now_ns, holddown_ns, prediction,
         for l in prefs[:rank]:
             if l in eligible and links[l].fresh_for_ns >= holddown_ns:
                 return l, "failback", {}, state
-    return nothing
+    return None, None, {}, state
 
 
 def _no_better(state: ClassState) -> ClassState:

@@ -333,6 +333,30 @@ def test_a_gray_link_is_no_failback_target_until_cleared():
     assert [d.event for d in cleared] == ["gray-cleared", "failover"] and cleared[1].fields["cause"] == "failback"
 
 
+def test_links_degraded_together_move_no_class_when_one_clears_first():
+    # The bench's capacity run: gw's receive core saturated, both links gray
+    # at one reading; B cleared a few readings before A, and the class on A
+    # moved to B, then back. Nothing moved now: A trips nothing B does not.
+    clock = warmed(LinkParams(**{**LINKS.__dict__, "detection": DetectParams(clear=10)}))
+    both = clock.readings(4, [0], [BAD, BAD])
+    assert [(d.event, d.fields["link"]) for d in both] == [("gray", "A"), ("gray", "B")]
+    clock.readings(2, [0], [BAD, win()])
+    out = clock.readings(30, [0], [win(), win()])
+    assert [(d.event, d.fields.get("link")) for d in out] == [("gray-cleared", "B"), ("gray-held", "A"),
+                                                              ("gray-cleared", "A")]
+    held = out[1].fields
+    assert held["class"] == "orders" and held["standbys"] == ["B"]
+    assert held["evidence"]["A"]["gray"] and not held["evidence"]["A"]["rtt"]["tripped"]
+
+
+def test_a_gray_link_still_failing_is_left_once_its_standby_clears():
+    clock = warmed(LinkParams(**{**LINKS.__dict__, "detection": DetectParams(clear=10)}))
+    clock.readings(4, [0], [BAD, BAD])
+    out = clock.readings(10, [0], [BAD, win()])
+    assert [(d.event, d.fields.get("link"), d.fields.get("cause")) for d in out] == [
+        ("gray-cleared", "B", None), ("failover", None, "gray")]
+
+
 def test_one_tripped_detector_moves_no_traffic():
     clock = warmed()
     assert clock.readings(100, [0], [win(3000), win()]) == []

@@ -129,6 +129,28 @@ def test_an_interrupted_run_of_readings_is_not_consecutive_evidence():
     assert feed(d, [window(5000, jitter_us=5000)] * 3, start=T0 + 2 * S) == [None, None, "gray"]
 
 
+def test_symptoms_are_each_detector_over_its_threshold_and_trip_above_one():
+    assert LinkDetector(P).symptoms() is None
+    rng = random.Random(7)
+    d = learned()
+    for i in range(3000):
+        answered = rng.choice((0, 1, 2, 5))
+        lost = rng.choice((0, 0, 0, 1, 2, 4))
+        feed(d, [window(rng.choice((30, 150, 229, 231, 400)), answered, lost, rng.randrange(0, 300),
+                        min(lost, rng.randrange(0, 5)))], start=T0 + S + i * TICK)
+        if rng.random() < 0.02:
+            d.feed_lines = {"itch/A": "silent"} if not d.feed_lines else {}
+            d.observe(T0 + S + i * TICK + 1, window(answered=0))
+        severity, tripped, quorum = d.symptoms()
+        assert quorum == P.quorum
+        assert [s > 1 for s in severity[:3]] == list(tripped[:3]), (severity, tripped)
+        assert severity[3] == float(tripped[3]) == float(bool(d.feed_lines))
+    # rtt: the excess over the baseline against the margin (200 us here)
+    d = learned()
+    feed(d, [window(130)], start=T0 + S)
+    assert d.symptoms().severity[0] == pytest.approx(0.5)
+
+
 def test_no_evidence_before_a_window():
     assert LinkDetector(P).evidence() == {"gray": False, "baseline_us": None, "rtt": None, "loss": None,
                                           "jitter": None}

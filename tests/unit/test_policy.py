@@ -1,4 +1,5 @@
 """Each class's policy as a pure function: replayable, no root."""
+from appliance.core.detect import Symptoms
 from appliance.core.policy import (
     LOWEST_LATENCY,
     ClassPolicy,
@@ -8,6 +9,7 @@ from appliance.core.policy import (
     Prediction,
     decide,
     fresh_for_ns,
+    relieves,
 )
 
 MS = 1_000_000
@@ -29,6 +31,15 @@ def obs(fresh_for_ms=None, carrier=True, nexthop=True, age_ms=0.5):
 def view(fresh_for_ms=5000, rtt_us=None, loss=None, **kw):
     return LinkView(fresh_for_ns=-1 if fresh_for_ms is None else fresh_for_ms * MS,
                     rtt_ns=None if rtt_us is None else rtt_us * US, loss=loss, **kw)
+
+
+def sick(rtt=0.0, loss=0.0, jitter=0.0, feed=False, quorum=2):
+    """Symptoms from severities (value over threshold: above 1 trips)."""
+    return Symptoms((rtt, loss, jitter, float(feed)), (rtt > 1, loss > 1, jitter > 1, feed), quorum)
+
+
+GRAY = sick(rtt=6.0, jitter=4.0)    # a delay fault: rtt and jitter trip
+CLEAN = sick(rtt=0.1, jitter=0.1)
 
 
 def move(links, current, rule=BACKUP, prefs=None, state=ClassState(), now=NOW, prediction=Prediction(), held=False):
@@ -87,8 +98,54 @@ def test_a_suppressed_gray_drained_or_predicted_link_is_never_a_failback_target(
 
 
 def test_a_gray_current_link_moves_to_the_best_healthy_standby():
-    links = [view(5000, gray=True), view(10, gray=True), view(10, suppressed=True), view(10), view(10)]
+    links = [view(5000, gray=True, symptoms=GRAY), view(10, gray=True, symptoms=GRAY),
+             view(10, suppressed=True, symptoms=CLEAN), view(10, symptoms=CLEAN), view(10, symptoms=CLEAN)]
     assert move(links, 0) == ("gray", 3)
+
+
+def test_a_gray_link_is_left_only_for_a_standby_that_relieves_it():
+    def gray_move(current, standby):
+        sw, state = decide(0, [0, 1], 0, [view(5000, gray=True, symptoms=current), view(5000, symptoms=standby)],
+                           BACKUP, ClassState(), NOW, HOLD)
+        assert state.gray_held == (sw is None)
+        return sw and sw.cause
+
+    assert gray_move(GRAY, CLEAN) == "gray"
+    # The standby shares the symptoms (the gateway's receive core overloaded):
+    # close to the gray link's, though under the threshold.
+    assert gray_move(sick(loss=1.5, jitter=1.6), sick(loss=0.9, jitter=0.81)) is None
+    assert gray_move(sick(loss=1.5, jitter=1.6), sick(loss=0.75, jitter=0.8)) == "gray"   # at half: relieved
+    # A gray link clearing (nothing trips now): the move would fix nothing.
+    assert gray_move(sick(jitter=0.7), CLEAN) is None
+    # Only the detectors the standby relieves count, and they must make a
+    # quorum: one detector alone can be noise.
+    assert gray_move(sick(loss=3.0, jitter=1.2), sick(jitter=1.1)) is None
+    assert gray_move(sick(rtt=2.0, loss=3.0, jitter=1.2), sick(jitter=1.1)) == "gray"
+    assert gray_move(sick(rtt=2.0, loss=3.0, jitter=1.2), sick(rtt=1.5, jitter=1.1)) is None
+    assert gray_move(sick(feed=True, jitter=2.0), sick(jitter=0.2)) == "gray"
+    assert gray_move(sick(feed=True, jitter=2.0), sick(feed=True, jitter=0.2)) is None
+    assert gray_move(sick(rtt=2.0, loss=2.0, jitter=2.0, quorum=3), CLEAN) == "gray"
+    assert gray_move(sick(rtt=2.0, loss=2.0, jitter=2.0, quorum=3), sick(loss=1.5)) is None
+    assert gray_move(sick(rtt=4.0, quorum=1), sick(rtt=1.9)) == "gray"
+    assert gray_move(sick(rtt=4.0, quorum=1), sick(rtt=2.1)) is None
+
+
+def test_without_symptoms_to_compare_a_gray_link_is_kept():
+    assert not relieves(view(5000), view(5000, gray=True, symptoms=GRAY))
+    assert not relieves(view(5000, symptoms=CLEAN), view(5000, gray=True))
+
+
+def test_a_held_class_moves_once_the_standby_relieves_it_and_the_hold_ends_with_the_gray():
+    shared = [view(5000, gray=True, symptoms=sick(loss=2.0, jitter=2.0)), view(5000, symptoms=sick(loss=1.8, jitter=1.9))]
+    _, held = decide(0, [0, 1], 0, shared, BACKUP, ClassState(), NOW, HOLD)
+    assert held.gray_held
+    again, same = decide(0, [0, 1], 0, shared, BACKUP, held, NOW + 5 * MS, HOLD)
+    assert again is None and same is held          # no new state while nothing changes
+    cleared = [view(5000, symptoms=CLEAN), view(5000, symptoms=CLEAN)]
+    assert not decide(0, [0, 1], 0, cleared, BACKUP, held, NOW + 10 * MS, HOLD)[1].gray_held
+    apart = [shared[0], view(5000, symptoms=CLEAN)]
+    sw, moved = decide(0, [0, 1], 0, apart, BACKUP, held, NOW + 10 * MS, HOLD)
+    assert (sw.cause, sw.to_link, moved.gray_held) == ("gray", 1, False)
 
 
 def test_a_gray_link_is_kept_without_a_healthy_standby_and_a_dead_one_is_the_reflex_s():
@@ -174,8 +231,9 @@ def test_lowest_latency_counts_nothing_while_the_host_is_held():
 
 
 def test_lowest_latency_leaves_a_gray_link_for_the_fastest_healthy_one():
-    links = [view(5000, rtt_us=100, loss=0.0, gray=True), view(5000, rtt_us=400, loss=0.0),
-             view(5000, rtt_us=300, loss=0.0), view(5000)]
+    links = [view(5000, rtt_us=100, loss=0.0, gray=True, symptoms=sick(loss=3.0, jitter=2.0)),
+             view(5000, rtt_us=400, loss=0.0, symptoms=CLEAN), view(5000, rtt_us=300, loss=0.0, symptoms=CLEAN),
+             view(5000, symptoms=CLEAN)]
     assert move(links, 0, rule=LATENCY) == ("gray", 2)
 
 
