@@ -9,12 +9,12 @@
 - flap damping (appliance.core.damping): carrier loss, a reflex failover
   away from a link and a gray declaration each count as one flap of a link
   that was usable;
-- where each class runs (appliance.core.policy: a class stays on a gray link
-  that no healthy standby relieves, logged once as "gray-held"), including the operator's
-  force, drain and release and the prediction hook: with prediction enabled
-  and a model, each link's probability of failing comes from its own
-  windows (appliance.core.predict); an outside "predict" input stands beside
-  it, and the higher of the two counts;
+- where each class runs (appliance.core.policy: a class stays on a gray
+  link that no healthy standby relieves, logged once as "gray-held"),
+  including the operator's force, drain and release and the prediction
+  hook: with prediction enabled and a model, each link's probability of
+  failing comes from its own windows (appliance.core.predict); an outside
+  "predict" input stands beside it, and the higher of the two counts;
 - readiness: steering attaches once every link has answered, or after
   ready_timeout_ns (appliance.edge.dataplane.Gateway.attach_steer says why).
 
@@ -317,8 +317,9 @@ class LinkCore:
         return []
 
     def _gray_held(self, ts_ns: int, class_id: int, current: int, views: list[policy.LinkView]) -> tuple:
-        """Logged once per stay: the class keeps its gray link, since every
-        healthy standby shows its symptoms too (or it trips nothing now)."""
+        """Logged once per stay: the class keeps its gray link, since no
+        healthy standby is clearly better on a quorum of the detectors
+        tripping on it now (policy.relieves)."""
         standbys = [l for l in self.p.class_links[class_id] if l != current and views[l].healthy]
         return ("gray-held", {"class": self.p.class_names[class_id], "link": self.p.names[current],
                               "standbys": [self.p.names[l] for l in standbys],
