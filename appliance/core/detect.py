@@ -242,7 +242,7 @@ class LinkDetector:
             "gray": self.gray, "baseline_us": _us(self.baseline_ns),
             "rtt": {"value_us": _us(self.rtt_ns), "threshold_us": _us(self._rtt_limit), "tripped": slow},
             "loss": {"value": None if loss is None else round(loss, 4), "threshold": p.loss_threshold,
-                     "probes": self._judged, "burst": self.burst, "burst_threshold": self.p.loss_burst,
+                     "probes": self._judged, "burst": self.burst, "burst_threshold": p.loss_burst,
                      "tripped": lossy},
             "jitter": {"value_us": _us(self.jitter_ns), "threshold_us": _us(p.jitter_threshold_ns),
                        "tripped": jittery},
