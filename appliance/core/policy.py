@@ -108,7 +108,7 @@ class ClassState:
     better_link: int | None = None    # lowest-latency: the candidate beating the current link ...
     better_readings: int = 0          # ... for this many readings in a row
     forced: int | None = None         # the link an operator pinned the class to
-    gray_held: bool = False           # on a gray link that no healthy standby relieves
+    gray_held: bool = False           # on a gray link that no healthy standby relieved, since it went gray
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,9 @@ def _choose(prefs, current, links, rule, state, now_ns, holddown_ns, prediction,
         return ((healthy or usable)[0], "drained", {}, state) if usable else nothing
     eligible = [l for l in standbys if links[l].healthy and not predicted(links[l], prediction)
                 and (rule.policy != LOWEST_LATENCY or links[l].rtt_ns is not None)]
-    gray_held = False
+    # One stay on a gray link is one hold, though a standby may blink out
+    # of eligibility (a late heartbeat under load) within it.
+    gray_held = state.gray_held and cur.gray
     if cur.gray and cur.usable and eligible:
         relieving = [l for l in eligible if relieves(links[l], cur)]
         if relieving:

@@ -141,6 +141,8 @@ def test_a_held_class_moves_once_the_standby_relieves_it_and_the_hold_ends_with_
     assert held.gray_held
     again, same = decide(0, [0, 1], 0, shared, BACKUP, held, NOW + 5 * MS, HOLD)
     assert again is None and same is held          # no new state while nothing changes
+    blinked = [shared[0], view(None, symptoms=sick(loss=1.8, jitter=1.9))]   # a late heartbeat under load
+    assert decide(0, [0, 1], 0, blinked, BACKUP, held, NOW + 5 * MS, HOLD)[1] is held   # still the same stay
     cleared = [view(5000, symptoms=CLEAN), view(5000, symptoms=CLEAN)]
     assert not decide(0, [0, 1], 0, cleared, BACKUP, held, NOW + 10 * MS, HOLD)[1].gray_held
     apart = [shared[0], view(5000, symptoms=CLEAN)]
