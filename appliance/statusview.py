@@ -69,7 +69,10 @@ def _links(links: dict[str, dict[str, Any]]) -> str:
 
 
 def _classes(classes: dict[str, dict[str, Any]]) -> str:
-    rows = [[name, _text(c.get("link")), _text(c.get("policy")), _text(c.get("preferred")),
+    # A class the core keeps on a gray link, no standby relieving it
+    # (gray-held in the log), says so beside its link.
+    rows = [[name, _text(c.get("link")) + (" (gray-held)" if c.get("gray_held") else ""),
+             _text(c.get("policy")), _text(c.get("preferred")),
              _text(c.get("forced")), _text(c.get("failovers")), _text(c.get("last_cause")),
              _ago(c.get("last_failover_age_s")), _si(c.get("packets")), _si(c.get("bytes"), "B")]
             for name, c in classes.items()]

@@ -87,6 +87,7 @@ class Observer:
         active = d.gw.active()
         with d._core_lock:
             forced = [s.forced for s in d.core.links.classes]
+            held = [s.gray_held for s in d.core.links.classes]
         classes = {}
         for cid, c in enumerate(cfg.classes):
             counters = [d.gw.counters(cid, cfg.link_index(n)) for n in c.links]
@@ -94,6 +95,7 @@ class Observer:
             classes[c.name] = {
                 "link": d.link_names[active[cid]], "policy": c.policy, "preferred": c.links[0],
                 "forced": d.link_names[forced[cid]] if forced[cid] is not None else None,
+                "gray_held": held[cid],
                 "failovers": sum(self.tally.by_cause[c.name].values()),
                 "last_cause": last[0] if last else None,
                 "last_failover_age_s": round((now - last[1]) / 1e9, 1) if last else None,

@@ -61,6 +61,14 @@ def test_absent_fields_and_sections_do_not_break_it():
     assert "class" not in text and "feed" not in text
 
 
+def test_a_class_held_on_a_gray_link_says_so_beside_it():
+    held = {**FULL, "classes": {"orders": {**FULL["classes"]["orders"], "link": "B", "gray_held": True}}}
+    row = [line for line in render(held).splitlines() if line.startswith("orders")]
+    assert row and row[0].split()[1:3] == ["B", "(gray-held)"]
+    assert max(len(line) for line in render(held).splitlines()) <= 120
+    assert "gray-held" not in render(FULL)
+
+
 def test_fits_a_terminal():
     assert max(len(line) for line in render(FULL).splitlines()) <= 120
 
