@@ -10,7 +10,8 @@ The heartbeat sender is a process of its own (appliance.edge.probesender),
 sharing its counters with the daemon. Threads: a netlink thread that hands
 carrier and next-hop changes to the core the moment they arrive; and the main
 thread, which reads failover and arbitration events from the ring buffers and
-the links' and feeds' state every tick. A member of an HA pair adds the
+the links' and feeds' state: every tick, or seldom while the links are quiet
+(appliance.edge.pace). A member of an HA pair adds the
 pair's threads (appliance.edge.pairagent: heartbeat readings at each path's
 deadline and the witness's swaps, the etcd watch, the lease) and the VIP's
 (appliance.edge.vip). If the daemon dies or stops, the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import math
 import os
 import socket
 import sys
@@ -47,6 +49,7 @@ from appliance.edge.jsonlog import EventLog, JsonFormatter
 from appliance.edge.keys import HeartbeatKey
 from appliance.edge.metrics import MetricsServer
 from appliance.edge.observe import Observer
+from appliance.edge.pace import ReadingPace
 from appliance.edge.pairagent import PairAgent
 from appliance.edge.pins import PinDir, default_pin_dir
 from appliance.edge.probesender import SenderProcess
@@ -57,6 +60,10 @@ from appliance.edge.witness import Witness
 from fastpath.heartbeat import Stats
 
 TICK_S = 0.005
+# Readings while every link is quiet (appliance.edge.pace): the kernel wakes
+# the daemon sooner at the first reply out of the ordinary. At most half a
+# RTT ring of rounds apart, so no reading loses a settled probe.
+QUIET_READING_S = 0.05
 FEED_TICK_S = 0.01       # gap grace windows and line health
 FEED_SUMMARY_S = 1.0
 SENDER_RESTART_S = 1.0   # at most one probe sender restart per second: one that dies at start does not spin
@@ -114,7 +121,7 @@ class Daemon:
         # threads, so each core sees (and the trace records) exactly one order.
         # The pair core shares nothing with the others and has a lock of its own
         # (decision.PAIR_INPUTS). Reentrant: a health reading reads the maps
-        # under it (see _tick).
+        # under it (see _read_links).
         self._core_lock = threading.RLock()
         self._pair_lock = threading.RLock()
         self._on_ready = None
@@ -136,6 +143,9 @@ class Daemon:
         self._errors = itertools.count(1)  # exceptions in event handlers, logged as 'error' (see _guarded)
         self.pair_agent: PairAgent | None = None
         self.vip: Vip | None = None
+        interval_s = cfg.heartbeat.interval_us / 1e6
+        self.pace = ReadingPace(TICK_S, max(TICK_S, min(QUIET_READING_S, layout.RTT_RING // 2 * interval_s)),
+                                settle_s=(cfg.heartbeat.multiplier + 1) * interval_s + 2 * TICK_S)
 
     # -- the core's one entry ----------------------------------------------
     def _consume(self, kind: str, ts_ns: int, /, **fields) -> list[Decision]:
@@ -143,6 +153,8 @@ class Daemon:
             if self.recorder:
                 self.recorder.input(kind, ts_ns, fields)
             decisions = self.core.consume(kind, ts_ns, fields)
+            if kind != "health" and kind not in PAIR_INPUTS:   # a change: read the links soon, and often
+                self.pace.woken(time.monotonic(), disarmed=False)
             for decision in decisions:
                 self._apply(decision.effect)
                 if decision.event == "failover":
@@ -263,19 +275,28 @@ class Daemon:
                                 self.trader.src_mac, mac)
 
     # -- main thread --------------------------------------------------------
-    def _on_failover(self, ev: layout.Event) -> None:
+    def _on_event(self, ev: layout.Event) -> None:
+        self.pace.woken(time.monotonic(), disarmed=ev.cause == layout.CAUSE_WAKE)
+        if ev.cause == layout.CAUSE_WAKE:
+            return
         self._consume("reflex", ev.ts_ns, class_id=ev.class_id, from_link=ev.from_link, to_link=ev.to_link,
                       cause=layout.CAUSES.get(ev.cause, str(ev.cause)), silence_ns=ev.silence_ns)
 
-    def _tick(self, sender: Stats, windows: ProbeWindows) -> None:
+    def _read_links(self, sender: Stats, windows: ProbeWindows) -> None:
+        """A health reading, then the next one scheduled (self.pace) and the
+        kernel armed to wake the daemon if the links are quiet."""
         # Read under the core's lock: an operator's command on another thread
         # may move a class between this read of tp_active and the reading's turn.
         with self._core_lock:
             health, active = self.gw.health(), self.gw.active()
             rings = self.gw.rtt_rings()
-            self._consume("health", time.monotonic_ns(),
+            now_ns = time.monotonic_ns()
+            self._consume("health", now_ns,
                           links=[[h.last_reply_ns, h.fresh_since_ns] for h in health], active=active,
                           windows=windows.read(rings, sender.last_seq), sender_late_ns=sender.take_late_ns())
+            arm = self.pace.read(now_ns / 1e9, self.core.quiet(now_ns))
+            if arm:
+                self.gw.arm_wake(arm)
 
     def _report_health(self, sender: Stats, hist_before: list[list[int]]) -> list[list[int]]:
         now = time.monotonic_ns()
@@ -380,7 +401,7 @@ class Daemon:
                 self.vip = Vip(cfg.steer.ingress, ingress_index, ingress_mac, cfg.pair.vip,
                                lambda message: self.log.emit("error", where="vip", error=message,
                                                              errors=next(self._errors)))
-            self.gw.open_events(self._guarded("reflex", self._on_failover))
+            self.gw.open_events(self._guarded("reflex", self._on_event))
             receivers = self._load_arbiter(ipr) if cfg.feeds else []
 
             sockets = [open_probe_socket(l.dev, s.local, l.target) for l, s in zip(cfg.links, self.links)]
@@ -718,8 +739,10 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload("SIGHUP")
-            self.gw.poll(int(TICK_S * 1000))
-            self._tick(sender, windows)
+            due = [self.pace.next_s, next_sender_check] + ([next_feed_tick] if feedwatch else [])
+            self.gw.poll(max(0, math.ceil((min(due) - time.monotonic()) * 1000)))
+            if self.pace.due(time.monotonic()):
+                self._read_links(sender, windows)
             now = time.monotonic()
             if now >= next_sender_check:
                 self._keep_sender(sender_process, now)

@@ -49,6 +49,7 @@ LINK_XDP_XMIT = C["TP_LINK_XDP_XMIT"]
 KEY_SLOTS = C["TP_KEY_SLOTS"]
 REPLAY_WINDOW = C["TP_REPLAY_WINDOW"]
 CAUSES = {C["TP_CAUSE_HEARTBEAT"]: "heartbeat", C["TP_CAUSE_CARRIER"]: "carrier"}
+CAUSE_WAKE = C["TP_CAUSE_WAKE"]
 STATS = _enum_names("TP_STAT_")
 ARB_STATS = _enum_names("TP_ARB_STAT_")
 ARB_FEEDS = C["TP_ARB_FEEDS"]
@@ -148,6 +149,10 @@ PAIR_NONE, PAIR_STANDBY, PAIR_ACTIVE = C["TP_PAIR_NONE"], C["TP_PAIR_STANDBY"], 
 PAIR_MODES = {C["TP_PAIR_NONE"]: "none", C["TP_PAIR_STANDBY"]: "standby", C["TP_PAIR_ACTIVE"]: "active"}
 
 
+class Wake(ctypes.Structure):
+    _fields_ = [("rtt_above_ns", u64), ("rtt_below_ns", u64), ("change_ns", u64), ("armed", u32), ("strikes", u32)]
+
+
 class Event(ctypes.Structure):
     _fields_ = [("ts_ns", u64), ("silence_ns", u64), ("class_id", u32), ("from_link", u32),
                 ("to_link", u32), ("cause", u32)]
@@ -242,6 +247,7 @@ MAPS = {
     "tp_steer_stats": (u32, Counters),
     "tp_rtt_hist": (u32, u64),
     "tp_gstats": (u32, u64),
+    "tp_wake": (u32, Wake),
 }
 
 # The same for ebpf/lib/feed_maps.h.

@@ -24,6 +24,7 @@
 #include "lib/csum.h"
 #include "lib/probe.h"
 #include "lib/hist.h"
+#include "lib/wake.h"
 
 int tp_hb_egress(struct __sk_buff *skb)
 {
@@ -101,7 +102,7 @@ int tp_hb_ingress(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct tp_probe_pkt p;
-	__u64 now, rtt;
+	__u64 now, rtt, prev_top, prev_rtt;
 
 	if (!tp_find_probe(data, end, ICMP_ECHOREPLY, &p))
 		return TC_ACT_OK;
@@ -110,6 +111,7 @@ int tp_hb_ingress(struct __sk_buff *skb)
 	__u32 link = p.probe->link;
 	struct tp_link *l = tp_links.lookup(&link);
 	struct tp_health *h = tp_health.lookup(&link);
+	prev_top = h ? h->seq_top : 0;   /* before tp_check_reply slides the replay window */
 	__u32 rejected = tp_check_reply(skb, data, end, &p, l, h, now);
 	if (rejected) {
 		tp_count(rejected);
@@ -118,6 +120,7 @@ int tp_hb_ingress(struct __sk_buff *skb)
 	if (!h)
 		return TC_ACT_SHOT;
 	rtt = now - p.probe->tx_ns;
+	prev_rtt = h->rtt_last_ns;
 
 	if (now - h->last_reply_ns > TP_DEAD_NS)
 		h->fresh_since_ns = now;
@@ -136,6 +139,8 @@ int tp_hb_ingress(struct __sk_buff *skb)
 		asm volatile("" ::: "memory");   /* rtt_ns before seq (x86 keeps stores in order): see tp_rtt_ring */
 		ring->seq[slot] = p.probe->seq;
 	}
+
+	tp_wake_check(link, rtt, prev_rtt, p.probe->seq, prev_top, now);
 
 	__u32 bucket = link * TP_HIST_BUCKETS + tp_us_bucket(rtt);
 	__u64 *hist = tp_rtt_hist.lookup(&bucket);

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.core.feeds import LINE_NAMES, FeedCore, FeedParams
-from appliance.core.links import LinkCore, LinkParams
+from appliance.core.links import LinkCore, LinkParams, WakeBounds
 from appliance.core.pair import PairCore, PairParams
 
 # Inputs from outside the gateway's own machinery (the operator's control
@@ -105,6 +105,11 @@ class Core:
         }
         if self.pair:
             self._handlers.update(zip(PAIR_INPUTS, (self.pair.health, self.pair.witness_read, self.pair.force)))
+
+    def quiet(self, ts_ns: int) -> list[WakeBounds] | None:
+        """LinkCore.quiet: the links' wake thresholds while the daemon may
+        read them seldom. (A pair reads its own health on its own thread.)"""
+        return self.links.quiet(ts_ns)
 
     def _reconfigure(self, ts_ns: int, links: dict, feeds: dict) -> list[tuple]:
         """A reload: both cores' new parameters, as a recorded input so that

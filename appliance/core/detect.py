@@ -44,6 +44,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 BASELINE_BUCKETS = 30
+# A link is quiet while every detector reads at most this share of its
+# threshold (one lost probe is half of the default burst threshold): the
+# daemon may then read it seldom, and the kernel wakes it at the first reply
+# beyond the same share (quiet_wake, ebpf/lib/wake.h).
+QUIET_SEVERITY = 0.5
 JITTER_GAIN_SHIFT = 2   # smoothing gain 1/4: one jumpy window of ~5 probes moves it a quarter
 
 
@@ -230,6 +235,20 @@ class LinkDetector:
         lossy = max(rate, self.burst / p.loss_burst)
         jittery = 0.0 if jitter is None else jitter / p.jitter_threshold_ns
         return Symptoms((slow, lossy, jittery, float(self._tripped[3])), self._tripped, p.quorum)
+
+    def quiet_wake(self) -> tuple[int, int] | None:
+        """While the link is quiet (not gray, no feed line behind, every
+        detector at most QUIET_SEVERITY of its threshold at the last
+        reading): the RTT, and the change from one RTT to the next, above
+        which a reply should wake the daemon. None otherwise, and before
+        the first reading with answers."""
+        symptoms = self.symptoms()
+        if self.gray or self.feed_lines or symptoms is None or self._rtt_limit is None or \
+                max(symptoms.severity) > QUIET_SEVERITY:
+            return None
+        base = self._baseline_ns
+        return (base + int(QUIET_SEVERITY * (self._rtt_limit - base)),
+                int(QUIET_SEVERITY * self._measured_p.jitter_threshold_ns))
 
     def evidence(self) -> dict:
         """For the log: each detector's value, threshold and whether it

@@ -25,7 +25,7 @@ exception.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from appliance.core import policy
 from appliance.core.damping import Damping, DampingParams, flap, merit, reuse_ns, settle
@@ -74,6 +74,14 @@ class LinkParams:
 def _number(value: Any, kind: type | tuple[type, ...]) -> bool:
     """isinstance, but a JSON boolean is not a number."""
     return isinstance(value, kind) and not isinstance(value, bool)
+
+
+class WakeBounds(NamedTuple):
+    """A quiet link's bounds, as tp_wake holds them (ebpf/lib/layout.h):
+    beyond any, a reply wakes the daemon."""
+    rtt_above_ns: int
+    rtt_below_ns: int
+    change_ns: int
 
 
 class LinkCore:
@@ -164,6 +172,36 @@ class LinkCore:
                 self.ready = True
                 out.append(("ready", {"fresh": dict(zip(self.p.names, fresh))}, ("steer",)))
         return out
+
+    def quiet(self, ts_ns: int) -> list[WakeBounds] | None:
+        """Each link's bounds beyond which a reply should wake the daemon,
+        while no decision here waits on time
+        or on a run of readings: ready, no stall held, no prediction on,
+        every link fresh, undamped and quiet (LinkDetector.quiet_wake), every
+        class settled (policy.settled, whose bounds tighten the links'). The
+        daemon may then read seldom, woken by the kernel at the first reply
+        beyond a bound (ebpf/lib/wake.h). None otherwise: it reads every tick."""
+        if not self.ready or self.p.prediction.enabled or any(self.predicted) or self.stall.held(ts_ns):
+            return None
+        wakes = []
+        for link, detector in enumerate(self.detectors):
+            wake = detector.quiet_wake()
+            if wake is None or self._fresh_for_ns(link) < 0 or self.damping[link].suppressed:
+                return None
+            rtt_above, change = wake
+            wakes.append(WakeBounds(rtt_above, 0, change))
+        views = self.views(ts_ns)
+        for class_id, state in enumerate(self.classes):
+            bounds = None if state.link is None else policy.settled(
+                self.p.class_links[class_id], state.link, views, self.p.policy_of(class_id), state,
+                self.p.holddown_ns)
+            if bounds is None:
+                return None
+            for link, above, below in bounds:
+                w = wakes[link]
+                wakes[link] = w._replace(rtt_above_ns=w.rtt_above_ns if above is None else min(w.rtt_above_ns, above),
+                                         rtt_below_ns=max(w.rtt_below_ns, below))
+        return wakes
 
     def feed_line(self, link: int, line: str, status: str) -> None:
         """A/B arbitration's health of a market-data line carried by `link`

@@ -177,6 +177,30 @@ def decide(class_id: int, prefs: list[int], current: int, links: list[LinkView],
                            gray_held=False)
 
 
+def settled(prefs: list[int], current: int, links: list[LinkView], rule: ClassPolicy, state: ClassState,
+            holddown_ns: int) -> list[tuple[int, int | None, int]] | None:
+    """None while a move of the class may wait on time or on a run of
+    readings (a hold-down, lowest-latency's count); else the RTT bounds
+    (link, above, below; None or 0: none) beyond which replies could start
+    one. Settled: on its forced link; active-backup on its most
+    preferred link or without preempt; lowest-latency with no candidate
+    beating the current link by the hysteresis margin, and the bounds the
+    RTTs at which one would."""
+    if state.forced is not None:
+        return [] if current == state.forced else None
+    if rule.policy != LOWEST_LATENCY:
+        return [] if current == prefs[0] or not rule.preempt else None
+    cur, others = links[current], [l for l in prefs if l != current]
+    if state.better_readings or cur.rtt_ns is None or any(links[l].rtt_ns is None for l in others):
+        return None
+    # The margin at the current RTT: it only grows as that RTT rises, so this waking bound is the lower.
+    margin_ns = max(rule.hysteresis_ns, int(rule.hysteresis_ratio * cur.rtt_ns))
+    if any(cur.rtt_ns - links[l].rtt_ns > margin_ns for l in others):   # one beats it: its hold-down may run
+        return None
+    return [(current, min(links[l].rtt_ns for l in others) + margin_ns, 0),
+            *((l, None, max(0, cur.rtt_ns - margin_ns)) for l in others)]
+
+
 def _choose(prefs, current, links, rule, state, now_ns, holddown_ns, prediction, held):
     cur = links[current]
     standbys = [l for l in prefs if l != current]

@@ -32,6 +32,9 @@ _LOOKUP_BATCH_KEEPING_GIL.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_vo
                                       ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
 _UPDATE_KEEPING_GIL = _LIBBPF_KEEPING_GIL.bpf_map_update_elem
 _UPDATE_KEEPING_GIL.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
+_UPDATE_BATCH_KEEPING_GIL = _LIBBPF_KEEPING_GIL.bpf_map_update_batch
+_UPDATE_BATCH_KEEPING_GIL.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
 
 
 def check(rc: int, what: str) -> int:
@@ -81,6 +84,18 @@ class ArrayMap:
         if self._count.value != self._n:   # ENOENT ends a batch that reached the last element, and only that
             raise OSError(errno.EIO, f"map lookup batch: {self._count.value} of {self._n} elements")
         return [self._type.from_buffer_copy(self._raw, i * self._size) for i in range(self._n)]
+
+    def write_all(self, values: list) -> None:
+        """Elements 0..len(values)-1 in one batched update; value_type must
+        be the map's whole value (nothing to keep of the old ones)."""
+        if ctypes.sizeof(self._type) != self._size or not 0 < len(values) <= self._n:
+            raise ValueError(f"{len(values)} whole values of {self._size} bytes for a map of {self._n}")
+        for i, value in enumerate(values):
+            self._keys[i] = i
+            ctypes.memmove(self._pointers[i], ctypes.byref(value), self._size)
+        self._count.value = len(values)
+        if _UPDATE_BATCH_KEEPING_GIL(self._fd, self._keys, self._raw, ctypes.byref(self._count), None) < 0:
+            check(-1, "map update batch")
 
     def write(self, index: int, value) -> None:
         if not 0 <= index < self._n:

@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 from appliance import layout
 from appliance.core.classify import compile_rules
 from appliance.core.config import Config
+from appliance.core.links import WakeBounds
 from appliance.edge import bpfsys, probesender
 from appliance.edge.bpfsource import assemble
 from appliance.edge.netlink import (
@@ -113,6 +114,7 @@ class Gateway:
         self._rings = self._array("tp_rtt_ring", layout.RttRing, n_links)
         self._active = self._array("tp_active", ctypes.c_uint64, len(cfg.classes))
         self._gate = self._array("tp_pair", layout.Pair, 1)
+        self._wake = self._array("tp_wake", layout.Wake, n_links)
 
     def _array(self, name: str, value_type: type, n: int) -> bpfsys.ArrayMap:
         table = self.bpf[name]
@@ -273,6 +275,11 @@ class Gateway:
     def health(self) -> list[layout.Health]:
         return self._health.read()
 
+    def arm_wake(self, wakes: list[WakeBounds]) -> None:
+        """Each link's bounds beyond which its next accepted reply wakes
+        the daemon (ebpf/lib/wake.h): one event, which disarms it."""
+        self._wake.write_all([layout.Wake(*wake, armed=1) for wake in wakes])
+
     def rtt_rings(self) -> list[layout.RttRing]:
         """Each link's last TP_RTT_RING accepted replies (one map read each)."""
         return self._rings.read()
@@ -291,7 +298,8 @@ class Gateway:
         return {name: sum(t[ctypes.c_uint32(i)]) for i, name in enumerate(layout.STATS)}
 
     def open_events(self, callback) -> None:
-        """callback(layout.Event) for each reflex failover; poll() delivers."""
+        """callback(layout.Event) for each reflex failover and each wake
+        (cause layout.CAUSE_WAKE); poll() delivers."""
         def _raw(_ctx, data, _size):
             callback(ctypes.cast(data, ctypes.POINTER(layout.Event)).contents)
         self.bpf["tp_events"].open_ring_buffer(_raw)

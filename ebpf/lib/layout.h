@@ -87,6 +87,7 @@ enum tp_arb_stat {
 /* tp_event.cause */
 #define TP_CAUSE_HEARTBEAT  1           /* no heartbeat reply for the dead interval */
 #define TP_CAUSE_CARRIER    2           /* carrier lost (reported by the daemon) */
+#define TP_CAUSE_WAKE       3           /* no failover: a reply the daemon asked to hear about (tp_wake) */
 
 /* tp_gstats indexes: per-CPU packet counters of the programs' side exits. */
 enum tp_stat {
@@ -236,7 +237,27 @@ struct tp_pair {
 	__u64 fenced;               /* class packets dropped while standby */
 };
 
-/* tp_events ring buffer record: one per reflex failover. */
+/* tp_wake[link]: while the daemon reads its links calmly (seldom, since
+ * nothing moves), an accepted reply that could start a change wakes it: one
+ * after two or more lost probes (a sequence gap), or the TP_WAKE_STRIKES-th
+ * in a row after one lost probe, with an RTT above rtt_above_ns or below
+ * rtt_below_ns, or with a change from the last RTT above change_ns. In a
+ * row, because the detectors and lowest-latency judge loss runs, window
+ * medians and smoothed jitter, which one lost or late reply does not move
+ * (this VM's veths show lone 0.1-2 ms spikes). The
+ * daemon arms it (strikes 0); the ingress program disarms it as it wakes
+ * the daemon, so one arming makes at most one event (lib/wake.h). */
+#define TP_WAKE_STRIKES     3
+struct tp_wake {
+	__u64 rtt_above_ns;
+	__u64 rtt_below_ns;         /* 0: none */
+	__u64 change_ns;
+	__u32 armed;
+	__u32 strikes;              /* replies in a row beyond a bound */
+};
+
+/* tp_events ring buffer record: one per reflex failover, or (cause
+ * TP_CAUSE_WAKE) a wake for the daemon, from_link = to_link = the link. */
 struct tp_event {
 	__u64 ts_ns;                /* CLOCK_MONOTONIC when the data path switched */
 	__u64 silence_ns;           /* age of the abandoned link's last reply then */

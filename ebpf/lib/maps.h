@@ -26,6 +26,8 @@ TP_MAP("percpu_array", int, struct tp_counters, tp_steer_stats, TP_MAX_CLASSES *
 TP_MAP("percpu_array", int, __u64, tp_rtt_hist, TP_MAX_LINKS * TP_HIST_BUCKETS, 1, 0);
 TP_MAP("percpu_array", int, __u64, tp_gstats, TP_STAT_MAX, 2, 0); /* v2: + xdp_forwarded */
 BPF_RINGBUF_OUTPUT(tp_events, 8);
+/* Not pinned, like the ring it feeds: a daemon arms it anew after each start. */
+BPF_ARRAY(tp_wake, struct tp_wake, TP_MAX_LINKS);
 
 static __always_inline void tp_count(__u32 stat)
 {

@@ -57,7 +57,7 @@ class FixtureGateway:
         from appliance.edge.keys import HeartbeatKey
         gw = self.gw
         for name in ("tp_health", "tp_rtt_ring", "tp_probe_round", "tp_steer_stats", "tp_rtt_hist", "tp_gstats",
-                     "tp_pair"):
+                     "tp_pair", "tp_wake"):
             gw.bpf[name].clear()
         gw.write_policy(gw.preferred_active())
         gw.write_keys([HeartbeatKey(i, k) for i, k in FIXTURE_KEYS])

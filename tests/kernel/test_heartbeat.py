@@ -282,3 +282,90 @@ def test_ingress_passes_everything_else(gateway):
         raw = bytes(pkt)
         assert gateway.run(gateway.gw.hb_ingress, raw) == (TC_ACT_OK, raw)
     assert gateway.gw.health()[A].replies == 0
+
+
+# -- waking the daemon while it reads calmly (ebpf/lib/wake.h) ---------------
+# A fixture reply's RTT is its age plus the few ms Python takes to sign and
+# run it: ages and bounds are tens of ms apart (the fixture's dead interval is 300 ms).
+MS = 1_000_000
+WAKE = (A, A, layout.CAUSE_WAKE)
+NORMAL, LATE = 0, 100 * MS
+
+
+def arm(gateway, rtt_above_ns=50 * MS, rtt_below_ns=0, change_ns=30 * MS):
+    gateway.gw.arm_wake([(rtt_above_ns, rtt_below_ns, change_ns), (10**9, 0, 10**9)])
+
+
+def wake_state(gateway) -> tuple[int, int]:
+    w = gateway.gw.bpf["tp_wake"][ctypes.c_uint32(A)]
+    return w.armed, w.strikes
+
+
+def wakes(gateway):
+    return [ev[1:4] for ev in gateway.events if ev[3] == layout.CAUSE_WAKE]
+
+
+def replies(gateway, first_seq, ages):
+    for seq, age in enumerate(ages, start=first_seq):
+        run_in(gateway, reply(seq=seq, age_ns=age))
+
+
+def test_no_wake_unless_armed(gateway):
+    gateway.set_fresh(A, age_ns=None)
+    replies(gateway, 10, [NORMAL, LATE, LATE, LATE])
+    run_in(gateway, reply(seq=30, age_ns=NORMAL))
+    assert wakes(gateway) == []
+
+
+def test_three_replies_in_a_row_beyond_a_bound_wake_once(gateway):
+    """A lone late reply (this VM's spikes) moves no median: no wake. The
+    third in a row does, once: the wake disarms."""
+    gateway.set_fresh(A, age_ns=None)
+    run_in(gateway, reply(seq=1, age_ns=NORMAL))
+    arm(gateway)
+    replies(gateway, 2, [LATE, NORMAL, NORMAL])   # late, a change back, then one within every bound
+    assert wakes(gateway) == [] and wake_state(gateway) == (1, 0)
+    replies(gateway, 5, [LATE, LATE])
+    assert wakes(gateway) == [] and wake_state(gateway) == (1, 2)
+    replies(gateway, 7, [LATE])
+    assert wakes(gateway) == [WAKE] and wake_state(gateway)[0] == 0
+    replies(gateway, 8, [LATE] * 3)
+    assert wakes(gateway) == [WAKE]
+
+
+@pytest.mark.parametrize("ages, bounds", [
+    ([NORMAL] * 3, {"rtt_below_ns": 40 * MS, "rtt_above_ns": 200 * MS}),
+    ([LATE, NORMAL, LATE], {"rtt_above_ns": 200 * MS}),
+], ids=["below-a-lowest-latency-bound", "rtt-changes"])
+def test_each_bound_strikes(gateway, ages, bounds):
+    gateway.set_fresh(A, age_ns=None)
+    run_in(gateway, reply(seq=1, age_ns=60 * MS))
+    arm(gateway, **bounds)
+    replies(gateway, 2, ages[:2])
+    assert wakes(gateway) == []
+    replies(gateway, 4, ages[2:])
+    assert wakes(gateway) == [WAKE]
+
+
+def test_two_lost_probes_wake_at_once_one_is_a_strike(gateway):
+    gateway.set_fresh(A, age_ns=None)
+    run_in(gateway, reply(seq=10, age_ns=NORMAL))
+    arm(gateway)
+    run_in(gateway, reply(seq=12, age_ns=NORMAL))   # 11 lost: a strike
+    assert wake_state(gateway) == (1, 1)
+    run_in(gateway, reply(seq=13, age_ns=NORMAL))   # a normal reply clears it
+    assert wakes(gateway) == [] and wake_state(gateway) == (1, 0)
+    run_in(gateway, reply(seq=16, age_ns=NORMAL))   # 14 and 15 lost: a loss run starts
+    assert wakes(gateway) == [WAKE]
+
+
+def test_forged_or_replayed_replies_wake_nobody(gateway):
+    gateway.set_fresh(A, age_ns=None)
+    run_in(gateway, reply(seq=10, age_ns=NORMAL))
+    arm(gateway)
+    for seq in (1000, 2000, 3000):   # far ahead and late, but not signed by us
+        run_in(gateway, probe_packet(echo_type=0, tx_ns=now_ns() - LATE, seq=seq, key_id=SIGNER_ID, mac=1))
+    for _ in range(3):
+        run_in(gateway, reply(seq=10, age_ns=LATE))   # replays of an accepted sequence
+    assert wakes(gateway) == [] and wake_state(gateway) == (1, 0)
+    assert gateway.gw.health()[A].seq_top == 10

@@ -19,7 +19,7 @@ VIEWS = {
         "tp_class": layout.Class,
         "tp_lpm_key": layout.LpmKey, "tp_rule": layout.Rule, "tp_prefix_rules": layout.PrefixRules,
         "tp_prefix_slot": layout.PrefixSlot, "tp_prefix_table": layout.PrefixTable,
-        "tp_counters": layout.Counters, "tp_pair": layout.Pair, "tp_event": layout.Event, "tp_probe": layout.Probe,
+        "tp_counters": layout.Counters, "tp_pair": layout.Pair, "tp_wake": layout.Wake, "tp_event": layout.Event, "tp_probe": layout.Probe,
         "tp_feed_key": layout.FeedKey, "tp_feed": layout.Feed, "tp_feed_slot": layout.FeedSlot, "tp_feed_index": layout.FeedIndex,
         "tp_feed_state": layout.FeedState,
         "tp_feed_claims": layout.FeedClaims,
