@@ -25,8 +25,12 @@ def render(status: dict[str, Any]) -> str:
 def _daemon(d: dict[str, Any]) -> str:
     interval, multiplier = d.get("interval_us"), d.get("multiplier")
     heartbeat = f"{interval} us x {multiplier}" if interval is not None and multiplier is not None else UNKNOWN
+    r = d.get("readings") or {}
+    pace = f"reads links every {_text(r.get('every_ms'))} ms ({_text(r.get('pace'))}), " \
+           f"{_text(r.get('kernel_wakes'))} kernel wakes" if r else ""
     return (f"twinpath {_text(d.get('version'))} daemon pid {_text(d.get('pid'))}, up {_duration(d.get('uptime_s'))}, "
-            f"config {_text(d.get('config'))}, heartbeat {heartbeat}, pins {_text(d.get('pin_dir'))}")
+            f"config {_text(d.get('config'))}, heartbeat {heartbeat}, pins {_text(d.get('pin_dir'))}"
+            + (f"\n  {pace}" if pace else ""))
 
 
 def _pair(p: dict[str, Any]) -> str:

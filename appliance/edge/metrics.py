@@ -78,6 +78,9 @@ class Snapshot:
     arbitration_passed: dict[str, dict[str, int]] = field(default_factory=dict)  # Arbiter.global_stats()
     pair: PairMetrics | None = None
     sender_restarts: int = 0   # heartbeat senders that died and were started again (each restarts sender_*)
+    readings: int = 0          # the daemon's health readings (appliance.edge.pace) ...
+    quiet_readings: int = 0    # ... after which it read seldom, the links quiet
+    kernel_wakes: int = 0      # wakes from the kernel while quiet (ebpf/lib/wake.h)
 
 
 def rtt_histogram(counts: list[int]) -> tuple[list[tuple[str, int]], float]:
@@ -151,6 +154,14 @@ def _families(s: Snapshot) -> list:
                          "starts the other sender counters again from zero.")]:
         families.append(CounterMetricFamily(f"twinpath_heartbeat_sender_{counter}_total", help_text,
                                             value=getattr(s, f"sender_{counter}")))
+
+    for name, value, help_text in [
+            ("readings", s.readings, "Health readings of the links by the daemon (every 5 ms, or seldom while "
+                                     "quiet)."),
+            ("quiet_readings", s.quiet_readings, "Health readings after which every link was quiet, so the "
+                                                 "daemon read seldom, armed to be woken by the kernel."),
+            ("kernel_wakes", s.kernel_wakes, "Times a reply beyond a quiet link's bounds woke the daemon.")]:
+        families.append(CounterMetricFamily(f"twinpath_daemon_{name}_total", help_text, value=value))
 
     datapath = CounterMetricFamily(
         "twinpath_datapath_packets_total", "Packets counted at the steer and heartbeat programs' side exits "

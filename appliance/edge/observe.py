@@ -40,7 +40,8 @@ def ring_rtt_us(ring: layout.RttRing, last_seq: int) -> tuple[float | None, floa
 
 def link_state(view: policy.LinkView, seen: policy.LinkObservation, now_ns: int, dead_ns: int) -> str:
     """One word per link, the most severe first; fresh as the data path
-    judges it now (the core's view is as of its last 5 ms reading)."""
+    judges it now (the core's view is as of its last reading: at most 5 ms
+    ago, or 50 ms while the links are quiet)."""
     if view.drained:
         return "drained"
     if not seen.carrier:
@@ -103,8 +104,15 @@ class Observer:
         return {"daemon": {"pid": os.getpid(), "version": __version__, "uptime_s": round(time.monotonic() - self.started_mono, 1),
                            "config": cfg.source, "interval_us": cfg.heartbeat.interval_us,
                            "multiplier": cfg.heartbeat.multiplier, "pin_dir": str(d.pins.path),
-                           "sender_pid": d.sender_pid},
+                           "sender_pid": d.sender_pid, "readings": self._readings()},
                 "links": links, "classes": classes, "feeds": self._feeds(), **self._pair(now)}
+
+    def _readings(self) -> dict:
+        """How the main thread reads the links (appliance.edge.pace)."""
+        pace = self.d.pace
+        return {"pace": "quiet" if pace.quiet_now else "tick", "every_ms": round(
+            1000 * (pace.quiet_s if pace.quiet_now else pace.tick_s), 1), "total": pace.readings,
+            "quiet": pace.quiet_readings, "kernel_wakes": pace.wakes}
 
     def _pair(self, now: int) -> dict:
         d = self.d
@@ -170,4 +178,6 @@ class Observer:
         return metrics.Snapshot(up_since_s=self.started_s, links=links, classes=classes, pair=pair,
                                 sender_periods=stats.periods, sender_late_periods=stats.late_periods,
                                 sender_skipped_periods=stats.skipped_periods, sender_restarts=d.sender_restarts,
+                                readings=d.pace.readings, quiet_readings=d.pace.quiet_readings,
+                                kernel_wakes=d.pace.wakes,
                                 datapath_stats=d.gw.global_stats(), feeds=feeds, arbitration_passed=passed)

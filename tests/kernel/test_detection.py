@@ -4,11 +4,13 @@ delay moves a lowest-latency class and not an active-backup one; a flapping
 link is suppressed after the damping threshold and reused after decay.
 `twinpath replay` of each run's trace must print exactly the decisions the
 daemon logged."""
+import json
 import time
 
 import pytest
 
 from lab import faults, processes, topology
+from tests.kernel.test_operations import cli
 from tests.kernel.test_replay import decisions_logged, replayed
 
 
@@ -82,6 +84,34 @@ def test_delay_moves_the_lowest_latency_class_but_not_the_active_backup_one(lab)
     evidence = move["evidence"]
     assert evidence["A"]["rtt"]["value_us"] > 1000 > evidence["B"]["rtt"]["value_us"]
     assert move["rtt_from_us"] > move["rtt_to_us"] + move["margin_us"]
+    assert again == live
+
+
+def readings(lab) -> dict:
+    return json.loads(cli(lab, "status", "--json").stdout)["daemon"]["readings"]
+
+
+def test_an_idle_daemon_reads_its_quiet_links_seldom_and_still_sees_a_delay(lab):
+    """Idle, every link quiet: readings every 50 ms, the kernel armed to wake
+    the daemon (ebpf/lib/wake.h). The delay that moves the lowest-latency
+    class then moves it as before."""
+    def scenario(daemon, work):
+        deadline = time.monotonic() + 10
+        while readings(lab)["pace"] != "quiet":
+            assert time.monotonic() < deadline, f"never quiet: {readings(lab)}"
+            time.sleep(0.1)
+        before = readings(lab)
+        assert before["every_ms"] == 50.0 and before["quiet"] > 0
+        faults.inject(lab, "delay", "A", delay_us=1500)
+        try:
+            wait_until(daemon, lambda ev: moves(ev, "quotes"), 10)
+        finally:
+            faults.clear(lab, "delay", "A")
+
+    config = topology.write_config(lab, multiplier=10, holddown_ms=300, damping=False)
+    config.write_text(config.read_text() + "\n[detection]\njitter_threshold_us = 20000\n")   # as the delay test
+    live, again = recorded_run(lab, "quiet-delay", config, scenario)
+    assert [m[:2] for m in moves(live)] == [("quotes", "lower-latency")]
     assert again == live
 
 

@@ -29,6 +29,7 @@ def snapshot() -> Snapshot:
                                         packets={"fiber": 10, "radio": 2}, bytes={"fiber": 1000, "radio": 200},
                                         failovers={"blackhole": 2, "operator": 1})},
         sender_periods=1000, sender_late_periods=3, sender_skipped_periods=1, sender_restarts=2,
+        readings=500, quiet_readings=450, kernel_wakes=7,
         datapath_stats={name: i for i, name in enumerate(layout.STATS)},
         feeds={"itch": {line: {c: i + (10 if line == "B" else 0) for i, c in enumerate(ARB_COUNTERS)}
                         for line in "AB"}},
@@ -179,3 +180,9 @@ def test_the_pair_is_exposed_only_on_a_pair_member():
     assert values(fams, "twinpath_pair_token") == {(): 42}
     assert values(fams, "twinpath_pair_witness_up") == {(): 0}
     assert values(fams, "twinpath_pair_fenced_packets") == {(): 7}
+
+
+def test_the_daemons_reading_pace_is_counted():
+    fams = scrape(snapshot)
+    assert [values(fams, f"twinpath_daemon_{name}")[()] for name in ("readings", "quiet_readings", "kernel_wakes")] \
+        == [500, 450, 7]

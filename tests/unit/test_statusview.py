@@ -2,7 +2,8 @@ from appliance.statusview import render
 
 FULL = {
     "daemon": {"pid": 4242, "version": "0.1.0", "uptime_s": 7385.2, "config": "/etc/twinpath/gw.toml", "interval_us": 1000,
-               "multiplier": 3, "pin_dir": "/sys/fs/bpf/twinpath"},
+               "multiplier": 3, "pin_dir": "/sys/fs/bpf/twinpath",
+               "readings": {"pace": "quiet", "every_ms": 50.0, "total": 90210, "quiet": 88000, "kernel_wakes": 17}},
     "links": {
         "A": {"state": "up", "rtt_p50_us": 41.3, "rtt_p99_us": 88.6, "rtt_max_us": 310.0, "loss": 0.0,
               "heartbeat_age_ms": 0.42, "carrier": True, "drained": False, "reasons": []},
@@ -30,6 +31,7 @@ UNKNOWNS = {
 def test_full_status():
     assert render(FULL) == """\
 twinpath 0.1.0 daemon pid 4242, up 2h03m, config /etc/twinpath/gw.toml, heartbeat 1000 us x 3, pins /sys/fs/bpf/twinpath
+  reads links every 50.0 ms (quiet), 17 kernel wakes
 
 link  state  rtt p50 us  p99 us  max us   loss  heartbeat age ms  carrier  drained  reasons
 A     up             41      89     310  0.00%               0.4  up       no       -
