@@ -72,6 +72,11 @@ SENDER_CHECK_S = 0.1     # the probe sender's liveness: a waitpid and a counter 
 # periods) while the daemon watched it throughout is stopped or wedged.
 SENDER_STALL_S = 1.0
 SENDER_STALL_ROUNDS = 10
+# Inputs that may change what the link core decides at its next reading
+# (besides the reflex's events, which wake it anyway): a quiet pace ends.
+# feed-lines (every 10 ms) only when it changes a line's health, the feed
+# detector's evidence.
+LINK_CHANGES = frozenset({"carrier", "neighbour", "force", "release", "drain", "undrain", "predict", "reconfigure"})
 READY_TIMEOUT_NS = 5_000_000_000  # steering attaches by then even if a link never answered
 # A thread woken by a deadline (the pair's) waits for the GIL up to this long
 # while another runs Python: CPython's default of 5 ms would be a takeover's
@@ -153,7 +158,7 @@ class Daemon:
             if self.recorder:
                 self.recorder.input(kind, ts_ns, fields)
             decisions = self.core.consume(kind, ts_ns, fields)
-            if kind != "health" and kind not in PAIR_INPUTS:   # a change: read the links soon, and often
+            if kind in LINK_CHANGES or any(d.event == "line-health" for d in decisions):   # read soon, and often
                 self.pace.woken(time.monotonic(), disarmed=False)
             for decision in decisions:
                 self._apply(decision.effect)

@@ -144,3 +144,28 @@ def test_the_pace_counts_readings_quiet_ones_and_kernel_wakes():
     pace.woken(0.011, disarmed=False)   # an operator's command: no kernel wake
     pace.read(0.011, BOUNDS)
     assert (pace.readings, pace.quiet_readings, pace.wakes) == (3, 1, 1)
+
+
+@pytest.mark.parametrize("kind, events, ends_quiet", [
+    ("drain", [], True),
+    ("carrier", [], True),
+    ("feed-lines", ["line-health"], True),      # the feed detector's evidence changed
+    ("feed-lines", ["gap-lost"], False),        # feed bookkeeping, every 10 ms: not the links'
+    ("arb-event", ["gap"], False),
+    ("health", [], False),
+])
+def test_the_daemon_ends_a_quiet_pace_on_what_may_change_a_link_decision(kind, events, ends_quiet):
+    from types import SimpleNamespace
+
+    from appliance.core import config
+    from appliance.core.decision import Decision
+    from appliance.daemon import Daemon
+    from lab.topology import render_config
+    from tests.unit.test_daemon_errors import ListLog
+
+    daemon = Daemon(config.parse(render_config(), "lab"), ListLog())
+    daemon.core = SimpleNamespace(consume=lambda *_: [Decision(0, e, {}) for e in events])
+    daemon.pace.read(0.0, BOUNDS)
+    assert daemon.pace.quiet_now
+    daemon._consume(kind, 0)
+    assert daemon.pace.quiet_now is not ends_quiet
