@@ -175,8 +175,7 @@ class LinkCore:
 
     def quiet(self, ts_ns: int) -> list[WakeBounds] | None:
         """Each link's bounds beyond which a reply should wake the daemon,
-        while no decision here waits on time
-        or on a run of readings: ready, no stall held, no prediction on,
+        while no decision here waits on time or on a run of readings: ready, no stall held, no prediction on,
         every link fresh, undamped and quiet (LinkDetector.quiet_wake), every
         class settled (policy.settled, whose bounds tighten the links'). The
         daemon may then read seldom, woken by the kernel at the first reply

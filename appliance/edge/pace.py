@@ -6,10 +6,11 @@ while the core finds every link quiet (Core.quiet): no decision waits on
 time or on a run of readings, and every detector reads at most half its
 threshold. Meanwhile the kernel is armed (tp_wake, ebpf/lib/wake.h) to wake
 the daemon at the first accepted reply beyond those halves: an RTT rise, an
-RTT change, a lost probe. A wake, or any input but a reading, makes a
-reading due at once, then one every tick for `settle_s` (the waking reply's
-fate is final `multiplier` rounds on, and then judged in a tick-sized
-window) before the links can be called quiet again. The windows merged while quiet are
+RTT change, a lost probe. A wake, or an input that may change a link
+decision (Daemon's LINK_CHANGES, a line's health), makes a reading due at
+once, then one every tick for `settle_s` (the waking reply's fate is final
+`multiplier` rounds on, and then judged in a tick-sized window) before the
+links can be called quiet again. The windows merged while quiet are
 ordinary readings: the detectors count probes, not readings, while no
 detector is near its threshold.
 
