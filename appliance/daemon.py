@@ -460,7 +460,8 @@ class Daemon:
                 sd_notify("STOPPING=1")
                 stats = sender.stats
                 self.log.emit("stopped", sent=stats.sent, late_periods=stats.late_periods,
-                              max_late_us=round(stats.max_late_ns / 1000, 1))
+                              max_late_us=round(stats.max_late_ns / 1000, 1), readings=self.pace.readings,
+                              quiet_readings=self.pace.quiet_readings, kernel_wakes=self.pace.wakes)
                 if cfg.state.on_stop == "detach":
                     self.log.emit("detached", removed=detach_all(ipr, self.pins))
                 else:

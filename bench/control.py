@@ -65,7 +65,7 @@ def run(work: Path, seconds: float, advance: Advance) -> dict:
 def measure(lab: topology.Lab, work: Path, seconds: float, advance: Advance) -> dict:
     topology.add_spare_links(lab)
     napi = carrier_napi(lab)
-    cpu, carrier_cpu, late = {}, {}, {}
+    cpu, carrier_cpu, late, readings = {}, {}, {}, {}
     for interval_us, links in SETTINGS:
         name = setting_name(interval_us, links)
         config = topology.write_config(lab, interval_us=interval_us, multiplier=3, spare_links=links - 2)
@@ -84,9 +84,10 @@ def measure(lab: topology.Lab, work: Path, seconds: float, advance: Advance) -> 
         stopped = next((e for e in daemon.events() if e.get("event") == "stopped"), {})
         late[name] = {"late_periods": stopped.get("late_periods"), "max_late_us": stopped.get("max_late_us"),
                       "probes_sent": stopped.get("sent")}
+        readings[name] = {key: stopped.get(key) for key in ("readings", "quiet_readings", "kernel_wakes")}
         advance()
     return {"cpu_percent": cpu, "carrier_napi_cpu_percent": carrier_cpu, "heartbeat_sender": late,
-            "seconds_per_setting": seconds,
+            "readings": readings, "seconds_per_setting": seconds,
             "method": "run time of the daemon's and the probe sender's threads (/proc/<pid>/task/*/schedstat) "
                       "over the interval, as % of one core; daemon idle apart from heartbeats; the carriers' "
                       "echo replies in threaded NAPI on their gw-facing veths (carrier_napi_cpu_percent), "

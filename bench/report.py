@@ -284,14 +284,7 @@ def markdown(r: dict, plots: list[str]) -> str:
         from bench import capacity
         lines += capacity.report_lines(r["capacity"])
     if "control" in r:
-        c = r["control"]
-        lines += ["## Control-plane cost (daemon CPU, % of one core)", "", c["method"], "",
-                  "| setting | CPU % | carriers' NAPI threads, CPU % | sender late periods | max late us |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {s} | {v} | {c.get('carrier_napi_cpu_percent', {}).get(s, '—')} | "
-                  f"{c['heartbeat_sender'][s]['late_periods']} | "
-                  f"{c['heartbeat_sender'][s]['max_late_us']} |" for s, v in c["cpu_percent"].items()]
-        lines.append("")
+        lines += _control_lines(r["control"])
     if "security" in r:
         from bench import security
         lines += security.report_lines(r["security"])
@@ -301,6 +294,21 @@ def markdown(r: dict, plots: list[str]) -> str:
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + ["", "## Daemon config (1 ms x 3 blocks)", "",
                                                                   "```toml", r["config"].rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _control_lines(c: dict) -> list[str]:
+    lines = ["## Control-plane cost (daemon CPU, % of one core)", "", c["method"], "",
+             "| setting | CPU % | carriers' NAPI threads, CPU % | sender late periods | max late us "
+             "| health readings (quiet) | kernel wakes |",
+             "|---|---|---|---|---|---|---|"]
+    for s, v in c["cpu_percent"].items():
+        sender, pace = c["heartbeat_sender"][s], c.get("readings", {}).get(s, {})
+        lines.append(f"| {s} | {v} | {c.get('carrier_napi_cpu_percent', {}).get(s, '—')} | "
+                     f"{sender['late_periods']} | {sender['max_late_us']} | "
+                     f"{_fmt(pace.get('readings'))} ({_fmt(pace.get('quiet_readings'))}) | "
+                     f"{_fmt(pace.get('kernel_wakes'))} |")
+    return lines + ["", "Readings and wakes over each daemon's life (start-up included), from its "
+                        "`stopped` event.", ""]
 
 
 def headline(r: dict) -> str:

@@ -39,3 +39,14 @@ def test_results_keep_the_contract_keys_and_drop_the_event_detail():
     assert set(det["model"]["benefit"]) == {"steep"}
     lines = "\n".join(report._detection_lines(det))
     assert "| 1000us_x3 | 600.2 | 0 | 41 |" in lines and "| steep | predictive | 0 |" in lines
+
+
+def test_control_lines_show_how_quietly_each_daemon_read_and_tolerate_older_runs():
+    sender = {"late_periods": 2, "max_late_us": 640.5, "probes_sent": [100, 100]}
+    control = {"method": "schedstat", "cpu_percent": {"1000us_2links": 4.2, "200us_8links": 36.5},
+               "carrier_napi_cpu_percent": {"1000us_2links": 1.0, "200us_8links": 9.0},
+               "heartbeat_sender": {"1000us_2links": sender, "200us_8links": sender},
+               "readings": {"1000us_2links": {"readings": 1250, "quiet_readings": 1180, "kernel_wakes": 3}}}
+    lines = report._control_lines(control)
+    assert "| 1000us_2links | 4.2 | 1.0 | 2 | 640.5 | 1,250 (1,180) | 3 |" in lines
+    assert "| 200us_8links | 36.5 | 9.0 | 2 | 640.5 | – (–) | – |" in lines   # a run from before the counters
