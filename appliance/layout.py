@@ -150,7 +150,8 @@ PAIR_MODES = {C["TP_PAIR_NONE"]: "none", C["TP_PAIR_STANDBY"]: "standby", C["TP_
 
 
 class Wake(ctypes.Structure):
-    _fields_ = [("rtt_above_ns", u64), ("rtt_below_ns", u64), ("change_ns", u64), ("armed", u32), ("strikes", u32)]
+    _fields_ = [("rtt_above_ns", u64), ("rtt_below_ns", u64), ("change_ns", u64), ("jitter_ns", u64),
+                ("armed", u32), ("beyond", u32)]
 
 
 class Event(ctypes.Structure):

@@ -236,19 +236,19 @@ class LinkDetector:
         jittery = 0.0 if jitter is None else jitter / p.jitter_threshold_ns
         return Symptoms((slow, lossy, jittery, float(self._tripped[3])), self._tripped, p.quorum)
 
-    def quiet_wake(self) -> tuple[int, int] | None:
+    def quiet_wake(self) -> tuple[int, int, int] | None:
         """While the link is quiet (not gray, no feed line behind, every
         detector at most QUIET_SEVERITY of its threshold at the last
-        reading): the RTT, and the change from one RTT to the next, above
-        which a reply should wake the daemon. None otherwise, and before
-        the first reading with answers."""
+        reading): the RTT, and the smoothed change from one RTT to the
+        next, above which replies should wake the daemon, and the smoothed
+        change so far. None otherwise, and before the first reading with answers."""
         symptoms = self.symptoms()
         if self.gray or self.feed_lines or symptoms is None or self._rtt_limit is None or \
                 max(symptoms.severity) > QUIET_SEVERITY:
             return None
         base = self._baseline_ns
         return (base + int(QUIET_SEVERITY * (self._rtt_limit - base)),
-                int(QUIET_SEVERITY * self._measured_p.jitter_threshold_ns))
+                int(QUIET_SEVERITY * self._measured_p.jitter_threshold_ns), self.jitter_ns or 0)
 
     def evidence(self) -> dict:
         """For the log: each detector's value, threshold and whether it

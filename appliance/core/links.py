@@ -78,10 +78,15 @@ def _number(value: Any, kind: type | tuple[type, ...]) -> bool:
 
 class WakeBounds(NamedTuple):
     """A quiet link's bounds, as tp_wake holds them (ebpf/lib/layout.h):
-    beyond any, a reply wakes the daemon."""
+    beyond any, replies wake the daemon. jitter_ns seeds the kernel's
+    smoothed RTT change, which it then keeps: not a bound."""
     rtt_above_ns: int
     rtt_below_ns: int
     change_ns: int
+    jitter_ns: int = 0
+
+    def bounds(self) -> tuple[int, int, int]:
+        return self.rtt_above_ns, self.rtt_below_ns, self.change_ns
 
 
 class LinkCore:
@@ -187,8 +192,8 @@ class LinkCore:
             wake = detector.quiet_wake()
             if wake is None or self._fresh_for_ns(link) < 0 or self.damping[link].suppressed:
                 return None
-            rtt_above, change = wake
-            wakes.append(WakeBounds(rtt_above, 0, change))
+            rtt_above, change, jitter = wake
+            wakes.append(WakeBounds(rtt_above, 0, change, jitter))
         views = self.views(ts_ns)
         for class_id, state in enumerate(self.classes):
             bounds = None if state.link is None else policy.settled(

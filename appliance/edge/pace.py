@@ -5,8 +5,9 @@ Every tick (5 ms) while anything may be about to change; every `quiet_s`
 while the core finds every link quiet (Core.quiet): no decision waits on
 time or on a run of readings, and every detector reads at most half its
 threshold. Meanwhile the kernel is armed (tp_wake, ebpf/lib/wake.h) to wake
-the daemon at the first accepted reply beyond those halves: an RTT rise, an
-RTT change, a lost probe. A wake, or an input that may change a link
+the daemon when accepted replies go beyond those halves: most of the last
+few beyond an RTT bound, the smoothed RTT change above its bound, a loss
+run. A wake, or an input that may change a link
 decision (Daemon's LINK_CHANGES, a line's health), makes a reading due at
 once, then one every tick for `settle_s` (the waking reply's fate is final
 `multiplier` rounds on, and then judged in a tick-sized window) before the
@@ -56,7 +57,7 @@ class ReadingPace:
             return None
         self.quiet_readings += 1
         self.next_s = now_s + self.quiet_s
-        if wakes == self.armed:
-            return None
+        if self.armed is not None and [w.bounds() for w in wakes] == [w.bounds() for w in self.armed]:
+            return None   # the kernel keeps its own smoothed change meanwhile
         self.armed = wakes
         return wakes

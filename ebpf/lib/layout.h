@@ -238,22 +238,29 @@ struct tp_pair {
 };
 
 /* tp_wake[link]: while the daemon reads its links calmly (seldom, since
- * nothing moves), an accepted reply that could start a change wakes it: one
- * after two or more lost probes (a sequence gap), or the TP_WAKE_STRIKES-th
- * in a row after one lost probe, with an RTT above rtt_above_ns or below
- * rtt_below_ns, or with a change from the last RTT above change_ns. In a
- * row, because the detectors and lowest-latency judge loss runs, window
- * medians and smoothed jitter, which one lost or late reply does not move
- * (this VM's veths show lone 0.1-2 ms spikes). The
- * daemon arms it (strikes 0); the ingress program disarms it as it wakes
- * the daemon, so one arming makes at most one event (lib/wake.h). */
-#define TP_WAKE_STRIKES     3
+ * nothing moves), an accepted reply that could start a change wakes it:
+ * - one after two or more lost probes (a sequence gap): a loss run;
+ * - TP_WAKE_MAJORITY of the last TP_WAKE_HISTORY replies beyond an RTT
+ *   bound (above rtt_above_ns, below rtt_below_ns) or after one lost probe:
+ *   what moves a window's median, or lowest-latency's judgement of it;
+ * - the smoothed change from one RTT to the next (gain 1/8, each change
+ *   capped at twice change_ns) above change_ns: what moves the jitter
+ *   detector. The daemon seeds it with its own jitter when it arms.
+ * A majority and a smoothed change, not single replies: this VM's veths show
+ * lone 0.1-2 ms spikes, and at 200 us x 8 links a wake on three such replies
+ * in a row came every few ms, so the daemon never read calmly. The daemon
+ * arms it (history empty); the ingress program disarms it as it wakes the
+ * daemon, so one arming makes at most one event (lib/wake.h). */
+#define TP_WAKE_HISTORY     8
+#define TP_WAKE_MAJORITY    5
+#define TP_WAKE_JITTER_SHIFT 3
 struct tp_wake {
 	__u64 rtt_above_ns;
 	__u64 rtt_below_ns;         /* 0: none */
 	__u64 change_ns;
+	__u64 jitter_ns;            /* the smoothed RTT change so far */
 	__u32 armed;
-	__u32 strikes;              /* replies in a row beyond a bound */
+	__u32 beyond;               /* the last TP_WAKE_HISTORY replies, newest in bit 0: 1 beyond */
 };
 
 /* tp_events ring buffer record: one per reflex failover, or (cause

@@ -18,12 +18,13 @@ static __always_inline void tp_wake_check(__u32 link, __u64 rtt, __u64 prev_rtt,
 	/* Probes lost just before this reply (none for one out of order). */
 	__u64 lost = seq > prev_top + 1 ? seq - prev_top - 1 : 0;
 	if (lost < 2) {
+		__u32 beyond = lost || rtt > w->rtt_above_ns || rtt < w->rtt_below_ns;
 		__u64 change = rtt > prev_rtt ? rtt - prev_rtt : prev_rtt - rtt;
-		if (!lost && rtt <= w->rtt_above_ns && rtt >= w->rtt_below_ns && change <= w->change_ns) {
-			w->strikes = 0;
-			return;
-		}
-		if (++w->strikes < TP_WAKE_STRIKES)
+		__u64 cap = 2 * w->change_ns;
+
+		w->beyond = ((w->beyond << 1) | beyond) & ((1U << TP_WAKE_HISTORY) - 1);
+		w->jitter_ns += (__s64)((change < cap ? change : cap) - w->jitter_ns) >> TP_WAKE_JITTER_SHIFT;
+		if (__builtin_popcount(w->beyond) < TP_WAKE_MAJORITY && w->jitter_ns <= w->change_ns)
 			return;
 	}
 	w->armed = 0;

@@ -292,13 +292,14 @@ WAKE = (A, A, layout.CAUSE_WAKE)
 NORMAL, LATE = 0, 100 * MS
 
 
-def arm(gateway, rtt_above_ns=50 * MS, rtt_below_ns=0, change_ns=30 * MS):
-    gateway.gw.arm_wake([(rtt_above_ns, rtt_below_ns, change_ns), (10**9, 0, 10**9)])
+def arm(gateway, rtt_above_ns=50 * MS, rtt_below_ns=0, change_ns=30 * MS, jitter_ns=0):
+    gateway.gw.arm_wake([(rtt_above_ns, rtt_below_ns, change_ns, jitter_ns), (10**9, 0, 10**9, 0)])
 
 
 def wake_state(gateway) -> tuple[int, int]:
+    """(armed, replies beyond a bound among the last TP_WAKE_HISTORY)."""
     w = gateway.gw.bpf["tp_wake"][ctypes.c_uint32(A)]
-    return w.armed, w.strikes
+    return w.armed, bin(w.beyond).count("1")
 
 
 def wakes(gateway):
@@ -312,50 +313,73 @@ def replies(gateway, first_seq, ages):
 
 def test_no_wake_unless_armed(gateway):
     gateway.set_fresh(A, age_ns=None)
-    replies(gateway, 10, [NORMAL, LATE, LATE, LATE])
+    replies(gateway, 10, [NORMAL, LATE, LATE, LATE, LATE, LATE, LATE])
     run_in(gateway, reply(seq=30, age_ns=NORMAL))
     assert wakes(gateway) == []
 
 
-def test_three_replies_in_a_row_beyond_a_bound_wake_once(gateway):
-    """A lone late reply (this VM's spikes) moves no median: no wake. The
-    third in a row does, once: the wake disarms."""
+def test_a_majority_of_recent_replies_beyond_a_bound_wakes_once(gateway):
+    """Lone late replies (this VM's spikes) move no median: no wake, however
+    far off, and one falls out of the history after TP_WAKE_HISTORY replies.
+    The TP_WAKE_MAJORITY-th of the last TP_WAKE_HISTORY does, once: the wake
+    disarms. Only the RTT bound here: the change bound is far off."""
+    assert (layout.C["TP_WAKE_HISTORY"], layout.C["TP_WAKE_MAJORITY"]) == (8, 5)
     gateway.set_fresh(A, age_ns=None)
     run_in(gateway, reply(seq=1, age_ns=NORMAL))
-    arm(gateway)
-    replies(gateway, 2, [LATE, NORMAL, NORMAL])   # late, a change back, then one within every bound
+    arm(gateway, change_ns=10**9)
+    replies(gateway, 2, [2 * LATE] + [NORMAL] * 8)
     assert wakes(gateway) == [] and wake_state(gateway) == (1, 0)
-    replies(gateway, 5, [LATE, LATE])
-    assert wakes(gateway) == [] and wake_state(gateway) == (1, 2)
-    replies(gateway, 7, [LATE])
+    replies(gateway, 11, [LATE, NORMAL, LATE, NORMAL, LATE, LATE])
+    assert wakes(gateway) == [] and wake_state(gateway) == (1, 4)
+    replies(gateway, 17, [LATE])
     assert wakes(gateway) == [WAKE] and wake_state(gateway)[0] == 0
-    replies(gateway, 8, [LATE] * 3)
+    replies(gateway, 18, [LATE] * 8)
     assert wakes(gateway) == [WAKE]
 
 
-@pytest.mark.parametrize("ages, bounds", [
-    ([NORMAL] * 3, {"rtt_below_ns": 40 * MS, "rtt_above_ns": 200 * MS}),
-    ([LATE, NORMAL, LATE], {"rtt_above_ns": 200 * MS}),
-], ids=["below-a-lowest-latency-bound", "rtt-changes"])
-def test_each_bound_strikes(gateway, ages, bounds):
+def test_a_majority_below_a_lowest_latency_bound_wakes(gateway):
     gateway.set_fresh(A, age_ns=None)
     run_in(gateway, reply(seq=1, age_ns=60 * MS))
-    arm(gateway, **bounds)
-    replies(gateway, 2, ages[:2])
-    assert wakes(gateway) == []
-    replies(gateway, 4, ages[2:])
+    arm(gateway, rtt_below_ns=40 * MS, rtt_above_ns=200 * MS, change_ns=10**9)
+    replies(gateway, 2, [NORMAL] * 4)
+    assert wakes(gateway) == [] and wake_state(gateway) == (1, 4)
+    replies(gateway, 6, [NORMAL])
     assert wakes(gateway) == [WAKE]
 
 
-def test_two_lost_probes_wake_at_once_one_is_a_strike(gateway):
+def test_the_smoothed_rtt_change_wakes_a_spike_alone_does_not(gateway):
+    """RTTs that keep jumping wake the daemon at the smoothed change's bound
+    (gain 1/8, each change capped at twice the bound: 60 ms here); a lone
+    spike, however large, adds at most two capped changes."""
+    gateway.set_fresh(A, age_ns=None)
+    run_in(gateway, reply(seq=1, age_ns=NORMAL))
+    arm(gateway, rtt_above_ns=10**9)
+    replies(gateway, 2, [2 * LATE, NORMAL, NORMAL])            # 7.5 ms, 14.1, then about 12.5
+    assert wakes(gateway) == []
+    replies(gateway, 5, [LATE, NORMAL, LATE])                  # 18.3, 23.5, 28.1: under 30
+    assert wakes(gateway) == [] and wake_state(gateway) == (1, 0)
+    replies(gateway, 8, [NORMAL])                              # 32.0
+    assert wakes(gateway) == [WAKE]
+
+
+def test_the_daemon_seeds_the_smoothed_change(gateway):
+    gateway.set_fresh(A, age_ns=None)
+    run_in(gateway, reply(seq=1, age_ns=NORMAL))
+    arm(gateway, rtt_above_ns=10**9, jitter_ns=29 * MS)
+    replies(gateway, 2, [NORMAL])                              # a small change brings it down
+    assert wakes(gateway) == []
+    arm(gateway, rtt_above_ns=10**9, jitter_ns=29 * MS)
+    replies(gateway, 3, [LATE])                                # 29 + (60 - 29) / 8 > 30
+    assert wakes(gateway) == [WAKE]
+
+
+def test_two_lost_probes_wake_at_once_one_counts_as_beyond(gateway):
     gateway.set_fresh(A, age_ns=None)
     run_in(gateway, reply(seq=10, age_ns=NORMAL))
     arm(gateway)
-    run_in(gateway, reply(seq=12, age_ns=NORMAL))   # 11 lost: a strike
-    assert wake_state(gateway) == (1, 1)
-    run_in(gateway, reply(seq=13, age_ns=NORMAL))   # a normal reply clears it
-    assert wakes(gateway) == [] and wake_state(gateway) == (1, 0)
-    run_in(gateway, reply(seq=16, age_ns=NORMAL))   # 14 and 15 lost: a loss run starts
+    run_in(gateway, reply(seq=12, age_ns=NORMAL))   # 11 lost
+    assert wakes(gateway) == [] and wake_state(gateway) == (1, 1)
+    run_in(gateway, reply(seq=15, age_ns=NORMAL))   # 13 and 14 lost: a loss run starts
     assert wakes(gateway) == [WAKE]
 
 

@@ -11,8 +11,9 @@ from appliance.core.policy import LOWEST_LATENCY, ClassPolicy, ClassState, LinkV
 from appliance.edge.pace import ReadingPace
 from tests.unit.test_core import BAD, LINKS, MS, Clock, Core, start, warmed, win
 
-# Defaults: margin max(500 us, 1 x baseline), jitter threshold 250 us; baseline 30 us.
-QUIET_A = WakeBounds(rtt_above_ns=30_000 + 250_000, rtt_below_ns=0, change_ns=125_000)
+# Defaults: margin max(500 us, 1 x baseline), jitter threshold 250 us; baseline 30 us,
+# jitter 5 us (the kernel's smoothed RTT change starts from it).
+QUIET_A = WakeBounds(rtt_above_ns=30_000 + 250_000, rtt_below_ns=0, change_ns=125_000, jitter_ns=5_000)
 
 
 def test_links_read_calm_are_quiet_with_bounds_at_half_of_each_threshold():
@@ -124,6 +125,16 @@ def test_a_wake_reads_at_once_then_every_tick_until_settled_and_rearms():
     assert pace.due(0.01)
     assert pace.read(0.01, BOUNDS) is None and pace.next_s == pytest.approx(0.015)   # settling
     assert pace.read(0.03, BOUNDS) == BOUNDS and pace.next_s == pytest.approx(0.08)  # re-armed
+
+
+def test_a_new_jitter_seed_alone_does_not_rearm():
+    """The kernel smooths RTT changes itself once armed: the daemon's own
+    estimate only seeds it, so a quiet reading that moved only the seed
+    leaves the kernel's running value be."""
+    pace = ReadingPace(tick_s=0.005, quiet_s=0.05, settle_s=0.02)
+    pace.read(0.0, [WakeBounds(1, 0, 1, jitter_ns=7)])
+    assert pace.read(0.05, [WakeBounds(1, 0, 1, jitter_ns=9)]) is None
+    assert pace.read(0.10, [WakeBounds(1, 0, 2, jitter_ns=9)]) == [WakeBounds(1, 0, 2, jitter_ns=9)]
 
 
 def test_another_input_reads_soon_but_keeps_the_arming():
