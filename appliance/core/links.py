@@ -179,12 +179,13 @@ class LinkCore:
         return out
 
     def quiet(self, ts_ns: int) -> list[WakeBounds] | None:
-        """Each link's bounds beyond which a reply should wake the daemon,
-        while no decision here waits on time or on a run of readings: ready, no stall held, no prediction on,
-        every link fresh, undamped and quiet (LinkDetector.quiet_wake), every
-        class settled (policy.settled, whose bounds tighten the links'). The
-        daemon may then read seldom, woken by the kernel at the first reply
-        beyond a bound (ebpf/lib/wake.h). None otherwise: it reads every tick."""
+        """Each link's bounds beyond which replies should wake the daemon,
+        while no decision here waits on time or on a run of readings: ready,
+        no stall held, no prediction on, every link fresh, undamped and quiet
+        (LinkDetector.quiet_wake), every class settled (policy.settled, whose
+        bounds tighten the links'). The daemon may then read seldom, woken by
+        the kernel when replies go beyond a bound (ebpf/lib/wake.h). None
+        otherwise: it reads every tick."""
         if not self.ready or self.p.prediction.enabled or any(self.predicted) or self.stall.held(ts_ns):
             return None
         wakes = []

@@ -7,11 +7,11 @@ time or on a run of readings, and every detector reads at most half its
 threshold. Meanwhile the kernel is armed (tp_wake, ebpf/lib/wake.h) to wake
 the daemon when accepted replies go beyond those halves: most of the last
 few beyond an RTT bound, the smoothed RTT change above its bound, a loss
-run. A wake, or an input that may change a link
-decision (Daemon's LINK_CHANGES, a line's health), makes a reading due at
-once, then one every tick for `settle_s` (the waking reply's fate is final
-`multiplier` rounds on, and then judged in a tick-sized window) before the
-links can be called quiet again. The windows merged while quiet are
+run. A wake, or an input that may change a link decision (Daemon's
+LINK_CHANGES, a line's health), makes a reading due at once, then one every
+tick for `settle_s` (the waking reply's fate is final `multiplier` rounds
+on, and then judged in a tick-sized window) before the links can be called
+quiet again. The windows merged while quiet are
 ordinary readings: the detectors count probes, not readings, while no
 detector is near its threshold.
 
