@@ -1032,9 +1032,11 @@ class ArbRef:
 
 
 def arb_forward(f: bytes, feed: FeedDef) -> bytes:
-    """tp_forward(): TTL - 1 with the checksum updated as tp_csum_replace2
-    does (RFC 1624 on the 16-bit word TTL shares with the protocol, in
-    memory order), MACs of the feed's receiver."""
+    """tp_forward(): TTL - 1 with the checksum updated by RFC 1624's general
+    rule on the 16-bit word TTL shares with the protocol, in memory order
+    (the program takes the kernel's shortcut, ip_decrease_ttl(); this keeps
+    the independent rule, so the fuzz checks they agree), MACs of the feed's
+    receiver."""
     out = bytearray(f)
     old = f[22] | f[23] << 8
     new = ((f[22] - 1) & 0xFF) | f[23] << 8

@@ -76,6 +76,27 @@ def test_classified_packet_goes_to_its_class_link(gateway, l4, link, steer):
     assert counters == {"packets": 1, "bytes": len(pkt), "redirects": 1, "failovers": 0}
 
 
+def with_header_checksum(checksum: int):
+    """An order whose IP header checksum is `checksum`, by choice of its IP id."""
+    base = IP(bytes(packet(l4=UDP(sport=40000, dport=9000), id=0)[IP]))
+    rest = (~base.chksum) & 0xFFFF                 # the header's ones-complement sum without an id
+    ident = (~checksum & 0xFFFF) + (~rest & 0xFFFF)  # want rest + id = ~checksum: add ~rest
+    ident = (ident & 0xFFFF) + (ident >> 16)
+    pkt = packet(l4=UDP(sport=40000, dport=9000), id=ident & 0xFFFF)
+    assert IP(bytes(pkt[IP])).chksum == checksum
+    return pkt
+
+
+# The TTL step adds 0x0100 to the checksum (network order) with the end-around
+# carry: these are the values where it carries or wraps.
+@pytest.mark.parametrize("checksum", [0xFEFF, 0xFF00, 0xFFFE, 0xFEFE, 0x00FF, 0x0000, 0x0100, 0x1234])
+def test_forwarded_header_checksum_is_right_where_the_ttl_step_carries(checksum, steer):
+    pkt = with_header_checksum(checksum)
+    verdict, out = steer(bytes(pkt))
+    assert verdict == TC_ACT_REDIRECT
+    assert_forwarded(out, pkt, "A")
+
+
 @pytest.mark.parametrize("pkt,stat", [
     (packet(l4=UDP(dport=8999)), "no_rule"),                        # port outside every rule
     (packet(l4=TCP(dport=9150)), "no_rule"),                        # marketdata is udp-only
