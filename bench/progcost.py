@@ -13,7 +13,12 @@ overhead. It only suits paths that give the same result every time on the
 same bytes; steer's TTL decrement compounds over repeats, so its packet
 starts at TTL 255. A first copy in arbitration is first only once, so that
 case runs one packet per call (repeat 1, a fresh sequence each call) and so
-does its empty twin.
+does its empty twin. One packet per call pays what ran in between (the
+syscall, this Python) in cache misses on the program's code and maps, far
+more for an arbiter than for an empty program: arb_duplicate_single runs
+the duplicate that way too, so that a first copy's own work is the
+difference of two figures measured alike (measured 12-04: a duplicate read
++75 at 64 repeats and +135 at one per call).
 
 Two things keep one case's cost out of another's figure:
 - Every XDP program measured, and the empty one, stays attached for the
@@ -26,6 +31,11 @@ Two things keep one case's cost out of another's figure:
 - A case's calls alternate with its empty twin's on the same packet, so
   whatever the previous case leaves behind falls on both alike, not on the
   program that used to run first.
+- Each case's calls of a round start after one untimed call of the program
+  and of its empty twin. The first call after another case's pays for
+  bringing the program's code and maps back into the caches, microseconds
+  for an arbiter: averaged over a round of one-packet calls it moved the
+  first copy by about 150 ns with the case before it (measured 12-04).
 """
 from __future__ import annotations
 
@@ -66,6 +76,10 @@ class Case:
     verdict: int                     # what the path must return, checked on every call
     repeat: int = REPEAT
     prepare: Callable[[], None] = lambda: None  # before each round (e.g. keep a link fresh)
+    # Run once, untimed, before the case's calls of each round, with its
+    # empty twin: a packet the program has seen (None: the case's next one,
+    # for a case whose every call takes the same path on the same bytes).
+    warm: bytes | None = None
 
 
 def measure(cases: dict[str, Case], rounds: int, calls_per_round: int, advance: Advance = ignore) -> dict:
@@ -82,6 +96,9 @@ def measure(cases: dict[str, Case], rounds: int, calls_per_round: int, advance: 
         for _ in range(rounds):
             for name, case in cases.items():
                 case.prepare()
+                warm = case.packet(call) if case.warm is None else case.warm
+                prog_test_run(case.fd, warm)
+                prog_test_run(empty_fd[case.hook], warm)
                 totals = [0, 0]
                 for i in range(calls_per_round):
                     packet = case.packet(call + i)
@@ -207,7 +224,8 @@ def gateway_cases() -> tuple[object, dict[str, Case]]:
 
 def arbitration_cases(calls: int) -> tuple[object, dict[str, Case]]:
     """First copy (forwarded, the next sequence in order: a live feed's
-    common path), duplicate (dropped), late fill (forwarded below the feed's
+    common path), duplicate (dropped; also one per call, as the first copy
+    is measured), late fill (forwarded below the feed's
     high mark, with its fill event) and passthrough (not a feed) on a
     compiled arbiter with two MoldUDP64 feeds. `calls` bounds how many fresh
     sequences the first-copy and fill cases may ask for."""
@@ -229,13 +247,17 @@ def arbitration_cases(calls: int) -> tuple[object, dict[str, Case]]:
     seen = frame(1)
     prog_test_run(line_a, seen)  # line A delivered it: every later copy on B is a duplicate
     in_order = [frame(s) for s in range(2, calls + 2)]
-    prog_test_run(line_a, frame(calls + 1, fill_port))
+    fill_high = frame(calls + 1, fill_port)
+    prog_test_run(line_a, fill_high)
     fills = [frame(s, fill_port) for s in range(1, calls + 1)]
     other = feedproto.line_frame(b"\x00" * 38, FEED_DST, 9100, FEED_SOURCES["A"])
     return arb, {
-        "arb_first_copy": Case("xdp", line_a, in_order.__getitem__, VERDICTS["redirect_xdp"], repeat=1),
+        "arb_first_copy": Case("xdp", line_a, in_order.__getitem__, VERDICTS["redirect_xdp"], repeat=1,
+                               warm=seen),
         "arb_duplicate": Case("xdp", line_b, lambda i: seen, VERDICTS["drop_xdp"]),
-        "arb_late_fill": Case("xdp", line_a, fills.__getitem__, VERDICTS["redirect_xdp"], repeat=1),
+        "arb_duplicate_single": Case("xdp", line_b, lambda i: seen, VERDICTS["drop_xdp"], repeat=1),
+        "arb_late_fill": Case("xdp", line_a, fills.__getitem__, VERDICTS["redirect_xdp"], repeat=1,
+                              warm=fill_high),
         "arb_passthrough": Case("xdp", line_a, lambda i: other, VERDICTS["pass_xdp"]),
     }
 
