@@ -89,6 +89,20 @@ class WakeBounds(NamedTuple):
         return self.rtt_above_ns, self.rtt_below_ns, self.change_ns
 
 
+# A link silent this long is down, not blinking: reading it every tick
+# teaches the detectors nothing more, and nothing about it can change before
+# it answers again. A shorter silence keeps the tick, so a link that blinks
+# is judged reading by reading as before.
+DOWN_QUIET_NS = 1_000_000_000
+# Such a link wakes the daemon at its first reply after the silence: having
+# lost two probes or more (multiplier >= 2), at once, by the kernel's loss
+# rule. No RTT or change bound: replies that come while the daemon holds
+# the link unusable for another reason (no next hop yet) wake nobody, the
+# quiet reading sees them.
+NO_BOUND = (1 << 63) - 1
+DEAD_WAKE = WakeBounds(rtt_above_ns=NO_BOUND, rtt_below_ns=0, change_ns=NO_BOUND)
+
+
 class LinkCore:
     def __init__(self, p: LinkParams, carrier: list[bool], nexthop: list[str | None], started_ns: int):
         self.p = p
@@ -181,17 +195,25 @@ class LinkCore:
     def quiet(self, ts_ns: int) -> list[WakeBounds] | None:
         """Each link's bounds beyond which replies should wake the daemon,
         while no decision here waits on time or on a run of readings: ready,
-        no stall held, no prediction on, every link fresh, undamped and quiet
-        (LinkDetector.quiet_wake), every class settled (policy.settled, whose
-        bounds tighten the links'). The daemon may then read seldom, woken by
-        the kernel when replies go beyond a bound (ebpf/lib/wake.h). None
-        otherwise: it reads every tick."""
+        no stall held, no prediction on, every link undamped and either
+        quiet (LinkDetector.quiet_wake) or down (not fresh, and silent for
+        DOWN_QUIET_NS: DEAD_WAKE), every class settled (policy.settled,
+        whose bounds tighten the links'). The daemon may then read seldom,
+        woken by the kernel when replies go beyond a bound (ebpf/lib/wake.h).
+        None otherwise: it reads every tick."""
         if not self.ready or self.p.prediction.enabled or any(self.predicted) or self.stall.held(ts_ns):
             return None
         wakes = []
         for link, detector in enumerate(self.detectors):
+            if self.damping[link].suppressed:
+                return None
+            if self._fresh_for_ns(link) < 0:
+                if self.seen_ns - self.seen[link].last_reply_ns < DOWN_QUIET_NS:
+                    return None
+                wakes.append(DEAD_WAKE)
+                continue
             wake = detector.quiet_wake()
-            if wake is None or self._fresh_for_ns(link) < 0 or self.damping[link].suppressed:
+            if wake is None:
                 return None
             rtt_above, change, jitter = wake
             wakes.append(WakeBounds(rtt_above, 0, change, jitter))

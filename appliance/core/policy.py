@@ -185,12 +185,23 @@ def settled(prefs: list[int], current: int, links: list[LinkView], rule: ClassPo
     one. Settled: on its forced link; active-backup on its most
     preferred link or without preempt; lowest-latency with no candidate
     beating the current link by the hysteresis margin, and the bounds the
-    RTTs at which one would."""
+    RTTs at which one would. A link that is not usable (dead, drained)
+    takes no class until a reply or an input says otherwise, and either
+    wakes the daemon: it holds nothing up, so a class on its backup while
+    its first link is down for hours is settled too. A class still on a
+    dead link is the data path's to move (the reflex, at its next packet,
+    which wakes the daemon); one on a drained link is the next reading's."""
+    cur = links[current]
+    if cur.drained and any(links[l].usable for l in prefs if l != current):
+        return None   # the next reading moves it
     if state.forced is not None:
-        return [] if current == state.forced else None
+        return [] if current == state.forced or not links[state.forced].usable else None
     if rule.policy != LOWEST_LATENCY:
-        return [] if current == prefs[0] or not rule.preempt else None
-    cur, others = links[current], [l for l in prefs if l != current]
+        ahead = prefs[:prefs.index(current)] if current in prefs else prefs
+        return [] if not rule.preempt or not any(links[l].usable for l in ahead) else None
+    others = [l for l in prefs if l != current and links[l].usable]
+    if not others or not cur.usable:
+        return []   # no candidate; or on a dead link, which the reflex leaves at the class's next packet
     if state.better_readings or cur.rtt_ns is None or any(links[l].rtt_ns is None for l in others):
         return None
     # The margin at the current RTT: it only grows as that RTT rises, so this waking bound is the lower.

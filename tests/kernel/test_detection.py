@@ -115,6 +115,40 @@ def test_an_idle_daemon_reads_its_quiet_links_seldom_and_still_sees_a_delay(lab)
     assert again == live
 
 
+def link_state(lab, link: str) -> str:
+    return json.loads(cli(lab, "status", "--json").stdout)["links"][link]["state"]
+
+
+def test_a_dead_link_leaves_the_daemon_quiet_until_its_first_reply_wakes_it(lab):
+    """A carrier out for hours must not keep the daemon reading every tick:
+    with B blackholed and marketdata moved off it by the reflex, nothing can
+    change before B answers, so the daemon reads every 50 ms; B's first
+    reply after the fault wakes it (ebpf/lib/wake.h's loss rule), and
+    marketdata fails back after the hold-down."""
+    def scenario(daemon, work):
+        faults.inject(lab, "blackhole", "B")
+        try:
+            receiver, sender = processes.udp_stream(lab, work, 10_000, 0.3, 9100)  # the reflex moves on traffic
+            sender.result(timeout_s=15)
+            receiver.result(timeout_s=20)
+            wait_until(daemon, lambda ev: moves(ev, "marketdata"), 10)
+            deadline = time.monotonic() + 10
+            while readings(lab)["pace"] != "quiet":
+                assert time.monotonic() < deadline, f"never quiet with B dead: {readings(lab)}"
+                time.sleep(0.1)
+            dead = readings(lab)
+            assert dead["every_ms"] == 50.0 and link_state(lab, "B") == "stale"
+        finally:
+            faults.clear(lab, "blackhole", "B")
+        wait_until(daemon, lambda ev: ("marketdata", "failback", "A", "B") in moves(ev), 15)
+        assert readings(lab)["kernel_wakes"] > dead["kernel_wakes"]
+
+    config = topology.write_config(lab, holddown_ms=300, damping=False)
+    live, again = recorded_run(lab, "dead-quiet", config, scenario)
+    assert moves(live, "marketdata") == [("marketdata", "heartbeat", "B", "A"), ("marketdata", "failback", "A", "B")]
+    assert again == live
+
+
 def test_a_flapping_link_is_suppressed_then_reused_after_decay(lab):
     # Damping that decays fast enough for a test: half-life 2 s, so three
     # flaps (merit ~2800 > 2000) are reusable below 750 within about 4 s.

@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 
 from appliance.core.detect import DetectParams
-from appliance.core.links import LinkParams, WakeBounds
+from appliance.core.links import DEAD_WAKE, DOWN_QUIET_NS, LinkParams, WakeBounds
 from appliance.core.policy import LOWEST_LATENCY, ClassPolicy, ClassState, LinkView, Prediction, settled
 from appliance.edge.pace import ReadingPace
-from tests.unit.test_core import BAD, LINKS, MS, Clock, Core, start, warmed, win
+from tests.unit.test_core import BAD, LINKS, MS, T0, Clock, Core, start, warmed, win
 
 # Defaults: margin max(500 us, 1 x baseline), jitter threshold 250 us; baseline 30 us,
 # jitter 5 us (the kernel's smoothed RTT change starts from it).
@@ -46,10 +46,51 @@ def test_not_quiet_while_anything_waits_on_time():
     assert clock.core.quiet(clock.ts) is None
 
 
-def test_not_quiet_with_a_stale_link_before_ready_or_with_prediction_on():
+def test_a_dead_standby_is_quiet_armed_to_wake_at_its_first_reply():
+    """A carrier out for hours must not keep the daemon reading every tick:
+    nothing about the link can change before it answers, and its first
+    reply after the silence wakes the daemon (ebpf/lib/wake.h)."""
     clock = warmed()
-    clock.health([0], [win(), win()], fresh_links=[True, False])
+    clock.readings(3, [0], [win(), win(answered=0, lost=5)], fresh_links=[True, False])
+    assert clock.core.quiet(clock.ts) == [QUIET_A, DEAD_WAKE]
+
+
+@pytest.mark.parametrize("silent_ns, quiet", [(DOWN_QUIET_NS - MS, False), (DOWN_QUIET_NS, True)])
+def test_a_link_silent_for_less_than_a_second_keeps_the_tick(silent_ns, quiet):
+    """Blinking, not down: its detectors are judged reading by reading."""
+    clock = warmed()
+    ts = clock.ts + 5 * MS
+    clock.core.consume("health", ts, {"links": [[ts, T0], [ts - silent_ns, T0]], "active": [0],
+                                      "windows": [win(), win(answered=0, lost=5)], "sender_late_ns": 0})
+    assert clock.core.quiet(ts) == ([QUIET_A, DEAD_WAKE] if quiet else None)
+
+
+def test_a_class_on_its_backup_is_quiet_while_its_first_link_is_dead_not_once_it_answers():
+    clock = warmed()
+    clock.readings(3, [1], [win(answered=0, lost=5), win()], fresh_links=[False, True])   # the reflex moved it
+    assert clock.core.links.classes[0].link == 1
+    assert clock.core.quiet(clock.ts) == [DEAD_WAKE, QUIET_A]
+    clock.readings(3, [1], [win(), win()])        # A answers again: the hold-down runs on time
     assert clock.core.quiet(clock.ts) is None
+
+
+def test_a_class_left_on_a_dead_link_is_quiet_the_reflex_moves_it_at_its_next_packet():
+    """Without traffic the data path has nothing to move yet, and the
+    daemon no move of its own to make; the reflex's event wakes it."""
+    clock = warmed()
+    clock.readings(3, [0], [win(answered=0, lost=5), win()], fresh_links=[False, True])
+    assert clock.core.links.classes[0].link == 0
+    assert clock.core.quiet(clock.ts) == [DEAD_WAKE, QUIET_A]
+
+
+def test_every_link_dead_is_quiet_the_class_stays_put():
+    clock = warmed()
+    clock.readings(3, [0], [win(answered=0, lost=5)] * 2, fresh_links=[False, False])
+    assert clock.core.links.classes[0].link == 0
+    assert clock.core.quiet(clock.ts) == [DEAD_WAKE, DEAD_WAKE]
+
+
+def test_not_quiet_before_ready_or_with_prediction_on():
     assert Clock(Core(start())).core.quiet(0) is None
     predicting = warmed(replace(LINKS, prediction=Prediction(enabled=True)))
     assert predicting.core.quiet(predicting.ts) is None
@@ -91,6 +132,36 @@ def test_active_backup_is_settled_on_its_first_link_or_without_preempt():
     assert settled([0, 1], 0, links, ClassPolicy(), ClassState(link=0), 0) == []
     assert settled([0, 1], 1, links, ClassPolicy(), ClassState(link=1), 0) is None
     assert settled([0, 1], 1, links, ClassPolicy(preempt=False), ClassState(link=1), 0) == []
+
+
+DEAD, DRAINED = LinkView(-1), LinkView(10**9, 100_000, 0.0, drained=True)
+
+
+@pytest.mark.parametrize("first", [DEAD, DRAINED])
+def test_a_class_on_its_backup_is_settled_while_no_link_ahead_of_it_is_usable(first):
+    assert settled([0, 1, 2], 1, [first, view(100), view(100)], ClassPolicy(), ClassState(link=1), 0) == []
+    assert settled([0, 1, 2], 2, [first, view(100), view(100)], ClassPolicy(), ClassState(link=2), 0) is None
+    assert settled([0, 1], 0, [view(100), view(100)], ClassPolicy(), ClassState(link=0, forced=1), 0) is None
+    assert settled([0, 1], 0, [view(100), first], ClassPolicy(), ClassState(link=0, forced=1), 0) == []
+
+
+@pytest.mark.parametrize("rule", [ClassPolicy(), LOWEST])
+def test_a_class_on_a_drained_link_is_not_settled_while_another_could_take_it(rule):
+    assert settled([0, 1], 0, [DRAINED, view(100)], rule, ClassState(link=0), 0) is None
+    assert settled([0, 1], 0, [DRAINED, DEAD], rule, ClassState(link=0), 0) == []
+    assert settled([0, 1], 0, [DEAD, DEAD], rule, ClassState(link=0), 0) == []
+    assert settled([0, 1], 0, [DEAD, view(100)], rule, ClassState(link=0), 0) == []   # the reflex's
+
+
+def test_a_class_on_a_dead_link_still_waits_for_a_link_ahead_of_it_to_prove_itself():
+    assert settled([0, 1, 2], 2, [view(100), DEAD, DEAD], ClassPolicy(), ClassState(link=2), 0) is None
+
+
+def test_lowest_latency_leaves_a_dead_link_out_of_its_bounds():
+    links = [view(100), view(90), DEAD]
+    assert settled([0, 1, 2], 0, links, LOWEST, ClassState(link=0), 0) == \
+        [(0, 90_000 + 50_000, 0), (1, None, 100_000 - 50_000)]
+    assert settled([0, 2], 0, [view(100), DEAD, DEAD], LOWEST, ClassState(link=0), 0) == []
 
 
 def test_a_lowest_latency_class_tightens_its_links_bounds():
