@@ -335,6 +335,13 @@ struct tp_feed_index {
 	struct tp_feed_slot slots[TP_FEED_INDEX_SLOTS];
 };
 
+/* tp_copy_mac() (lib/forward.h) moves a MAC as three 16-bit words. */
+_Static_assert(__builtin_offsetof(struct tp_link, src_mac) % 2 == 0 &&
+	       __builtin_offsetof(struct tp_link, dst_mac) % 2 == 0 &&
+	       __builtin_offsetof(struct tp_feed_slot, feed) % 2 == 0 &&
+	       __builtin_offsetof(struct tp_feed, src_mac) % 2 == 0 &&
+	       __builtin_offsetof(struct tp_feed, dst_mac) % 2 == 0, "a MAC the forwarding step copies at an odd offset");
+
 /* tp_feed_state[feed] and tp_feed_claims[feed]: shared by both lines on every
  * CPU; split so that the daemon's frequent reads of the first stay small.
  * Fields that decide delivery change only by compare-and-exchange. A sequence
