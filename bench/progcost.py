@@ -20,7 +20,7 @@ the duplicate that way too, so that a first copy's own work is the
 difference of two figures measured alike (measured 12-04: a duplicate read
 +75 at 64 repeats and +135 at one per call).
 
-Two things keep one case's cost out of another's figure:
+Three things keep one case's cost out of another's figure:
 - Every XDP program measured, and the empty one, stays attached for the
   whole run (to a veth of a namespace only this process holds), as it is on
   a gateway. Otherwise BPF_PROG_TEST_RUN puts an XDP program into the

@@ -87,8 +87,12 @@ def test_delay_moves_the_lowest_latency_class_but_not_the_active_backup_one(lab)
     assert again == live
 
 
+def status(lab) -> dict:
+    return json.loads(cli(lab, "status", "--json").stdout)
+
+
 def readings(lab) -> dict:
-    return json.loads(cli(lab, "status", "--json").stdout)["daemon"]["readings"]
+    return status(lab)["daemon"]["readings"]
 
 
 def test_an_idle_daemon_reads_its_quiet_links_seldom_and_still_sees_a_delay(lab):
@@ -115,10 +119,6 @@ def test_an_idle_daemon_reads_its_quiet_links_seldom_and_still_sees_a_delay(lab)
     assert again == live
 
 
-def link_state(lab, link: str) -> str:
-    return json.loads(cli(lab, "status", "--json").stdout)["links"][link]["state"]
-
-
 def test_a_dead_link_leaves_the_daemon_quiet_until_its_first_reply_wakes_it(lab):
     """A carrier out for hours must not keep the daemon reading every tick:
     with B blackholed and marketdata moved off it by the reflex, nothing can
@@ -137,7 +137,7 @@ def test_a_dead_link_leaves_the_daemon_quiet_until_its_first_reply_wakes_it(lab)
                 assert time.monotonic() < deadline, f"never quiet with B dead: {readings(lab)}"
                 time.sleep(0.1)
             dead = readings(lab)
-            assert dead["every_ms"] == 50.0 and link_state(lab, "B") == "stale"
+            assert dead["every_ms"] == 50.0 and status(lab)["links"]["B"]["state"] == "stale"
         finally:
             faults.clear(lab, "blackhole", "B")
         wait_until(daemon, lambda ev: ("marketdata", "failback", "A", "B") in moves(ev), 15)
